@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set-up and the two everyday commands, on a machine with only Python >= 3.10 and pip:
+#   ./dev.sh demo   run the main job on the bundled demo scene (local engine, no account, no network)
+#   ./dev.sh test   run the test suite
+# The first use creates .venv and installs the package into it; later uses reinstall only
+# when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.installed
+
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  echo "setting up $VENV (first use: a few minutes)..." >&2
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".[test,geemap]"
+  touch "$STAMP"
+fi
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  demo) exec "$VENV/bin/optsar" demo --out out/demo "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  lint) exec "$VENV/bin/ruff" check optsar_nb tests benchmarks "$@" ;;
+  *) echo "usage: ./dev.sh demo | test | lint" >&2; exit 2 ;;
+esac

@@ -1,0 +1,42 @@
+"""Exception hierarchy: every error a user can cause derives from :class:`OptsarError`.
+
+Each message names the offending input and says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class OptsarError(Exception):
+    """Base class of all errors raised by optsar_nb on bad input or state."""
+
+
+class InvalidParameter(OptsarError, ValueError):
+    """A parameter value is out of range or inconsistent (e.g. end date before start)."""
+
+
+class UnknownMission(InvalidParameter):
+    """The mission name is not in the mission catalogue."""
+
+
+class InvalidAOI(OptsarError, ValueError):
+    """The area of interest is empty, invalid, self-intersecting or out of range."""
+
+
+class AOITooLarge(InvalidAOI):
+    """The area of interest exceeds the configured limit; it must be tiled."""
+
+
+class StackMismatch(OptsarError, ValueError):
+    """An image stack and its metadata table disagree (band count, IDs, grid)."""
+
+
+class NoImages(OptsarError):
+    """No image of the mission falls within the AOI and dates."""
+
+
+class NotEnoughPairs(OptsarError):
+    """Fewer optical-SAR pairs than the regression needs."""
+
+
+class OutputExists(OptsarError, FileExistsError):
+    """An output file exists and overwriting was not requested."""

@@ -1,0 +1,289 @@
+"""Gap characterization on the local engine (METHOD.md part A).
+
+Steps, named as in the Earth Engine engine:
+``cloud_state`` (mask rule -> CLEAR/CLOUDY/MISSING per pixel and image),
+``aoi_cloud_stats`` (per-image cloud percentage and valid pixel count over the AOI),
+``composite_same_day``, ``day_counts`` and ``gap_statistics`` (the gap iteration and its
+statistics). ``characterize_gaps`` runs them all and writes the outputs.
+
+All steps take and return lazy DataArrays chunked in space; the gap iteration needs the
+whole time axis of a pixel, so it rechunks to full time and bounded spatial blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import InvalidParameter, NoImages
+from ..missions import CLEAR, CLOUDY, MASK_RULES, MISSING, BinaryRule, BitRule, SCLRule
+from ..params import GapParams
+from ..products import GAP_STATISTIC_NAMES
+
+STATE_DTYPE = np.int8
+# bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
+BLOCK_BYTES = 32 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+def cloud_state(
+    qa: xr.DataArray,
+    rule: str | SCLRule | BitRule | BinaryRule,
+    *,
+    valid: xr.DataArray | None = None,
+    threshold: float | None = None,
+) -> xr.DataArray:
+    """Classify every pixel of every image as CLEAR (1), CLOUDY (0) or MISSING (-1).
+
+    ``qa``: the quality band stack (SCL classes, QA_PIXEL/pixel_qa bits, a 0/1 mask, or
+    Cloud Score+ ``cs_cdf`` when ``rule == "cloudscore"``, cloudy below ``threshold``).
+    NaN and the stack's ``nodata`` value are missing; so are pixels where ``valid`` is 0.
+    """
+    if isinstance(rule, str):
+        if rule == "cloudscore":
+            if threshold is None:
+                raise InvalidParameter("rule='cloudscore' needs a threshold (GapParams.cloudscore_threshold)")
+            state = xr.where(qa < threshold, CLOUDY, CLEAR)
+            return _finish_state(state, qa, valid)
+        if rule not in MASK_RULES:
+            raise InvalidParameter(f"unknown mask rule {rule!r}: choose one of {sorted(MASK_RULES)} or 'cloudscore'")
+        rule = MASK_RULES[rule]
+    if isinstance(rule, SCLRule):
+        values = qa.fillna(0).astype("int64") if qa.dtype.kind == "f" else qa
+        state = xr.where(values.isin(rule.cloudy_values), CLOUDY, CLEAR)
+        state = xr.where(values.isin(rule.missing_values), MISSING, state)
+    elif isinstance(rule, BitRule):
+        values = qa.fillna(0).astype("int64") if qa.dtype.kind == "f" else qa.astype("int64")
+        state = xr.where((values & rule.cloudy_bitmask) != 0, CLOUDY, CLEAR)
+        state = xr.where((values & rule.fill_bitmask) != 0, MISSING, state)
+    elif isinstance(rule, BinaryRule):
+        state = xr.where(qa == rule.cloud_value, CLOUDY, CLEAR)
+    else:
+        raise InvalidParameter(f"unknown mask rule {rule!r}")
+    return _finish_state(state, qa, valid)
+
+
+def _finish_state(state: xr.DataArray, qa: xr.DataArray, valid: xr.DataArray | None) -> xr.DataArray:
+    missing = qa.isnull()
+    nodata = qa.attrs.get("nodata")
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        missing = missing | (qa == nodata)
+    if valid is not None:
+        missing = missing | (valid == 0) | valid.isnull()
+    out = xr.where(missing, MISSING, state).astype(STATE_DTYPE)
+    out.attrs = {k: v for k, v in qa.attrs.items() if k in ("crs", "transform")}
+    out.name = "state"
+    return out
+
+
+def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
+    """Boolean (y, x) mask of the pixels whose centre lies in ``aoi`` (an AOI in EPSG:4326)."""
+    from pyproj import CRS, Transformer
+    from rasterio.features import geometry_mask
+    from rasterio.transform import Affine
+    from shapely.geometry import mapping
+    from shapely.ops import transform as shp_transform
+
+    from .stack import transform_from_coords
+
+    crs = template.attrs.get("crs")
+    geom = aoi.geometry
+    if crs:
+        tr = Transformer.from_crs("EPSG:4326", CRS.from_user_input(crs), always_xy=True)
+        geom = shp_transform(tr.transform, geom)
+    transform = template.attrs.get("transform") or transform_from_coords(template.y.values, template.x.values)
+    inside = ~geometry_mask(
+        [mapping(geom)], out_shape=(template.sizes["y"], template.sizes["x"]), transform=Affine(*transform)
+    )
+    if not inside.any():
+        raise NoImages(f"AOI {aoi.name!r} does not overlap the stack's extent: check the AOI or the input files")
+    return xr.DataArray(inside, dims=("y", "x"), coords={"y": template.y, "x": template.x})
+
+
+def clip_to_aoi(state: xr.DataArray, inside: xr.DataArray | None) -> xr.DataArray:
+    """Pixels outside the AOI become MISSING."""
+    if inside is None:
+        return state
+    return xr.where(inside, state, MISSING).astype(STATE_DTYPE).assign_attrs(state.attrs)
+
+
+def aoi_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
+    """Per image: ``CLOUD_PERCENTAGE_AOI`` (cloudy / valid x 100) and ``PIXEL_COUNT_AOI`` (valid).
+
+    Pixels outside the AOI must already be MISSING (see :func:`clip_to_aoi`). An image with no
+    valid pixel has cloud percentage NaN.
+    """
+    valid = (state != MISSING).sum(("y", "x"))
+    cloudy = (state == CLOUDY).sum(("y", "x"))
+    valid, cloudy = xr.compute(valid, cloudy)
+    valid_n = valid.values.astype("int64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = np.where(valid_n > 0, 100.0 * cloudy.values / valid_n, np.nan)
+    return pd.DataFrame({"CLOUD_PERCENTAGE_AOI": pct, "PIXEL_COUNT_AOI": valid_n})
+
+
+# --------------------------------------------------------------------------------------------
+# time
+def select_period(stack: xr.DataArray, start: dt.date, end: dt.date) -> xr.DataArray:
+    """Images with start <= time < end (end exclusive, as Earth Engine's filterDate)."""
+    t = pd.DatetimeIndex(stack.time.values)
+    keep = (t >= pd.Timestamp(start)) & (t < pd.Timestamp(end))
+    return stack.isel(time=np.flatnonzero(keep))
+
+
+def composite_same_day(state: xr.DataArray) -> xr.DataArray:
+    """One image per UTC day: clear if clear in any image, missing only if missing in all.
+
+    With MISSING < CLOUDY < CLEAR that is the maximum over the day's images.
+    """
+    days = pd.DatetimeIndex(state.time.values).normalize()
+    if days.is_unique:
+        return state.assign_coords(time=days)
+    out = state.assign_coords(time=days).groupby("time").max()
+    return out.astype(STATE_DTYPE).assign_attrs(state.attrs)
+
+
+def day_counts(times, start: dt.date) -> np.ndarray:
+    """Whole days from ``start`` to each time's UTC date."""
+    days = pd.DatetimeIndex(times).normalize() - pd.Timestamp(start)
+    return (days // pd.Timedelta(days=1)).to_numpy().astype("int64")
+
+
+# --------------------------------------------------------------------------------------------
+# the gap iteration
+def _sorted_quantile(sorted_gaps: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    """Linear-interpolation quantile along axis 0 of gaps sorted ascending with NaN last."""
+    pos = q * (np.maximum(count, 1) - 1)
+    lo = np.floor(pos).astype("int64")
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    frac = pos - lo
+    a = np.take_along_axis(sorted_gaps, lo[None], 0)[0]
+    b = np.take_along_axis(sorted_gaps, hi[None], 0)[0]
+    out = a + (b - a) * frac
+    return np.where(count > 0, out, np.nan)
+
+
+def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_days: int) -> np.ndarray:
+    """Gap statistics of one block: state (time, y, x) composited, days ascending and unique.
+
+    Returns float32 (n_statistics, y, x) in the order of ``GAP_STATISTIC_NAMES``.
+    The iteration of METHOD.md A.4 in closed form: the previous clear day of each image is
+    the running maximum of the clear days before it, starting from ``-revisit_days``.
+    """
+    clear = state == CLEAR
+    valid = state != MISSING
+    t = days.astype("float64")[:, None, None]
+    day_or_init = np.where(clear, t, -float(revisit_days))
+    last_clear = np.maximum.accumulate(day_or_init, axis=0) if len(days) else day_or_init
+    previous = np.concatenate([np.full((1, *state.shape[1:]), -float(revisit_days)), last_clear[:-1]], axis=0)
+    gaps = np.where(clear, t - previous, np.nan)
+
+    count = clear.sum(axis=0)
+    valid_count = valid.sum(axis=0)
+    has = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.nansum(gaps, axis=0)
+        mean = np.where(has, total / np.maximum(count, 1), np.nan)
+        var = np.where(has, np.nansum((gaps - mean) ** 2, axis=0) / np.maximum(count, 1), np.nan)
+        sorted_gaps = np.sort(gaps, axis=0)  # NaN sorts last
+        gmin = np.where(has, sorted_gaps[0], np.nan)
+        gmax = np.where(has, np.take_along_axis(sorted_gaps, np.maximum(count - 1, 0)[None], 0)[0], np.nan)
+        median = _sorted_quantile(sorted_gaps, count, 0.5)
+        p90 = _sorted_quantile(sorted_gaps, count, 0.9)
+        final_last = last_clear[-1] if len(days) else np.full(state.shape[1:], -float(revisit_days))
+        open_gap = np.where(valid_count > 0, period_days - final_last, np.nan)
+        clear_fraction = np.where(valid_count > 0, count / np.maximum(valid_count, 1), np.nan)
+    out = np.stack(
+        [count, count, mean, median, np.sqrt(var), gmin, gmax, p90, open_gap, valid_count, clear_fraction]
+    )
+    return out.astype("float32")
+
+
+def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
+    """Pixelwise gap statistics of a (time, y, x) state stack within the params' period.
+
+    Selects the period, composites same-day images, runs the gap iteration per spatial block
+    and returns a lazy float32 (stat, y, x) DataArray with the bands of ``GAP_STATISTIC_NAMES``.
+    Undefined statistics (no clear day; no valid day for open_gap/clear_fraction) are NaN.
+    """
+    state = composite_same_day(select_period(state, params.start, params.end).sortby("time"))
+    days = day_counts(state.time.values, params.start)
+    n_time = max(len(days), 1)
+    edge = int(max(16, min(2048, np.sqrt(BLOCK_BYTES / (4 * n_time)))))
+    data = state.data if isinstance(state.data, da.Array) else da.from_array(state.values, chunks=-1)
+    data = data.rechunk((-1, edge, edge))
+    stats = da.map_blocks(
+        gap_block,
+        data,
+        days,
+        params.revisit_days,
+        params.period_days,
+        dtype="float32",
+        chunks=((len(GAP_STATISTIC_NAMES),), data.chunks[1], data.chunks[2]),
+    )
+    return xr.DataArray(
+        stats,
+        dims=("stat", "y", "x"),
+        coords={"stat": list(GAP_STATISTIC_NAMES), "y": state.y, "x": state.x},
+        attrs={**{k: v for k, v in state.attrs.items() if k in ("crs", "transform")},
+               "start": params.start.isoformat(), "end": params.end.isoformat(),
+               "revisit_days": params.revisit_days, "mission": params.mission},
+        name="gap_statistics",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the whole job
+def characterize_gaps(
+    state: xr.DataArray,
+    params: GapParams,
+    out_dir: str | Path,
+    *,
+    aoi=None,
+    overwrite: bool = False,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Run part A on a state stack and write its outputs into ``out_dir``.
+
+    Writes ``Gap_Statistics<suffix>.tif`` (one band per statistic), ``InputMask_Metadata<suffix>.csv``
+    (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI per input image) and, with
+    ``plot``, ``Gap_Statistics<suffix>.png``. Existing files are refused unless ``overwrite``.
+    Returns the written paths by kind.
+    """
+    from ..products import GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name
+    from .stack import metadata_of, refuse_existing, write_csv, write_geotiff
+
+    out_dir = Path(out_dir)
+    paths = {
+        "statistics": out_dir / file_name(GAP_STATISTICS_FILE, params.suffix, ".tif"),
+        "metadata": out_dir / file_name(MASK_METADATA_FILE, params.suffix, ".csv"),
+    }
+    if plot:
+        paths["panel"] = out_dir / file_name(GAP_STATISTICS_FILE, params.suffix, ".png")
+    if not overwrite:
+        refuse_existing(paths.values())
+
+    state = select_period(state, params.start, params.end)
+    if state.sizes["time"] == 0:
+        raise NoImages(
+            f"no image between {params.start} and {params.end} (end exclusive): widen the dates or check the inputs"
+        )
+    inside = aoi_mask(state, aoi) if aoi is not None else None
+    state = clip_to_aoi(state, inside)
+    table = metadata_of(state)[["ID", "CollectionTime"]]
+    table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
+    stats = gap_statistics(state, params)
+    write_geotiff(stats, paths["statistics"], band_names=list(GAP_STATISTIC_NAMES), overwrite=overwrite)
+    write_csv(table, paths["metadata"], overwrite=overwrite)
+    if plot:
+        from ..plots import gap_panel
+
+        gap_panel(stats, paths["panel"], title=f"Gap statistics {params.mission} {params.start} to {params.end}",
+                  overwrite=overwrite)
+    return paths

@@ -1,0 +1,389 @@
+"""Image stacks as xarray DataArrays (time, y, x), and their files.
+
+Files are the seed's format: a multiband GeoTIFF whose band descriptions are the image IDs,
+plus a metadata CSV with one row per band (``ID``, ``CollectionTime`` in ms since the epoch,
+UTC, and optional further columns). NetCDF cubes (integers with ``scale_factor`` and
+``_FillValue``, dims ``timestamp, y, x``) are read too.
+
+A stack carries its grid in ``attrs["crs"]`` (WKT) and ``attrs["transform"]`` (the six affine
+coefficients a, b, c, d, e, f of rasterio), the image IDs in the ``id`` coordinate and every
+other metadata column as a coordinate along ``time``. Reading is lazy: the data is a dask
+array chunked in space, read window by window, and writing goes block by block, so no stack
+is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import OutputExists, StackMismatch
+
+DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
+
+
+# --------------------------------------------------------------------------------------------
+# grids
+def grid_coords(transform, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x) of a north-up grid."""
+    a, b, c, d, e, f = transform[:6]
+    if b != 0 or d != 0:
+        raise StackMismatch("rotated grids are not supported: warp the raster to a north-up grid first")
+    x = c + (np.arange(width) + 0.5) * a
+    y = f + (np.arange(height) + 0.5) * e
+    return y, x
+
+
+def transform_from_coords(y: np.ndarray, x: np.ndarray) -> tuple[float, ...]:
+    """Affine coefficients from regularly spaced pixel-centre coordinates."""
+    if len(x) < 2 or len(y) < 2:
+        raise StackMismatch("a grid needs at least 2 x 2 pixels to define its resolution")
+    xres = float(x[1] - x[0])
+    yres = float(y[1] - y[0])
+    return (xres, 0.0, float(x[0]) - xres / 2, 0.0, yres, float(y[0]) - yres / 2)
+
+
+def same_grid(a: xr.DataArray, b: xr.DataArray) -> bool:
+    return (
+        a.sizes["y"] == b.sizes["y"]
+        and a.sizes["x"] == b.sizes["x"]
+        and np.allclose(a.x.values, b.x.values)
+        and np.allclose(a.y.values, b.y.values)
+    )
+
+
+def align_to(source: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+    """Nearest-neighbour resampling of ``source`` onto ``target``'s pixel grid (lazy).
+
+    Used for SCL at 20 m onto the 10 m optical grid and for S1 onto the optical grid.
+    Nearest neighbour is Earth Engine's default resampling, so both engines agree.
+    Target pixels outside the source's extent become NaN (missing).
+    """
+    if same_grid(source, target):
+        return source
+    xres = abs(float(source.x[1] - source.x[0]))
+    yres = abs(float(source.y[1] - source.y[0]))
+    out = source.sel(x=target.x.values, y=target.y.values, method="nearest", tolerance=None)
+    # pixels farther than half a source pixel from any source centre lie outside the source
+    inside_x = np.abs(out.x.values - target.x.values) <= xres / 2 + 1e-9
+    inside_y = np.abs(out.y.values - target.y.values) <= yres / 2 + 1e-9
+    out = out.assign_coords(x=target.x.values, y=target.y.values)
+    if not (inside_x.all() and inside_y.all()):
+        keep = xr.DataArray(inside_y, dims="y") & xr.DataArray(inside_x, dims="x")
+        out = out.where(keep)
+    out.attrs = {**source.attrs, "crs": target.attrs.get("crs"), "transform": target.attrs.get("transform")}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+def ms_to_datetime(ms) -> pd.DatetimeIndex:
+    return pd.to_datetime(np.asarray(ms, dtype="int64"), unit="ms", utc=True).tz_localize(None)
+
+
+def datetime_to_ms(times) -> np.ndarray:
+    t = pd.DatetimeIndex(times)
+    if t.tz is not None:
+        t = t.tz_convert("UTC").tz_localize(None)
+    return (t.as_unit("ns").asi8 // 1_000_000).astype("int64")
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read a metadata CSV; it must have ``ID`` and ``CollectionTime`` (ms since epoch, UTC)."""
+    path = Path(path)
+    if not path.exists():
+        raise StackMismatch(f"metadata CSV {path} does not exist: every stack needs its metadata table")
+    table = pd.read_csv(path)
+    missing = {"ID", "CollectionTime"} - set(table.columns)
+    if missing:
+        raise StackMismatch(
+            f"metadata CSV {path} lacks column(s) {sorted(missing)}: it needs ID and CollectionTime (ms UTC)"
+        )
+    table["ID"] = table["ID"].astype(str)
+    return table
+
+
+def metadata_of(stack: xr.DataArray) -> pd.DataFrame:
+    """The metadata table of a stack: ID, CollectionTime and every other coordinate along time."""
+    cols = {"ID": [str(v) for v in stack["id"].values], "CollectionTime": datetime_to_ms(stack.time.values)}
+    for name, coord in stack.coords.items():
+        if name not in ("time", "id", "x", "y", "spatial_ref") and coord.dims == ("time",):
+            cols[name] = coord.values
+    return pd.DataFrame(cols)
+
+
+def with_metadata(data: xr.DataArray, table: pd.DataFrame, source: str = "stack") -> xr.DataArray:
+    """Attach a metadata table to a (band, y, x) or (time, y, x) array, checking that they agree."""
+    dim = data.dims[0]
+    if len(table) != data.sizes[dim]:
+        raise StackMismatch(
+            f"{source} has {data.sizes[dim]} bands but its metadata table has {len(table)} rows: "
+            "they must describe the same images in the same order (re-export both together)"
+        )
+    times = ms_to_datetime(table["CollectionTime"].to_numpy())
+    coords = {"time": times, "id": ("time", table["ID"].astype(str).to_numpy())}
+    for col in table.columns:
+        if col not in ("ID", "CollectionTime"):
+            coords[col] = ("time", table[col].to_numpy())
+    return data.rename({dim: "time"}).assign_coords(coords)
+
+
+def empty_stack_like(template: xr.DataArray, data, *, name: str | None = None) -> xr.DataArray:
+    """A DataArray on ``template``'s grid and time axis with new data."""
+    return xr.DataArray(data, dims=template.dims, coords=template.coords, attrs=dict(template.attrs), name=name)
+
+
+# --------------------------------------------------------------------------------------------
+# GeoTIFF
+class _RasterioWindows:
+    """Array-like over a GeoTIFF whose slicing reads only the requested window (for dask)."""
+
+    def __init__(self, path: str, count: int, height: int, width: int, dtype):
+        self.path, self.shape, self.dtype, self.ndim = path, (count, height, width), np.dtype(dtype), 3
+
+    def __getitem__(self, key):
+        import rasterio
+        from rasterio.windows import Window
+
+        bands, rows, cols = (np.arange(n)[k] for k, n in zip(key, self.shape))
+        bands, rows, cols = (np.atleast_1d(v) for v in (bands, rows, cols))
+        if rows.size == 0 or cols.size == 0 or bands.size == 0:
+            return np.empty((bands.size, rows.size, cols.size), self.dtype)
+        window = Window(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+        with rasterio.open(self.path) as src:
+            block = src.read([int(b) + 1 for b in bands], window=window)
+        block = block[:, rows - rows[0]][:, :, cols - cols[0]]
+        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
+        return block.squeeze(axis=squeeze) if squeeze else block
+
+
+def read_geotiff(path: str | Path, *, chunk_px: int = DEFAULT_CHUNK_PX) -> xr.DataArray:
+    """A multiband GeoTIFF as a lazy (band, y, x) DataArray; band descriptions in ``band``."""
+    import rasterio
+
+    path = Path(path)
+    if not path.exists():
+        raise StackMismatch(f"GeoTIFF {path} does not exist: check the path")
+    with rasterio.open(path) as src:
+        count, height, width, dtype = src.count, src.height, src.width, src.dtypes[0]
+        names = [d if d else f"b{i + 1}" for i, d in enumerate(src.descriptions)]
+        crs = src.crs.to_wkt() if src.crs else None
+        transform = tuple(src.transform)[:6]
+        nodata = src.nodata
+        scale, offset = src.scales[0], src.offsets[0]
+    lazy = da.from_array(
+        _RasterioWindows(str(path), count, height, width, dtype),
+        chunks=(-1, chunk_px, chunk_px),
+        name=f"read-{path.name}-{os.stat(path).st_mtime_ns}",
+    )
+    y, x = grid_coords(transform, height, width)
+    attrs = {"crs": crs, "transform": transform}
+    if scale != 1.0 or offset != 0.0:
+        # packed integers: unpack to float32 with no-data as NaN
+        values = lazy.astype("float32") * np.float32(scale) + np.float32(offset)
+        lazy = da.where(lazy == nodata, np.float32(np.nan), values) if nodata is not None else values
+    elif nodata is not None:
+        attrs["nodata"] = nodata
+    return xr.DataArray(lazy, dims=("band", "y", "x"), coords={"band": names, "y": y, "x": x}, attrs=attrs, name=None)
+
+
+def read_stack(
+    tif_path: str | Path, metadata_csv: str | Path | None = None, *, chunk_px: int = DEFAULT_CHUNK_PX
+) -> xr.DataArray:
+    """Read a seed-format stack: GeoTIFF + metadata CSV -> lazy (time, y, x) DataArray.
+
+    ``metadata_csv`` defaults to the CSV beside the GeoTIFF with the same stem. The band
+    descriptions must equal the CSV's IDs, in order, when the GeoTIFF has them.
+    """
+    tif_path = Path(tif_path)
+    metadata_csv = Path(metadata_csv) if metadata_csv else tif_path.with_suffix(".csv")
+    raw = read_geotiff(tif_path, chunk_px=chunk_px)
+    table = read_metadata(metadata_csv)
+    stack = with_metadata(raw, table, source=str(tif_path))
+    described = [str(b) for b in raw.band.values]
+    if any(not d.startswith("b") or not d[1:].isdigit() for d in described):
+        ids = list(table["ID"])
+        if described != ids:
+            first = next(i for i, (p, q) in enumerate(zip(described, ids)) if p != q)
+            raise StackMismatch(
+                f"{tif_path} band {first + 1} is {described[first]!r} but {metadata_csv} row {first + 1} "
+                f"is {ids[first]!r}: the CSV rows must list the bands' image IDs in band order"
+            )
+    return stack.drop_vars("band", errors="ignore").sortby("time")
+
+
+def refuse_existing(paths) -> None:
+    """Raise OutputExists for the first of ``paths`` that exists (checked before any work)."""
+    for p in paths:
+        if Path(p).exists():
+            raise OutputExists(f"{p} exists: remove it, choose another output folder, or pass overwrite=True")
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Refuses (OutputExists) when ``path`` exists and ``overwrite`` is False, so that nothing a
+    user made is silently replaced; a failed write leaves no partial file behind.
+    """
+    path = Path(path)
+    if not overwrite:
+        refuse_existing([path])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_geotiff(
+    data: xr.DataArray,
+    path: str | Path,
+    *,
+    band_names: list[str] | None = None,
+    overwrite: bool = False,
+    nodata: float | None = None,
+    scale: float | None = None,
+) -> Path:
+    """Write a (band|time, y, x) DataArray as a multiband GeoTIFF, block by block.
+
+    Band descriptions are ``band_names`` (default: the ``id`` coordinate, else the first
+    dimension's labels). Float data keeps NaN as its no-data value. With ``scale``, float data
+    is packed as int16 (value = stored x scale, NaN stored as -32768), which readers unpack.
+    Returns the path.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    if data.ndim == 2:
+        data = data.expand_dims("band")
+    first = data.dims[0]
+    if band_names is None:
+        band_names = [str(v) for v in (data["id"].values if "id" in data.coords else data[first].values)]
+    if len(band_names) != data.sizes[first]:
+        raise StackMismatch(f"{len(band_names)} band names for {data.sizes[first]} bands")
+    crs, transform = data.attrs.get("crs"), data.attrs.get("transform")
+    if transform is None:
+        transform = transform_from_coords(data.y.values, data.x.values)
+    dtype = np.dtype(data.dtype)
+    if dtype == bool:
+        dtype = np.dtype("uint8")
+    count, height, width = data.shape
+    arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.values), chunks=(-1, 1024, 1024))
+    arr = arr.rechunk({0: -1})
+    if scale is not None:
+        packed_nodata = np.iinfo("int16").min
+        packed = da.round(arr / scale)
+        arr = da.where(da.isnan(packed), packed_nodata, da.clip(packed, packed_nodata + 1, np.iinfo("int16").max))
+        dtype, nodata = np.dtype("int16"), packed_nodata
+    if nodata is None and dtype.kind == "f":
+        nodata = np.nan
+    profile = dict(
+        driver="GTiff", count=count, height=height, width=width, dtype=dtype.name, crs=crs,
+        transform=rasterio.Affine(*transform), nodata=nodata, compress="deflate",
+        tiled=True, blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER",
+    )
+    if height < 256 or width < 256:
+        profile.update(tiled=False)
+        profile.pop("blockxsize"), profile.pop("blockysize")
+    if count > 1:
+        profile["interleave"] = "band"
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for i, name in enumerate(band_names):
+                dst.set_band_description(i + 1, name)
+            if scale is not None:
+                dst.scales = [scale] * count
+                dst.offsets = [0.0] * count
+            row0 = 0
+            for row_chunk in arr.chunks[1]:
+                col0 = 0
+                for col_chunk in arr.chunks[2]:
+                    block = np.asarray(arr[:, row0 : row0 + row_chunk, col0 : col0 + col_chunk].compute()).astype(dtype)
+                    dst.write(block, window=Window(col0, row0, col_chunk, row_chunk))
+                    col0 += col_chunk
+                row0 += row_chunk
+    return Path(path)
+
+
+def write_csv(table: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> Path:
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_stack(
+    stack: xr.DataArray, tif_path: str | Path, *, metadata_csv: str | Path | None = None, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write a (time, y, x) stack in the seed's format: GeoTIFF (bands = IDs) + metadata CSV."""
+    tif_path = Path(tif_path)
+    metadata_csv = Path(metadata_csv) if metadata_csv else tif_path.with_suffix(".csv")
+    if not overwrite:
+        refuse_existing((tif_path, metadata_csv))
+    write_geotiff(stack, tif_path, overwrite=overwrite)
+    write_csv(metadata_of(stack), metadata_csv, overwrite=overwrite)
+    return tif_path, metadata_csv
+
+
+# --------------------------------------------------------------------------------------------
+# NetCDF cubes
+def read_netcdf(path: str | Path, variables: list[str] | str, *, chunk_px: int = DEFAULT_CHUNK_PX) -> xr.Dataset:
+    """Read variables of a NetCDF cube (dims ``timestamp|time, y, x``) as a lazy Dataset.
+
+    Integer variables with ``scale_factor`` become float32 with NaN where they equal
+    ``_FillValue``; integer variables without a scale factor (class and QA bands) keep their
+    integer type and their fill value (the mask rules treat it as missing). Each image gets an
+    ``id`` (``<file name prefix>_<YYYYMMDDTHHMMSS>``), and the grid goes into attrs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StackMismatch(f"NetCDF cube {path} does not exist: check the path")
+    variables = [variables] if isinstance(variables, str) else list(variables)
+    ds = xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False, chunks={"y": chunk_px, "x": chunk_px})
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise StackMismatch(f"{path} has no variable(s) {missing}: it has {sorted(ds.data_vars)}")
+    if "timestamp" in ds.dims:
+        ds = ds.rename({"timestamp": "time"})
+    epsg = ds.attrs.get("epsg")
+    from pyproj import CRS
+
+    crs = CRS.from_epsg(int(epsg)).to_wkt() if epsg is not None else None
+    out = {}
+    for name in variables:
+        var = ds[name]
+        fill = var.attrs.get("_FillValue")
+        scale = var.attrs.get("scale_factor")
+        offset = var.attrs.get("add_offset", 0)
+        if scale is not None and (float(scale) != 1.0 or float(offset) != 0.0 or var.dtype.kind == "f"):
+            data = var.astype("float32")
+            if fill is not None:
+                data = data.where(var != fill)
+            data = data * np.float32(scale) + np.float32(offset)
+        elif var.dtype.kind == "f" and fill is not None:
+            data = var.where(var != fill)
+        else:
+            data = var
+        data.attrs = {"crs": crs, "transform": transform_from_coords(ds.y.values, ds.x.values)}
+        if fill is not None and data.dtype.kind in "iu":
+            data.attrs["nodata"] = int(fill)
+        out[name] = data.drop_vars("spatial_ref", errors="ignore")
+    result = xr.Dataset(out)
+    if "time" in result.dims:
+        prefix = str(ds.attrs.get("name", path.stem)).split("_0000")[0]
+        stamps = pd.DatetimeIndex(result.time.values).strftime("%Y%m%dT%H%M%S")
+        result = result.assign_coords(id=("time", [f"{prefix}_{s}" for s in stamps]))
+    result.attrs = {"crs": crs, "transform": transform_from_coords(ds.y.values, ds.x.values), "source": str(path)}
+    return result
