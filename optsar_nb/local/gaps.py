@@ -87,8 +87,8 @@ def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
     from pyproj import CRS, Transformer
     from rasterio.features import geometry_mask
     from rasterio.transform import Affine
+    import shapely
     from shapely.geometry import mapping
-    from shapely.ops import transform as shp_transform
 
     from .stack import transform_from_coords
 
@@ -96,7 +96,7 @@ def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
     geom = aoi.geometry
     if crs:
         tr = Transformer.from_crs("EPSG:4326", CRS.from_user_input(crs), always_xy=True)
-        geom = shp_transform(tr.transform, geom)
+        geom = shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
     transform = template.attrs.get("transform") or transform_from_coords(template.y.values, template.x.values)
     inside = ~geometry_mask(
         [mapping(geom)], out_shape=(template.sizes["y"], template.sizes["x"]), transform=Affine(*transform)
@@ -110,7 +110,7 @@ def clip_to_aoi(state: xr.DataArray, inside: xr.DataArray | None) -> xr.DataArra
     """Pixels outside the AOI become MISSING."""
     if inside is None:
         return state
-    return xr.where(inside, state, MISSING).astype(STATE_DTYPE).assign_attrs(state.attrs)
+    return xr.where(inside, state, MISSING).transpose(*state.dims).astype(STATE_DTYPE).assign_attrs(state.attrs)
 
 
 def aoi_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
@@ -121,10 +121,12 @@ def aoi_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
     """
     valid = (state != MISSING).sum(("y", "x"))
     cloudy = (state == CLOUDY).sum(("y", "x"))
-    valid, cloudy = xr.compute(valid, cloudy)
-    valid_n = valid.values.astype("int64")
+    import dask
+
+    valid_n, cloudy_n = dask.compute(valid.data, cloudy.data)
+    valid_n = np.asarray(valid_n, dtype="int64")
     with np.errstate(invalid="ignore", divide="ignore"):
-        pct = np.where(valid_n > 0, 100.0 * cloudy.values / valid_n, np.nan)
+        pct = np.where(valid_n > 0, 100.0 * np.asarray(cloudy_n) / valid_n, np.nan)
     return pd.DataFrame({"CLOUD_PERCENTAGE_AOI": pct, "PIXEL_COUNT_AOI": valid_n})
 
 

@@ -1,0 +1,115 @@
+"""The ``optsar`` command: demo, gaps (and the subcommands other modules register)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import OptsarError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+SAMPLE_SUFFIX = "_S2_2021-01-01_2022-01-01"
+SAMPLE_PERIOD = ("2021-01-01", "2022-01-01")
+
+
+def open_quality_stack(path: str | Path, *, metadata: str | Path | None = None, variable: str | None = None):
+    """A quality/mask stack from a seed-format GeoTIFF (+ CSV) or a NetCDF cube variable."""
+    from .local.stack import read_netcdf, read_stack
+
+    path = Path(path)
+    if path.suffix.lower() in (".nc", ".nc4", ".h5"):
+        if not variable:
+            raise OptsarError(f"{path} is a NetCDF cube: name the quality variable with --variable (e.g. SCL)")
+        return read_netcdf(path, variable)[variable]
+    return read_stack(path, metadata)
+
+
+def _print_paths(paths: dict) -> None:
+    for kind, path in paths.items():
+        print(f"  {kind:<12} {path}")
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    from .aoi import load_aoi
+    from .local.gaps import characterize_gaps, cloud_state
+    from .params import GapParams
+
+    params = GapParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask,
+                       revisit_days=args.revisit_days)
+    aoi = load_aoi(args.aoi, max_area_km2=params.max_aoi_km2) if args.aoi else None
+    qa = open_quality_stack(args.qa, metadata=args.metadata, variable=args.variable)
+    state = cloud_state(qa, params.mask_rule_name, threshold=params.cloudscore_threshold)
+    paths = characterize_gaps(state, params, args.out, aoi=aoi, overwrite=args.overwrite)
+    print(f"gap statistics for {params.mission} {params.start} to {params.end} written:")
+    _print_paths(paths)
+    return 0
+
+
+def run_demo_gaps(out: Path, *, overwrite: bool) -> dict:
+    """Gap characterization on the bundled demo scene (SCL stack, demo AOI)."""
+    from .aoi import load_aoi
+    from .local.gaps import characterize_gaps, cloud_state
+    from .local.stack import read_stack
+    from .params import GapParams
+
+    params = GapParams(mission="S2", start=SAMPLE_PERIOD[0], end=SAMPLE_PERIOD[1])
+    qa = read_stack(SAMPLE_DIR / f"SCL_Input{SAMPLE_SUFFIX}.tif")
+    state = cloud_state(qa, params.mask_rule_name)
+    aoi = load_aoi(SAMPLE_DIR / "aoi.geojson")
+    return characterize_gaps(state, params, out / "gaps", aoi=aoi, overwrite=overwrite)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not (SAMPLE_DIR / f"SCL_Input{SAMPLE_SUFFIX}.tif").exists():
+        raise OptsarError(
+            f"the demo scene is missing from {SAMPLE_DIR}: regenerate it with "
+            "`python -m optsar_nb.local.simulate --out data/sample`"
+        )
+    print("optsar demo: simulated Sentinel-2/Sentinel-1 scene, local engine (no account, no network)")
+    paths = run_demo_gaps(out, overwrite=args.overwrite)
+    print("1. gap characterization:")
+    _print_paths(paths)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optsar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the main job on the bundled demo scene (local engine, offline)")
+    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier demo run")
+    demo.set_defaults(func=cmd_demo)
+
+    gaps = sub.add_parser("gaps", help="gap statistics between clear observations (local engine)")
+    gaps.add_argument("--qa", required=True, help="quality stack: seed-format GeoTIFF (+ CSV) or NetCDF cube")
+    gaps.add_argument("--metadata", help="metadata CSV (default: beside the GeoTIFF, same name)")
+    gaps.add_argument("--variable", help="quality variable of a NetCDF cube, e.g. SCL")
+    gaps.add_argument("--mask", default="qa", help="mask rule: qa (mission default), scl, qa_pixel, pixel_qa, "
+                      "binary, clear_mask, cloudscore")
+    gaps.add_argument("--mission", default="S2", help="S2, L8 or L9")
+    gaps.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
+    gaps.add_argument("--end", required=True, help="end date (exclusive), YYYY-MM-DD")
+    gaps.add_argument("--revisit-days", type=int, default=None, help="initial-condition revisit (default: mission's)")
+    gaps.add_argument("--aoi", help="AOI: GeoJSON or shapefile (default: the whole stack)")
+    gaps.add_argument("--out", required=True, help="output folder")
+    gaps.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    gaps.set_defaults(func=cmd_gaps)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OptsarError as exc:
+        print(f"optsar {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
