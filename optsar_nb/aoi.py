@@ -89,12 +89,13 @@ def _geometry_from_geojson(obj: dict, source_name: str) -> tuple[Any, dict, str 
     )
 
 
-def _reproject_to_lonlat(geom, crs_name: str):
+def reproject(geom, src_crs, dst_crs):
+    """A shapely geometry from one CRS (anything pyproj understands) to another."""
+    import numpy as np
     from pyproj import CRS, Transformer
-    from shapely.ops import transform
 
-    tr = Transformer.from_crs(CRS.from_user_input(crs_name), "EPSG:4326", always_xy=True)
-    return transform(tr.transform, geom)
+    tr = Transformer.from_crs(CRS.from_user_input(src_crs), CRS.from_user_input(dst_crs), always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
 
 def _crs_of(obj: dict) -> str | None:
@@ -137,7 +138,7 @@ def _load_raw(source: AOISource) -> tuple[Any, dict, str | None, str]:
                 raise InvalidAOI(f"{path} is not valid GeoJSON ({exc})") from None
         geom, props, name = _geometry_from_geojson(obj, str(path))
         if (crs := _crs_of(obj)) is not None:
-            geom = _reproject_to_lonlat(geom, crs)
+            geom = reproject(geom, crs, "EPSG:4326")
         return geom, props, name or path.stem, str(path)
     if isinstance(source, str):
         return _load_raw(json.loads(source))
@@ -153,7 +154,7 @@ def _load_raw(source: AOISource) -> tuple[Any, dict, str | None, str]:
     if isinstance(source, dict):
         geom, props, name = _geometry_from_geojson(source, "GeoJSON")
         if (crs := _crs_of(source)) is not None:
-            geom = _reproject_to_lonlat(geom, crs)
+            geom = reproject(geom, crs, "EPSG:4326")
         return geom, props, name, "GeoJSON"
     if hasattr(source, "__geo_interface__"):
         return _load_raw(dict(source.__geo_interface__))
@@ -190,8 +191,6 @@ def validate_geometry(geom, source_name: str = "AOI"):
             "longitude [-180, 180] / latitude [-90, 90]: give the AOI in degrees (EPSG:4326), or a GeoJSON "
             "with a 'crs' member naming its projection"
         )
-    if geom.area == 0:
-        raise InvalidAOI(f"{source_name} has zero area: draw a polygon, not a line or a point")
     if not geom.is_valid:
         reason = explain_validity(geom)
         hint = (
@@ -200,6 +199,8 @@ def validate_geometry(geom, source_name: str = "AOI"):
             else "fix the geometry (e.g. shapely.make_valid) and try again"
         )
         raise InvalidAOI(f"{source_name} is not a valid polygon ({reason}): {hint}")
+    if geom.area == 0:
+        raise InvalidAOI(f"{source_name} has zero area: draw a polygon, not a line or a point")
     return geom
 
 

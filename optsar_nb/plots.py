@@ -37,8 +37,7 @@ def gap_panel(stats: xr.DataArray, path: str | Path, *, title: str = "Gap statis
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if vmin == vmax:
             vmax = vmin + 1
-        cmap = plt.get_cmap(info.palette if info else "viridis").copy()
-        cmap.set_bad("lightgrey")
+        cmap = plt.get_cmap(info.palette if info else "viridis").with_extremes(bad="lightgrey")
         im = ax.imshow(np.ma.masked_invalid(img), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])

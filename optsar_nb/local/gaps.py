@@ -84,19 +84,18 @@ def _finish_state(state: xr.DataArray, qa: xr.DataArray, valid: xr.DataArray | N
 
 def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
     """Boolean (y, x) mask of the pixels whose centre lies in ``aoi`` (an AOI in EPSG:4326)."""
-    from pyproj import CRS, Transformer
     from rasterio.features import geometry_mask
     from rasterio.transform import Affine
-    import shapely
     from shapely.geometry import mapping
+
+    from ..aoi import reproject
 
     from .stack import transform_from_coords
 
     crs = template.attrs.get("crs")
     geom = aoi.geometry
     if crs:
-        tr = Transformer.from_crs("EPSG:4326", CRS.from_user_input(crs), always_xy=True)
-        geom = shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        geom = reproject(geom, "EPSG:4326", crs)
     transform = template.attrs.get("transform") or transform_from_coords(template.y.values, template.x.values)
     inside = ~geometry_mask(
         [mapping(geom)], out_shape=(template.sizes["y"], template.sizes["x"]), transform=Affine(*transform)

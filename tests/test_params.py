@@ -1,0 +1,72 @@
+"""Parameters: defaults from METHOD.md, validation messages, papermill dict round trip."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from optsar_nb.errors import InvalidParameter, UnknownMission
+from optsar_nb.missions import DEPRECATED_COLLECTION_IDS, MISSIONS, QA_PIXEL, get_mission
+from optsar_nb.params import GapParams, InfillParams
+
+
+def test_defaults_are_the_published_ones():
+    g = GapParams()
+    assert g.revisit_days == 5 and g.mask_rule_name == "scl" and g.cloudscore_threshold == 0.6
+    p = InfillParams()
+    assert (p.s1_window_days, p.neighbourhood_radius_px, p.focal_median_radius_px) == (12, 10, 1.5)
+    assert (p.min_pairs, p.train_fraction, p.validation_fraction, p.pca_fraction) == (10, 0.6, 0.2, 0.1)
+    assert p.artificial_cloud_range == (0.5, 0.55) and p.min_valid_pixels == 100 and p.s1_min_db == -40
+
+
+def test_dict_round_trip_is_plain_and_lossless():
+    g = GapParams(mission="l8", start="2019-03-01", end=dt.date(2019, 9, 1), mask="pixel_qa")
+    d = g.to_dict()
+    assert d["start"] == "2019-03-01" and d["mission"] == "L8" and d["revisit_days"] == 16
+    assert GapParams.from_dict(d) == g
+    p = InfillParams(artificial_cloud_range=[0.4, 0.45])
+    assert InfillParams.from_dict(p.to_dict()) == p
+    assert p.suffix == "_S2_2019-01-01_2020-01-01"
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        GapParams().mission = "L8"  # type: ignore[misc]
+
+
+def test_end_before_start():
+    with pytest.raises(InvalidParameter, match="end date 2019-01-01 is not after start date 2019-06-01"):
+        GapParams(start="2019-06-01", end="2019-01-01")
+
+
+def test_unknown_mission_lists_choices():
+    with pytest.raises(UnknownMission, match="'S3'.*S2, L8, L9"):
+        GapParams(mission="S3")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": "2019-13-01"}, "not a date.*YYYY-MM-DD"),
+        ({"mask": "fmask"}, "mask='fmask' is unknown"),
+        ({"mission": "L8", "mask": "cloudscore"}, "S2 only"),
+        ({"revisit_days": 0}, "positive whole number"),
+        ({"cloudscore_threshold": 1.5}, "out of range"),
+    ],
+)
+def test_bad_gap_params(kwargs, message):
+    with pytest.raises(InvalidParameter, match=message):
+        GapParams(**kwargs)
+
+
+def test_unknown_field_in_dict():
+    with pytest.raises(InvalidParameter, match="unknown GapParams field.*'aoi_size'"):
+        GapParams.from_dict({"aoi_size": 3})
+
+
+def test_catalogue_uses_current_collections():
+    assert get_mission("S2").collection_id == "COPERNICUS/S2_SR_HARMONIZED"
+    assert get_mission("L9").collection_id == "LANDSAT/LC09/C02/T1_L2"
+    assert not {m.collection_id for m in MISSIONS.values()} & set(DEPRECATED_COLLECTION_IDS)
+    assert QA_PIXEL.cloudy_bitmask == 0b11110 and QA_PIXEL.fill_bitmask == 1
