@@ -1,0 +1,273 @@
+"""What the notebooks and the map app run: engine choice, inputs, and the two jobs.
+
+``resolve_backend("auto")`` picks Earth Engine only when credentials exist on this machine and
+``ee.Initialize()`` succeeds within a short time; otherwise the local engine, with the reason.
+``run_gaps`` and ``run_infill`` take the notebooks' parameters (AOI, mission, dates, inputs,
+output folder), run the job on the chosen engine, write the outputs and return them together
+with the in-memory arrays the notebooks and widgets display.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .aoi import AOI, load_aoi
+from .errors import InvalidParameter, NoImages, OptsarError
+from .params import GapParams, InfillParams
+from .products import GAP_STATISTIC_NAMES, GAP_STATISTICS, STATISTICS_BY_NAME
+
+BACKENDS = ("auto", "ee", "local")
+# The demo scene beside the package in a source checkout (made by optsar_nb.local.simulate).
+DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+DEMO_PERIOD = ("2021-01-01", "2022-01-01")
+EE_INIT_TIMEOUT_S = 20.0  # ee.Initialize() talks to Google; never let a notebook hang on it
+
+# Local gap inputs, in order of preference: (GeoTIFF product, metadata CSV product, mask rule).
+# Mask_Input/InputMask_Metadata is the seed's export for gaps (1 clear, 0 cloudy); SCL_Input is
+# Sentinel-2's scene classification, classified with the mission's own rule.
+GAP_INPUTS = (("Mask_Input", "InputMask_Metadata", "clear_mask"), ("SCL_Input", "SCL_Input", None))
+
+
+# --------------------------------------------------------------------------------------------
+# engine choice
+@dataclass(frozen=True)
+class Engine:
+    """The engine a run uses and why it was chosen."""
+
+    name: str  # "ee" or "local"
+    reason: str
+
+    def __str__(self) -> str:
+        label = "Earth Engine" if self.name == "ee" else "local engine (xarray + dask, offline)"
+        return f"{label}: {self.reason}"
+
+
+def ee_credentials() -> Path | None:
+    """The Earth Engine credentials file on this machine, or None (no network is used)."""
+    for env in ("EE_SERVICE_ACCOUNT_KEY", "GOOGLE_APPLICATION_CREDENTIALS"):
+        if os.environ.get(env) and Path(os.environ[env]).is_file():
+            return Path(os.environ[env])
+    try:
+        import ee
+    except ImportError:
+        return None
+    path = Path(ee.oauth.get_credentials_path())
+    return path if path.is_file() else None
+
+
+def ee_status(*, timeout_s: float = EE_INIT_TIMEOUT_S, project: str | None = None) -> tuple[bool, str]:
+    """(usable, reason): whether ``ee.Initialize()`` works with the credentials already here.
+
+    Without a credentials file nothing touches the network. With one, ``ee.Initialize`` runs
+    in a daemon thread and is abandoned after ``timeout_s`` seconds.
+    """
+    try:
+        import ee
+    except ImportError:
+        return False, "earthengine-api is not installed (pip install earthengine-api)"
+    if ee_credentials() is None:
+        return False, "no Earth Engine credentials on this machine (run `earthengine authenticate` to use EE)"
+    outcome: dict[str, Any] = {}
+
+    def initialize() -> None:
+        try:
+            ee.Initialize(project=project) if project else ee.Initialize()
+            outcome["ok"] = True
+        except Exception as exc:  # any failure means: use the local engine
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=initialize, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return False, f"ee.Initialize() did not answer within {timeout_s:g} s (no network?)"
+    if "error" in outcome:
+        return False, f"ee.Initialize() failed: {outcome['error']}"
+    return True, "credentials found and ee.Initialize() succeeded"
+
+
+def resolve_backend(backend: str = "auto", *, timeout_s: float = EE_INIT_TIMEOUT_S) -> Engine:
+    """Choose the engine: "local", "ee" (fails if EE is unusable) or "auto" (EE if usable, else local)."""
+    backend = str(backend).strip().lower()
+    if backend not in BACKENDS:
+        raise InvalidParameter(f"backend={backend!r} is unknown: choose one of {BACKENDS}")
+    if backend == "local":
+        return Engine("local", "chosen explicitly (backend='local')")
+    ok, reason = ee_status(timeout_s=timeout_s)
+    if ok:
+        return Engine("ee", reason)
+    if backend == "ee":
+        raise OptsarError(f"backend='ee' but Earth Engine is not usable: {reason}; or use backend='local'")
+    return Engine("local", f"backend='auto' and {reason}")
+
+
+# --------------------------------------------------------------------------------------------
+# inputs of the local engine
+def input_dir(inputs: str | Path | None) -> Path:
+    """The local input folder; ``None`` means the bundled demo scene."""
+    folder = Path(inputs) if inputs else DEMO_DIR
+    if not folder.is_dir():
+        hint = ("regenerate it with `python -m optsar_nb.local.simulate --out data/sample`" if inputs is None
+                else "give the folder holding the exported inputs (e.g. SCL_Input_S2_...tif and its CSV)")
+        raise OptsarError(f"input folder {folder} does not exist: {hint}")
+    return folder
+
+
+def find_product(folder: Path, product: str, mission: str, ext: str = ".tif") -> Path | None:
+    """The file ``<product>_<mission>_<start>_<end><ext>`` in ``folder`` (the first, sorted), or None."""
+    matches = sorted(folder.glob(f"{product}_{mission}_*{ext}"))
+    return matches[0] if matches else None
+
+
+def _suffix_of(path: Path, product: str) -> str:
+    return path.stem[len(product):]
+
+
+def resolve_aoi(aoi, folder: Path | None, *, max_area_km2: float) -> AOI | None:
+    """Load the AOI; ``None`` takes the input folder's ``aoi.geojson`` when there is one."""
+    if aoi is None or (isinstance(aoi, str) and not aoi.strip()):
+        default = folder / "aoi.geojson" if folder is not None else None
+        if default is None or not default.exists():
+            return None
+        aoi = default
+    return load_aoi(aoi, max_area_km2=max_area_km2)
+
+
+def open_gap_state(params: GapParams, folder: Path) -> tuple[xr.DataArray, Path]:
+    """The (time, y, x) cloud-state stack of the local gap inputs in ``folder``, and its file."""
+    from .local.gaps import cloud_state
+    from .local.stack import read_stack
+
+    for product, meta, rule in GAP_INPUTS:
+        path = find_product(folder, product, params.mission)
+        if path is None:
+            continue
+        qa = read_stack(path, path.with_name(f"{meta}{_suffix_of(path, product)}.csv"))
+        rule_name = params.mask_rule_name if (rule is None or params.mask != "qa") else rule
+        return cloud_state(qa, rule_name, threshold=params.cloudscore_threshold), path
+    wanted = " or ".join(f"{p}_{params.mission}_<start>_<end>.tif" for p, _, _ in GAP_INPUTS)
+    raise NoImages(f"no gap input for mission {params.mission} in {folder}: expected {wanted} with its CSV")
+
+
+# --------------------------------------------------------------------------------------------
+# results
+@dataclass
+class GapResult:
+    """Outputs of a gap characterization run, on disk and in memory.
+
+    ``statistics``: (stat, y, x) float32 gap statistics (NaN outside the AOI / undefined);
+    ``daily_state``: (time, y, x) composited state per day (1 clear, 0 cloudy, -1 missing);
+    ``metadata``: one row per input image (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI).
+    On the EE engine ``ee_image`` holds the statistics image and the arrays are None.
+    """
+
+    params: GapParams
+    engine: Engine
+    aoi: AOI | None
+    paths: dict[str, Path] = field(default_factory=dict)
+    statistics: xr.DataArray | None = None
+    daily_state: xr.DataArray | None = None
+    metadata: pd.DataFrame | None = None
+    ee_image: Any = None
+    tasks: list = field(default_factory=list)
+
+    def summary(self) -> pd.DataFrame:
+        """Per statistic: unit and the AOI mean, minimum and maximum over pixels where it is defined."""
+        if self.statistics is None:
+            raise OptsarError("this run has no local statistics array (Earth Engine runs export them instead)")
+        rows = []
+        for stat in GAP_STATISTICS:
+            values = self.statistics.sel(stat=stat.name).values
+            finite = values[np.isfinite(values)]
+            rows.append({
+                "statistic": stat.name, "unit": stat.unit,
+                "mean": float(finite.mean()) if finite.size else np.nan,
+                "min": float(finite.min()) if finite.size else np.nan,
+                "max": float(finite.max()) if finite.size else np.nan,
+                "pixels": int(finite.size),
+            })
+        return pd.DataFrame(rows).set_index("statistic")
+
+
+def gap_params(mission: str, start, end, **extra) -> GapParams:
+    """GapParams from the notebooks' parameters plus any GapParams field in ``extra``."""
+    return GapParams.from_dict({"mission": mission, "start": start, "end": end, **extra})
+
+
+def local_gap_run(params: GapParams, aoi: AOI | None, folder: Path, engine: Engine, *,
+                  out_dir: str | Path | None = None, overwrite: bool = False) -> GapResult:
+    """Run part A on the local inputs in ``folder``; write the outputs when ``out_dir`` is given.
+
+    Arrays stay lazy (dask) so that large AOIs are only computed block by block, on writing or
+    when a widget shows one date or one statistic.
+    """
+    from .local.gaps import aoi_cloud_stats, aoi_mask, characterize_gaps, clip_to_aoi, composite_same_day
+    from .local.gaps import gap_statistics, select_period
+    from .local.stack import metadata_of, read_geotiff
+
+    state, _ = open_gap_state(params, folder)
+    period = select_period(state, params.start, params.end)
+    if period.sizes["time"] == 0:
+        raise NoImages(f"no image between {params.start} and {params.end} in {folder}: widen the dates")
+    clipped = clip_to_aoi(period, aoi_mask(period, aoi) if aoi is not None else None)
+    result = GapResult(params=params, engine=engine, aoi=aoi)
+    result.daily_state = composite_same_day(clipped.sortby("time"))
+    if out_dir is None:
+        result.statistics = gap_statistics(clipped, params)
+        result.metadata = pd.concat([metadata_of(clipped)[["ID", "CollectionTime"]], aoi_cloud_stats(clipped)], axis=1)
+        return result
+    result.paths = characterize_gaps(state, params, out_dir, aoi=aoi, overwrite=overwrite)
+    written = read_geotiff(result.paths["statistics"])
+    result.statistics = written.rename(band="stat").assign_coords(stat=list(GAP_STATISTIC_NAMES))
+    result.metadata = pd.read_csv(result.paths["metadata"])
+    return result
+
+
+def run_gaps(
+    *,
+    aoi=None,
+    mission: str = "S2",
+    start=DEMO_PERIOD[0],
+    end=DEMO_PERIOD[1],
+    backend: str = "auto",
+    inputs: str | Path | None = None,
+    out_dir: str | Path | None = "out/gaps",
+    overwrite: bool = False,
+    export: str = "drive",
+    engine: Engine | None = None,
+    **extra,
+) -> GapResult:
+    """Gap characterization (METHOD.md part A) for the notebooks' parameters.
+
+    ``aoi``: GeoJSON/shapefile path, GeoJSON dict, (west, south, east, north) bbox or None (the
+    input folder's ``aoi.geojson``, else the whole stack). ``inputs``: local input folder (None:
+    the demo scene). ``out_dir``: where files are written (None: in memory only). ``export``:
+    Earth Engine destination ("drive", "asset", "gcs"). ``extra``: further GapParams fields.
+    Existing outputs are refused unless ``overwrite``.
+    """
+    params = gap_params(mission, start, end, **extra)
+    engine = engine or resolve_backend(backend)
+    if engine.name == "ee":
+        from ._ee_runs import run_gaps_ee
+
+        return run_gaps_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir)
+    folder = input_dir(inputs)
+    aoi_obj = resolve_aoi(aoi, folder, max_area_km2=params.max_aoi_km2)
+    return local_gap_run(params, aoi_obj, folder, engine, out_dir=out_dir, overwrite=overwrite)
+
+
+def statistic_names() -> tuple[str, ...]:
+    return GAP_STATISTIC_NAMES
+
+
+def describe_statistic(name: str) -> str:
+    info = STATISTICS_BY_NAME[name]
+    return f"{name} ({info.unit}): {info.description}"

@@ -1,0 +1,123 @@
+"""Seed-format stacks: GeoTIFF + metadata CSV round trip, NetCDF cubes, mismatches, overwrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+
+from optsar_nb.errors import OutputExists, StackMismatch
+from optsar_nb.local.stack import read_netcdf, read_stack, write_csv, write_geotiff, write_stack
+
+
+def _stack(n=3, ny=40, nx=30, dtype="float32") -> xr.DataArray:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(n, ny, nx)).astype(dtype)
+    times = pd.to_datetime(["2021-01-05T00:11:09", "2021-01-10T00:11:09", "2021-01-10T00:11:21"][:n])
+    return xr.DataArray(
+        data,
+        dims=("time", "y", "x"),
+        coords={
+            "time": times,
+            "id": ("time", ["20210105T001109_T55HEB", "20210110T001109_T55HEB", "20210110T001121_T55HEA"][:n]),
+            "y": 6_530_000 - 10 * (np.arange(ny) + 0.5),
+            "x": 600_000 + 10 * (np.arange(nx) + 0.5),
+        },
+        attrs={"crs": "EPSG:32755", "transform": (10.0, 0.0, 600_000.0, 0.0, -10.0, 6_530_000.0)},
+    )
+
+
+def test_geotiff_round_trip_keeps_names_crs_transform_values(tmp_path):
+    stack = _stack()
+    stack[1, 3, 4] = np.nan
+    tif, csv = write_stack(stack, tmp_path / "NDVI_Input_S2_2021-01-01_2022-01-01.tif")
+    with rasterio.open(tif) as src:  # read independently of the package
+        assert src.descriptions == tuple(stack["id"].values)
+        assert src.crs.to_epsg() == 32755
+        assert tuple(src.transform)[:6] == stack.attrs["transform"]
+        np.testing.assert_array_equal(src.read(2), stack.values[1])
+    table = pd.read_csv(csv)
+    assert list(table.ID) == list(stack["id"].values)
+    assert table.CollectionTime[0] == 1609805469000  # 2021-01-05T00:11:09Z in ms, by hand
+    back = read_stack(tif, chunk_px=16)
+    assert back.chunks[1] == (16, 16, 8)
+    np.testing.assert_array_equal(back.values, stack.values)
+    np.testing.assert_array_equal(back.time.values, stack.time.values)
+    np.testing.assert_array_equal(back.x.values, stack.x.values)
+    np.testing.assert_array_equal(back.y.values, stack.y.values)
+    assert back.attrs["transform"] == stack.attrs["transform"]
+
+
+def test_packed_int16_round_trip(tmp_path):
+    stack = _stack() / 10
+    stack[0, 0, 0] = np.nan
+    write_geotiff(stack, tmp_path / "p.tif", scale=1e-4)
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.dtypes[0] == "int16" and src.scales[0] == 1e-4
+    back = read_stack(tmp_path / "p.tif", _metadata(tmp_path, stack))
+    finite = np.isfinite(stack.values)
+    assert np.abs(back.values[finite] - stack.values[finite]).max() <= 0.5e-4 + 1e-7
+    assert np.isnan(back.values[0, 0, 0])
+
+
+def _metadata(tmp_path, stack):
+    from optsar_nb.local.stack import metadata_of
+
+    return write_csv(metadata_of(stack), tmp_path / "meta.csv", overwrite=True)
+
+
+def test_band_count_and_rows_disagree(tmp_path):
+    stack = _stack()
+    tif, csv = write_stack(stack, tmp_path / "s.tif")
+    pd.read_csv(csv).iloc[:2].to_csv(csv, index=False)
+    with pytest.raises(StackMismatch, match="3 bands but its metadata table has 2 rows"):
+        read_stack(tif)
+
+
+def test_ids_out_of_order(tmp_path):
+    stack = _stack()
+    tif, csv = write_stack(stack, tmp_path / "s.tif")
+    pd.read_csv(csv).iloc[[1, 0, 2]].to_csv(csv, index=False)
+    with pytest.raises(StackMismatch, match="band 1 is '20210105T001109_T55HEB' but .* row 1 is '20210110T001109_T55HEB'"):
+        read_stack(tif)
+
+
+def test_missing_columns(tmp_path):
+    tif, csv = write_stack(_stack(), tmp_path / "s.tif")
+    pd.read_csv(csv).rename(columns={"CollectionTime": "time"}).to_csv(csv, index=False)
+    with pytest.raises(StackMismatch, match="lacks column.*CollectionTime"):
+        read_stack(tif)
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    stack = _stack()
+    tif, _ = write_stack(stack, tmp_path / "s.tif")
+    before = tif.read_bytes()
+    with pytest.raises(OutputExists, match="overwrite=True"):
+        write_stack(stack * 2, tif)
+    assert tif.read_bytes() == before
+    write_stack(stack * 2, tif, overwrite=True)
+    np.testing.assert_allclose(read_stack(tif).values, stack.values * 2)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_netcdf_scale_and_fill(flanders):
+    path = next(flanders.glob("S2_L2A_10m_*.nc"))
+    ds = read_netcdf(path, ["B04", "B08"])
+    raw = xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False)
+    dn = raw["B04"].values
+    got = ds["B04"].values
+    np.testing.assert_allclose(got[dn != 0], dn[dn != 0].astype("float32") * np.float32(1e-4), rtol=1e-6)
+    assert np.isnan(got[dn == 0]).all()
+    assert ds["B04"].attrs["transform"] == (10.0, 0.0, 501360.0, 0.0, -10.0, 5629680.0)
+    assert ds.sizes == {"time": 118, "y": 64, "x": 64}
+    assert str(ds["id"].values[0]).startswith("S2_L2A_10m_2017")
+    scl = read_netcdf(next(flanders.glob("S2_L2A_20m_*.nc")), "SCL")["SCL"]
+    assert scl.dtype == np.uint8 and scl.attrs["nodata"] == 0
+
+
+def test_netcdf_missing_variable(flanders):
+    with pytest.raises(StackMismatch, match="no variable.*'B99'"):
+        read_netcdf(next(flanders.glob("S2_L2A_10m_*.nc")), "B99")
