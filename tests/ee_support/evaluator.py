@@ -1,0 +1,204 @@
+"""A numpy interpreter of serialized Earth Engine graphs, for tests.
+
+``Evaluator.evaluate(obj)`` serializes an ``ee`` object with the client's own serializer
+(``ee.serializer.encode(obj, for_cloud_api=True)``, the request body the server would get) and
+interprets that expression: ``constantValue``, ``arrayValue``, ``dictionaryValue``,
+``valueReference`` (shared subexpressions, each closed one computed once),
+``functionInvocationValue`` (a named algorithm, or ``functionReference`` to a defined function),
+``functionDefinitionValue`` with ``argumentReference`` (the bodies of ``map``, ``iterate`` and
+``List.map``, evaluated with lexical scoping). Algorithm arguments omitted in the graph take the
+defaults of the client's algorithm table, so each implementation sees the server's signature.
+
+Data come from local cubes registered under Earth Engine collection ids (``register``), all on
+one pixel grid. What this interpreter deliberately does not model, so tests cannot see it:
+
+* projections and scales: ``scale``, ``crs``, ``crsTransform``, ``reproject`` and export
+  projections are accepted and ignored; every image is already on the one grid, aligned by the
+  test's cube loader with nearest-neighbour resampling (Earth Engine's default);
+* image footprints: every image covers the whole grid, so ``filterBounds`` keeps an image when the
+  geometry touches the grid, and ``unmask(sameFootprint=...)`` cannot differ;
+* weighted reductions: masks are on/off, so weighted and unweighted reducers agree;
+* ``maxPixels``, ``bestEffort``, ``tileScale``, ``parallelScale``: no limits are enforced;
+* the percentile family (percentile, median, intervalMean) is exact with linear interpolation
+  between order statistics (``percentile_mode="exact"``); Earth Engine computes these exactly
+  only up to ``maxRaw`` inputs and from a histogram beyond. ``percentile_mode="histogram"``
+  emulates the histogram path (buckets of ``minBucketWidth``) so tests can bound the difference.
+
+An algorithm the evaluator lacks raises NotImplementedError naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ee
+
+from . import algorithms as _algorithms
+from .values import Closure, Collection, Grid
+
+PERCENTILE_MODES = ("exact", "histogram")
+
+
+class Evaluator:
+    """Interprets serialized graphs over registered collections on one grid."""
+
+    def __init__(self, grid: Grid, *, percentile_mode: str = "exact"):
+        if percentile_mode not in PERCENTILE_MODES:
+            raise ValueError(f"percentile_mode must be one of {PERCENTILE_MODES}")
+        from .offline import algorithm_table
+
+        self.grid = grid
+        self.percentile_mode = percentile_mode
+        self.collections: dict[str, Collection] = {}
+        self.signatures = algorithm_table()
+        self.calls: dict[str, int] = {}  # algorithm name -> invocation count (for coverage reports)
+
+    # ----------------------------------------------------------------------------------------
+    def register(self, collection_id: str, collection: Collection) -> None:
+        """Make ``ee.ImageCollection(collection_id)`` load ``collection``."""
+        self.collections[collection_id] = collection
+
+    def evaluate(self, obj: Any) -> Any:
+        """Evaluate an ee object (or an already encoded expression dict)."""
+        expr = obj if isinstance(obj, dict) and "values" in obj else ee.serializer.encode(obj, for_cloud_api=True)
+        return self.run(expr)
+
+    def run(self, expr: dict) -> Any:
+        values = expr["values"]
+        self._values = values
+        self._cache: dict[str, Any] = {}
+        self._free: dict[str, frozenset] = {}
+        return self._ref(expr["result"], {})
+
+    # ----------------------------------------------------------------------------------------
+    def _free_vars(self, ref: str) -> frozenset:
+        """Argument names a value refers to without binding them (closed values are cached)."""
+        if ref not in self._free:
+            self._free[ref] = frozenset()  # graphs are acyclic; guards against self reference
+            self._free[ref] = self._node_free(self._values[ref])
+        return self._free[ref]
+
+    def _node_free(self, node: dict) -> frozenset:
+        (kind, body), = node.items()
+        if kind == "argumentReference":
+            return frozenset([body])
+        if kind == "valueReference":
+            return self._free_vars(body)
+        if kind == "arrayValue":
+            return frozenset().union(*(self._node_free(v) for v in body["values"]))
+        if kind == "dictionaryValue":
+            return frozenset().union(*(self._node_free(v) for v in body["values"].values()))
+        if kind == "functionInvocationValue":
+            out = frozenset().union(*(self._node_free(v) for v in body.get("arguments", {}).values()))
+            if "functionReference" in body:
+                out |= self._free_vars(body["functionReference"])
+            return out
+        if kind == "functionDefinitionValue":
+            return self._free_vars(body["body"]) - set(body["argumentNames"])
+        return frozenset()
+
+    def _ref(self, ref: str, env: dict) -> Any:
+        closed = not self._free_vars(ref)
+        if closed and ref in self._cache:
+            return self._cache[ref]
+        value = self._node(self._values[ref], env if not closed else {})
+        if closed:
+            self._cache[ref] = value
+        return value
+
+    def _node(self, node: dict, env: dict) -> Any:
+        (kind, body), = node.items()
+        if kind == "constantValue":
+            return body
+        if kind == "integerValue":
+            return int(body)
+        if kind == "valueReference":
+            return self._ref(body, env)
+        if kind == "argumentReference":
+            if body not in env:
+                raise KeyError(f"unbound argument {body!r} in the graph")
+            return env[body]
+        if kind == "arrayValue":
+            return [self._node(v, env) for v in body["values"]]
+        if kind == "dictionaryValue":
+            return {k: self._node(v, env) for k, v in body["values"].items()}
+        if kind == "functionDefinitionValue":
+            return Closure(list(body["argumentNames"]), body["body"], env, self)
+        if kind == "functionInvocationValue":
+            args = {k: self._node(v, env) for k, v in body.get("arguments", {}).items()}
+            if "functionReference" in body:
+                return self._ref(body["functionReference"], env)(**args)
+            return self.invoke(body["functionName"], args)
+        raise NotImplementedError(f"graph node kind {kind!r} is not supported by the evaluator")
+
+    def call_closure(self, closure: Closure, args: tuple) -> Any:
+        if len(args) != len(closure.arg_names):
+            raise TypeError(f"function of {closure.arg_names} called with {len(args)} arguments")
+        env = {**closure.env, **dict(zip(closure.arg_names, args))}
+        return self._ref(closure.body, env)
+
+    def invoke(self, name: str, args: dict) -> Any:
+        impl = _algorithms.REGISTRY.get(name)
+        if impl is None:
+            raise NotImplementedError(
+                f"the test evaluator does not implement the Earth Engine algorithm {name!r}: "
+                f"add it to tests/ee_support (arguments: {sorted(args)})"
+            )
+        signature = self.signatures.get(name)
+        if signature is not None:
+            for arg in signature.get("args", []):
+                if arg["name"] not in args and arg.get("optional"):
+                    args[arg["name"]] = arg.get("default")
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return impl(self, **args)
+
+
+def implemented_algorithms() -> set[str]:
+    """Names of the Earth Engine algorithms the evaluator interprets."""
+    return set(_algorithms.REGISTRY)
+
+
+def algorithms_in(expr: dict) -> set[str]:
+    """Every algorithm name an encoded expression invokes."""
+    names: set[str] = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "functionName" in node:
+                names.add(node["functionName"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(expr)
+    return names
+
+
+def encode(obj) -> dict:
+    return ee.serializer.encode(obj, for_cloud_api=True)
+
+
+def constants_of(expr: dict) -> list:
+    """Every constantValue in an encoded expression (for assertions on ids, bits, thresholds)."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "constantValue" in node:
+                out.append(node["constantValue"])
+            for k, v in node.items():
+                if k != "constantValue":
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(expr)
+    return out
+
+
+def pretty(expr: dict) -> str:
+    return json.dumps(expr, indent=1, sort_keys=True)
