@@ -278,3 +278,10 @@ def test_qa_nodata_value_is_missing():
 def test_cloudscore_threshold():
     cs = xr.DataArray(np.array([[[0.2, 0.59, 0.6, 0.95, np.nan]]]), dims=("time", "y", "x"))
     np.testing.assert_array_equal(gaps.cloud_state(cs, "cloudscore", threshold=0.6).values.ravel(), [K, K, C, C, M])
+
+
+def test_no_image_in_period():
+    from optsar_nb.errors import NoImages
+
+    with pytest.raises(NoImages, match="no image between 2021-01-01 and 2021-02-01.*widen the dates"):
+        _stats([C, C, C, C], DATES, start="2021-01-01", end="2021-02-01")

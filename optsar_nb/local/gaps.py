@@ -158,16 +158,17 @@ def day_counts(times, start: dt.date) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # the gap iteration
+_SORT_LAST = np.float32(3e38)  # fills non-clear slots so that gaps sort first
+
+
 def _sorted_quantile(sorted_gaps: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
-    """Linear-interpolation quantile along axis 0 of gaps sorted ascending with NaN last."""
+    """Linear-interpolation quantile along the last axis of the first ``count`` sorted gaps."""
     pos = q * (np.maximum(count, 1) - 1)
     lo = np.floor(pos).astype("int64")
     hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
-    frac = pos - lo
-    a = np.take_along_axis(sorted_gaps, lo[None], 0)[0]
-    b = np.take_along_axis(sorted_gaps, hi[None], 0)[0]
-    out = a + (b - a) * frac
-    return np.where(count > 0, out, np.nan)
+    a = np.take_along_axis(sorted_gaps, lo[:, None], 1)[:, 0]
+    b = np.take_along_axis(sorted_gaps, hi[:, None], 1)[:, 0]
+    return np.where(count > 0, a + (b - a) * (pos - lo), np.nan)
 
 
 def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_days: int) -> np.ndarray:
@@ -176,34 +177,41 @@ def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_day
     Returns float32 (n_statistics, y, x) in the order of ``GAP_STATISTIC_NAMES``.
     The iteration of METHOD.md A.4 in closed form: the previous clear day of each image is
     the running maximum of the clear days before it, starting from ``-revisit_days``.
+    Works on a (pixel, time) copy so that every reduction runs along contiguous memory;
+    float32 holds whole days exactly up to 2**24 days.
     """
-    clear = state == CLEAR
-    valid = state != MISSING
-    t = days.astype("float64")[:, None, None]
-    day_or_init = np.where(clear, t, -float(revisit_days))
-    last_clear = np.maximum.accumulate(day_or_init, axis=0) if len(days) else day_or_init
-    previous = np.concatenate([np.full((1, *state.shape[1:]), -float(revisit_days)), last_clear[:-1]], axis=0)
-    gaps = np.where(clear, t - previous, np.nan)
+    n_time, ny, nx = state.shape
+    series = np.ascontiguousarray(state.reshape(n_time, -1).T)  # (pixel, time)
+    clear = series == CLEAR
+    count = clear.sum(axis=1)
+    valid_count = (series != MISSING).sum(axis=1)
+    init = np.float32(-revisit_days)
+    t = days.astype("float32")[None, :]
+    last_clear = np.maximum.accumulate(np.where(clear, t, init), axis=1)
+    previous = np.concatenate([np.full((series.shape[0], 1), init), last_clear[:, :-1]], axis=1)
+    # gaps at clear days; no NaN in the arrays (NaN arithmetic is several times slower)
+    gaps = np.where(clear, t - previous, np.float32(0))
+    final_last = last_clear[:, -1] if n_time else np.full(series.shape[0], init)
 
-    count = clear.sum(axis=0)
-    valid_count = valid.sum(axis=0)
     has = count > 0
+    n = np.maximum(count, 1)
+    # sum of gaps = last clear day - initial condition (the invariant of the iteration)
+    mean = (final_last.astype("float64") - init) / n
+    deviation = (gaps - mean[:, None].astype("float32")) * clear
+    var = np.einsum("ij,ij->i", deviation, deviation, dtype="float64") / n
+    gaps[~clear] = _SORT_LAST
+    gaps.sort(axis=1)
+    top = np.maximum(count - 1, 0)[:, None]
+    gmin = gaps[:, 0] if n_time else np.zeros(series.shape[0], "float32")
+    gmax = np.take_along_axis(gaps, top, 1)[:, 0]
+    median = _sorted_quantile(gaps, count, 0.5)
+    p90 = _sorted_quantile(gaps, count, 0.9)
+    mean, var, gmin, gmax = (np.where(has, v, np.nan) for v in (mean, var, gmin, gmax))
     with np.errstate(invalid="ignore", divide="ignore"):
-        total = np.nansum(gaps, axis=0)
-        mean = np.where(has, total / np.maximum(count, 1), np.nan)
-        var = np.where(has, np.nansum((gaps - mean) ** 2, axis=0) / np.maximum(count, 1), np.nan)
-        sorted_gaps = np.sort(gaps, axis=0)  # NaN sorts last
-        gmin = np.where(has, sorted_gaps[0], np.nan)
-        gmax = np.where(has, np.take_along_axis(sorted_gaps, np.maximum(count - 1, 0)[None], 0)[0], np.nan)
-        median = _sorted_quantile(sorted_gaps, count, 0.5)
-        p90 = _sorted_quantile(sorted_gaps, count, 0.9)
-        final_last = last_clear[-1] if len(days) else np.full(state.shape[1:], -float(revisit_days))
         open_gap = np.where(valid_count > 0, period_days - final_last, np.nan)
         clear_fraction = np.where(valid_count > 0, count / np.maximum(valid_count, 1), np.nan)
-    out = np.stack(
-        [count, count, mean, median, np.sqrt(var), gmin, gmax, p90, open_gap, valid_count, clear_fraction]
-    )
-    return out.astype("float32")
+    out = np.stack([count, count, mean, median, np.sqrt(var), gmin, gmax, p90, open_gap, valid_count, clear_fraction])
+    return out.astype("float32").reshape(len(out), ny, nx)
 
 
 def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
@@ -214,8 +222,12 @@ def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
     Undefined statistics (no clear day; no valid day for open_gap/clear_fraction) are NaN.
     """
     state = composite_same_day(select_period(state, params.start, params.end).sortby("time"))
+    if state.sizes["time"] == 0:
+        raise NoImages(
+            f"no image between {params.start} and {params.end} (end exclusive): widen the dates or check the inputs"
+        )
     days = day_counts(state.time.values, params.start)
-    n_time = max(len(days), 1)
+    n_time = len(days)
     edge = int(max(16, min(2048, np.sqrt(BLOCK_BYTES / (4 * n_time)))))
     data = state.data if isinstance(state.data, da.Array) else da.from_array(state.values, chunks=-1)
     data = data.rechunk((-1, edge, edge))
@@ -271,10 +283,6 @@ def characterize_gaps(
         refuse_existing(paths.values())
 
     state = select_period(state, params.start, params.end)
-    if state.sizes["time"] == 0:
-        raise NoImages(
-            f"no image between {params.start} and {params.end} (end exclusive): widen the dates or check the inputs"
-        )
     inside = aoi_mask(state, aoi) if aoi is not None else None
     state = clip_to_aoi(state, inside)
     table = metadata_of(state)[["ID", "CollectionTime"]]
