@@ -176,16 +176,20 @@ class GapResult:
     statistics: xr.DataArray | None = None
     daily_state: xr.DataArray | None = None
     metadata: pd.DataFrame | None = None
-    ee_image: Any = None
-    tasks: list = field(default_factory=list)
+    ee_image: Any = None  # EE: the statistics image
+    ee_collection: Any = None  # EE: the same-day composites (ee.ImageCollection of states)
+    dates: list[str] | None = None  # EE: the composites' dates, YYYY-MM-DD
+    tasks: list = field(default_factory=list)  # EE: started export tasks
 
     def summary(self) -> pd.DataFrame:
-        """Per statistic: unit and the AOI mean, minimum and maximum over pixels where it is defined."""
+        """Per statistic: unit, and mean, minimum, maximum over the AOI pixels where it is defined."""
         if self.statistics is None:
             raise OptsarError("this run has no local statistics array (Earth Engine runs export them instead)")
+        stats = self.statistics.compute()
+        has_data = np.asarray(stats.sel(stat="valid_count").values) > 0  # inside the AOI, with data
         rows = []
         for stat in GAP_STATISTICS:
-            values = self.statistics.sel(stat=stat.name).values
+            values = np.asarray(stats.sel(stat=stat.name).values)[has_data]
             finite = values[np.isfinite(values)]
             rows.append({
                 "statistic": stat.name, "unit": stat.unit,
@@ -271,3 +275,51 @@ def statistic_names() -> tuple[str, ...]:
 def describe_statistic(name: str) -> str:
     info = STATISTICS_BY_NAME[name]
     return f"{name} ({info.unit}): {info.description}"
+
+
+# --------------------------------------------------------------------------------------------
+# input stacks for display (the pixel inspector before any infill run)
+def input_stacks(params: GapParams, inputs: str | Path | None) -> dict[str, xr.DataArray]:
+    """Observed NDVI (clear pixels only) and S1 VV, VH of the local input folder, lazily.
+
+    Missing files are left out: a folder with gap inputs only gives an empty dict.
+    """
+    from .local.stack import read_stack
+
+    folder = input_dir(inputs)
+    out: dict[str, xr.DataArray] = {}
+    ndvi_path = find_product(folder, "NDVI_Input", params.mission)
+    if ndvi_path is not None:
+        suffix = _suffix_of(ndvi_path, "NDVI_Input")
+        meta = folder / f"InputNDVI_Metadata{suffix}.csv"
+        ndvi = read_stack(ndvi_path, meta)
+        mask_path = folder / f"NDVI_Mask{suffix}.tif"
+        if mask_path.exists():
+            mask = read_stack(mask_path, meta)
+            ndvi = ndvi.where(mask == 1)  # 1 = clear in the seed's NDVI_Mask
+        out["observed"] = ndvi
+        s1_meta = folder / f"InputS1_Metadata{suffix}.csv"
+        for band in ("VV", "VH"):
+            path = folder / f"{band}_Input{suffix}.tif"
+            if path.exists() and s1_meta.exists():
+                out[band] = read_stack(path, s1_meta)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# what the notebooks print
+def describe_inputs(inputs: str | Path | None, engine: Engine) -> str:
+    """One line saying where the data comes from."""
+    if engine.name == "ee":
+        return "inputs: Earth Engine collections (see optsar_nb.missions), read on Google's servers"
+    if inputs is None:
+        return f"inputs: the bundled demo scene in {DEMO_DIR.name}/ (SIMULATED data, see its README.md)"
+    return f"inputs: exported files in {Path(inputs)}"
+
+
+def list_outputs(out_dir: str | Path) -> pd.DataFrame:
+    """Every file under ``out_dir`` with its size in kB (an empty table when there is none)."""
+    folder = Path(out_dir)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")) if folder.exists() else []
+    return pd.DataFrame({"file": [str(p.relative_to(folder)) for p in files],
+                         "kB": [round(p.stat().st_size / 1024, 1) for p in files]})

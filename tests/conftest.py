@@ -30,3 +30,23 @@ def flanders(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+# --------------------------------------------------------------------------------------------
+# Earth Engine, offline (see tests/ee_support): the real client with its shipped algorithm table
+@pytest.fixture(scope="session")
+def ee_offline():
+    """Initialize earthengine-api with no network and no credentials for the whole session."""
+    from ee_support import offline
+
+    state = offline.initialize()
+    yield
+    state.restore()
+
+
+@pytest.fixture(scope="session")
+def flanders_ee(ee_offline, flanders):
+    """(evaluator, cubes): Flanders S2 and S1 registered under their Earth Engine collection ids."""
+    from ee_support.cubes import flanders_evaluator
+
+    return flanders_evaluator(flanders)

@@ -28,6 +28,7 @@ from ..products import GAP_STATISTIC_NAMES
 STATE_DTYPE = np.int8
 # bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
 BLOCK_BYTES = 32 * 2**20
+PANEL_MAX_PX = 1000  # longest side of a map in the PNG panel
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +293,11 @@ def characterize_gaps(
     write_csv(table, paths["metadata"], overwrite=overwrite)
     if plot:
         from ..plots import gap_panel
+        from .stack import read_geotiff
 
-        gap_panel(stats, paths["panel"], title=f"Gap statistics {params.mission} {params.start} to {params.end}",
-                  overwrite=overwrite)
+        # plot from the written file, not by recomputing; large rasters are decimated for the figure
+        written = read_geotiff(paths["statistics"]).rename(band="stat")
+        step = max(1, max(written.sizes["y"], written.sizes["x"]) // PANEL_MAX_PX)
+        gap_panel(written[:, ::step, ::step], paths["panel"], overwrite=overwrite,
+                  title=f"Gap statistics {params.mission} {params.start} to {params.end}")
     return paths

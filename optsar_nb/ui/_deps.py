@@ -24,5 +24,6 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        hint = INSTALL_HINTS.get(module, f"pip install {module}")
-        raise MissingDependency(f"the interactive map needs {module!r}, which is not installed ({exc}): {hint}") from None
+        top = module.split(".")[0]
+        hint = INSTALL_HINTS.get(top, f"pip install {top}")
+        raise MissingDependency(f"the interactive map needs {top!r}, which is not installed ({exc}): {hint}") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..aoi import AOI, load_aoi
 from ..errors import OptsarError
 from ._deps import require
+from .layers import nice_bounds_center
 
 AOI_STYLE = {"color": "#2166ac", "weight": 2, "fillOpacity": 0.05}
 DRAW_SHAPE = {"shapeOptions": {"color": "#2166ac", "weight": 2, "fillOpacity": 0.05}}
@@ -80,7 +81,7 @@ class AOIControl:
         """ipyleaflet's draw callback: ``action`` is "created", "edited" or "deleted"."""
         if action == "deleted":
             return
-        self.set_aoi(geo_json, source="drawn shape", name="drawn_aoi")
+        self.set_aoi(geo_json, origin="drawn shape", name="drawn_aoi")
 
     def _handle_upload(self, change) -> None:
         files = change["new"]
@@ -94,23 +95,27 @@ class AOIControl:
         except OptsarError as exc:
             self.show_error(str(exc))
             return
-        self.set_aoi(source, source=name, name=Path(name).stem)
+        self.set_aoi(source, origin=name, name=Path(name).stem)
 
     # public ---------------------------------------------------------------------------------
-    def set_aoi(self, source, *, source_name: str | None = None, name: str | None = None, source: str = "AOI") -> AOI | None:
-        """Validate ``source`` and make it the AOI; on failure show why and keep the previous AOI."""
+    def set_aoi(self, geometry, *, origin: str = "AOI", name: str | None = None) -> AOI | None:
+        """Validate ``geometry`` (any load_aoi source) and make it the AOI.
+
+        On failure the reason is shown in ``message`` and the previous AOI stays. ``origin``
+        says where the geometry came from (drawn shape, file name) in the messages.
+        """
         try:
-            aoi = load_aoi(source, name=name, max_area_km2=self.max_area_km2)
+            aoi = load_aoi(geometry, name=name, max_area_km2=self.max_area_km2)
         except OptsarError as exc:
-            self.show_error(f"{source_name or source} rejected: {exc}")
+            self.show_error(f"{origin} rejected: {exc}")
             return None
         except Exception as exc:  # malformed input from a browser or file: explain, don't raise
-            self.show_error(f"{source_name or source} could not be read: {exc}")
+            self.show_error(f"{origin} could not be read: {exc}")
             return None
         self.aoi = aoi
         self._draw_layer(aoi)
         self.message.value = message_html(
-            f"AOI '{aoi.name}' set from {source_name or source}: {aoi.area_km2:,.2f} km2", kind="ok"
+            f"AOI '{aoi.name}' set from {origin}: {aoi.area_km2:,.2f} km2", kind="ok"
         )
         if self.on_change is not None:
             self.on_change(aoi)
@@ -127,7 +132,7 @@ class AOIControl:
         self.host.add(self.layer)
         self.draw.clear()
         west, south, east, north = aoi.bounds
-        self.host.fit_bounds([[south, west], [north, east]])
+        self.host.center, self.host.zoom = nice_bounds_center([[south, west], [north, east]])
 
     def cleanup(self) -> None:
         """Remove the draw control, the AOI layer and the callbacks from the host map."""

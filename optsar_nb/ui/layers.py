@@ -207,6 +207,19 @@ def legend_html(title: str, entries: dict[str, str]) -> str:
     return f'<div class="optsar-legend" style="font:11px sans-serif;padding:4px 8px"><b>{title}</b>{rows}</div>'
 
 
+def lonlat_bounds(crs, transform, height: int, width: int) -> Bounds:
+    """``[[south, west], [north, east]]`` in degrees of a grid of ``height`` x ``width`` pixels."""
+    from rasterio.transform import Affine
+    from rasterio.warp import transform_bounds
+
+    t = Affine(*transform[:6])
+    x0, y0 = t * (0, 0)
+    x1, y1 = t * (width, height)
+    west, south, east, north = transform_bounds(crs or "EPSG:4326", "EPSG:4326", min(x0, x1), min(y0, y1),
+                                                max(x0, x1), max(y0, y1))
+    return [[south, west], [north, east]]
+
+
 def nice_bounds_center(bounds: Bounds) -> tuple[list[float], int]:
     """Map centre and a zoom level that shows ``bounds`` whole on a ~600 px wide map."""
     (south, west), (north, east) = bounds

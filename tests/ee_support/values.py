@@ -109,12 +109,15 @@ class Geometry:
 
 @dataclass
 class Filter:
-    """A predicate over elements (images, features) and their properties."""
+    """A predicate: ``fn(element, other)``; ``other`` is the secondary element in a join."""
 
-    test: Any  # callable(element) -> bool
+    fn: Any
 
     def __call__(self, element) -> bool:
-        return bool(self.test(element))
+        return bool(self.fn(element, None))
+
+    def pair(self, primary, secondary) -> bool:
+        return bool(self.fn(primary, secondary))
 
 
 @dataclass
