@@ -20,6 +20,8 @@ from shapely.validation import explain_validity
 
 from .errors import AOITooLarge, InvalidAOI
 
+_GEOMETRY_TYPES = ("Polygon", "MultiPolygon", "Point", "LineString", "MultiPoint", "MultiLineString",
+                   "GeometryCollection")
 AOISource = Any  # path, GeoJSON dict, object with __geo_interface__, bbox tuple, shapely geometry
 
 
@@ -79,7 +81,7 @@ def _geometry_from_geojson(obj: dict, source_name: str) -> tuple[Any, dict, str 
         props = dict(obj.get("properties") or {})
         geom, _, _ = _geometry_from_geojson(obj["geometry"], source_name)
         return geom, props, props.get("name")
-    if kind in ("Polygon", "MultiPolygon", "Point", "LineString", "MultiPoint", "MultiLineString", "GeometryCollection"):
+    if kind in _GEOMETRY_TYPES:
         try:
             return shape(obj), {}, None
         except Exception as exc:  # malformed coordinates

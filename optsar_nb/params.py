@@ -146,7 +146,15 @@ class InfillParams(_Params):
     random_split: bool = True  # B.6: False splits by time (first 60 % train)
     seed: int = 0  # random column and donor choice are reproducible
     irls_max_iterations: int = 50
-    irls_tolerance: float = 1e-10
+    irls_tolerance: float = 1e-10  # unused by Talwar IRLS: its 0/1 weights converge exactly (weights repeat)
+    # B.6 Talwar cost: a sample is an outlier when |residual| > talwar_tuning x MAD/0.6745. 2.795 is
+    # the Talwar constant of MATLAB's robustfit (95 % efficiency under normal errors); Earth
+    # Engine's robustLinearRegression computes its own default `beta`, which is undocumented.
+    talwar_tuning: float = 2.795
+    # B.6 rank-revealing solve: singular values <= lstsq_rcond x the largest (of the design with
+    # columns scaled to unit norm) are dropped (minimum-norm solution). The covariates are
+    # collinear to ~1e-16 by construction; 1e-6 keeps every direction the data resolve.
+    lstsq_rcond: float = 1e-6
     pca_fraction: float = 0.1  # B.8: keep floor(0.1 x n_images) components
     standardize_max_cloud: float = 0.5  # B.9: standardize images with cloud cover < 50 %
     standardize_upper: tuple[float, float] = (0.85, 0.95)  # B.9 upper interval (quantiles)
@@ -168,6 +176,9 @@ class InfillParams(_Params):
         for name in ("min_pairs", "s1_window_days", "neighbourhood_radius_px", "irls_max_iterations"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(f"{name}={getattr(self, name)!r} must be at least 1")
+        if self.talwar_tuning <= 0:
+            raise InvalidParameter(f"talwar_tuning={self.talwar_tuning!r} must be positive (2.795 is the usual value)")
+        _check_range("lstsq_rcond", self.lstsq_rcond, 0.0, 1.0)
         if self.focal_median_radius_px < 0:
             raise InvalidParameter("focal_median_radius_px must be >= 0 (0 switches the focal median off)")
 

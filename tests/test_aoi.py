@@ -6,12 +6,11 @@ import json
 
 import pytest
 import shapely
+from conftest import ROOT
 from shapely.geometry import Polygon
 
 from optsar_nb.aoi import check_area, load_aoi, load_aois, tile_aoi
 from optsar_nb.errors import AOITooLarge, InvalidAOI
-
-from conftest import ROOT
 
 AOIS = ROOT / "data" / "test_aois"
 

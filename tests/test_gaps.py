@@ -28,7 +28,11 @@ def _stack(states, dates) -> xr.DataArray:
     return xr.DataArray(
         arr,
         dims=("time", "y", "x"),
-        coords={"time": pd.to_datetime(dates, format="ISO8601"), "y": np.arange(arr.shape[1]) + 0.5, "x": np.arange(arr.shape[2]) + 0.5},
+        coords={
+            "time": pd.to_datetime(dates, format="ISO8601"),
+            "y": np.arange(arr.shape[1]) + 0.5,
+            "x": np.arange(arr.shape[2]) + 0.5,
+        },
     )
 
 
@@ -228,7 +232,8 @@ def test_characterize_gaps_writes_outputs_and_refuses_overwrite(flanders, tmp_pa
     from pyproj import Transformer
 
     tr = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
-    corners = [tr.transform(x, y) for x, y in [(501360, 5629040), (501680, 5629040), (501680, 5629680), (501360, 5629680)]]
+    utm = [(501360, 5629040), (501680, 5629040), (501680, 5629680), (501360, 5629680)]
+    corners = [tr.transform(x, y) for x, y in utm]
     aoi = load_aoi({"type": "Polygon", "coordinates": [corners + [corners[0]]]})
     paths = characterize_gaps = gaps.characterize_gaps(state, params, tmp_path, aoi=aoi)
     assert paths["statistics"].name == "Gap_Statistics_S2_2017-08-01_2018-11-30.tif"

@@ -80,7 +80,8 @@ def test_ids_out_of_order(tmp_path):
     stack = _stack()
     tif, csv = write_stack(stack, tmp_path / "s.tif")
     pd.read_csv(csv).iloc[[1, 0, 2]].to_csv(csv, index=False)
-    with pytest.raises(StackMismatch, match="band 1 is '20210105T001109_T55HEB' but .* row 1 is '20210110T001109_T55HEB'"):
+    expected = "band 1 is '20210105T001109_T55HEB' but .* row 1 is '20210110T001109_T55HEB'"
+    with pytest.raises(StackMismatch, match=expected):
         read_stack(tif)
 
 

@@ -90,7 +90,6 @@ def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
     from shapely.geometry import mapping
 
     from ..aoi import reproject
-
     from .stack import transform_from_coords
 
     crs = template.attrs.get("crs")

@@ -278,10 +278,10 @@ def write_geotiff(
     if transform is None:
         transform = transform_from_coords(data.y.values, data.x.values)
     dtype = np.dtype(data.dtype)
-    if dtype == bool:
+    if dtype.kind == "b":
         dtype = np.dtype("uint8")
     count, height, width = data.shape
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.values), chunks=(-1, 1024, 1024))
+    arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.values), chunks=-1)
     arr = arr.rechunk({0: -1})
     if scale is not None:
         packed_nodata = np.iinfo("int16").min
@@ -300,21 +300,20 @@ def write_geotiff(
         profile.pop("blockxsize"), profile.pop("blockysize")
     if count > 1:
         profile["interleave"] = "band"
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for i, name in enumerate(band_names):
-                dst.set_band_description(i + 1, name)
-            if scale is not None:
-                dst.scales = [scale] * count
-                dst.offsets = [0.0] * count
-            row0 = 0
-            for row_chunk in arr.chunks[1]:
-                col0 = 0
-                for col_chunk in arr.chunks[2]:
-                    block = np.asarray(arr[:, row0 : row0 + row_chunk, col0 : col0 + col_chunk].compute()).astype(dtype)
-                    dst.write(block, window=Window(col0, row0, col_chunk, row_chunk))
-                    col0 += col_chunk
-                row0 += row_chunk
+    with atomic_path(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for i, name in enumerate(band_names):
+            dst.set_band_description(i + 1, name)
+        if scale is not None:
+            dst.scales = [scale] * count
+            dst.offsets = [0.0] * count
+        row0 = 0
+        for row_chunk in arr.chunks[1]:
+            col0 = 0
+            for col_chunk in arr.chunks[2]:
+                block = np.asarray(arr[:, row0 : row0 + row_chunk, col0 : col0 + col_chunk].compute()).astype(dtype)
+                dst.write(block, window=Window(col0, row0, col_chunk, row_chunk))
+                col0 += col_chunk
+            row0 += row_chunk
     return Path(path)
 
 
