@@ -12,9 +12,15 @@ STAMP=$VENV/.installed
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "setting up $VENV (first use: a few minutes)..." >&2
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[test,geemap]"
+  log=$(mktemp)
+  if ! { "$PYTHON" -m venv "$VENV" \
+         && "$VENV/bin/python" -m pip install --upgrade pip \
+         && "$VENV/bin/python" -m pip install -e ".[test,geemap]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "set-up failed: the full pip log is in $log" >&2
+    exit 1
+  fi
+  rm -f "$log"
   touch "$STAMP"
 fi
 
