@@ -288,6 +288,8 @@ def characterize_gaps(
     table = metadata_of(state)[["ID", "CollectionTime"]]
     table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
     stats = gap_statistics(state, params)
+    if inside is not None:  # outside the AOI nothing is defined, counts included (as EE's clip)
+        stats = stats.where(inside)
     write_geotiff(stats, paths["statistics"], band_names=list(GAP_STATISTIC_NAMES), overwrite=overwrite)
     write_csv(table, paths["metadata"], overwrite=overwrite)
     if plot:
