@@ -179,7 +179,7 @@ class GapResult:
     ee_image: Any = None  # EE: the statistics image
     ee_collection: Any = None  # EE: the same-day composites (ee.ImageCollection of states)
     dates: list[str] | None = None  # EE: the composites' dates, YYYY-MM-DD
-    tasks: list = field(default_factory=list)  # EE: started export tasks
+    tasks: list = field(default_factory=list)  # EE: export reports, output name -> skipped/done/started
 
     def summary(self) -> pd.DataFrame:
         """Per statistic: unit, and mean, minimum, maximum over the AOI pixels where it is defined."""
@@ -213,8 +213,15 @@ def local_gap_run(params: GapParams, aoi: AOI | None, folder: Path, engine: Engi
     Arrays stay lazy (dask) so that large AOIs are only computed block by block, on writing or
     when a widget shows one date or one statistic.
     """
-    from .local.gaps import aoi_cloud_stats, aoi_mask, characterize_gaps, clip_to_aoi, composite_same_day
-    from .local.gaps import gap_statistics, select_period
+    from .local.gaps import (
+        aoi_cloud_stats,
+        aoi_mask,
+        characterize_gaps,
+        clip_to_aoi,
+        composite_same_day,
+        gap_statistics,
+        select_period,
+    )
     from .local.stack import metadata_of, read_geotiff
 
     state, _ = open_gap_state(params, folder)
@@ -247,6 +254,7 @@ def run_gaps(
     overwrite: bool = False,
     export: str = "drive",
     engine: Engine | None = None,
+    progress=None,
     **extra,
 ) -> GapResult:
     """Gap characterization (METHOD.md part A) for the notebooks' parameters.
@@ -254,15 +262,14 @@ def run_gaps(
     ``aoi``: GeoJSON/shapefile path, GeoJSON dict, (west, south, east, north) bbox or None (the
     input folder's ``aoi.geojson``, else the whole stack). ``inputs``: local input folder (None:
     the demo scene). ``out_dir``: where files are written (None: in memory only). ``export``:
-    Earth Engine destination ("drive", "asset", "gcs"). ``extra``: further GapParams fields.
-    Existing outputs are refused unless ``overwrite``.
+    Earth Engine destination ("drive", "asset", "gcs", "local"). ``extra``: further GapParams fields.
+    Existing outputs are refused unless ``overwrite``. ``progress(name, state, fraction)`` is called
+    as Earth Engine export tasks change state.
     """
     params = gap_params(mission, start, end, **extra)
     engine = engine or resolve_backend(backend)
     if engine.name == "ee":
-        from ._ee_runs import run_gaps_ee
-
-        return run_gaps_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir)
+        return _run_gaps_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress)
     folder = input_dir(inputs)
     aoi_obj = resolve_aoi(aoi, folder, max_area_km2=params.max_aoi_km2)
     return local_gap_run(params, aoi_obj, folder, engine, out_dir=out_dir, overwrite=overwrite)
@@ -320,6 +327,176 @@ def describe_inputs(inputs: str | Path | None, engine: Engine) -> str:
 def list_outputs(out_dir: str | Path) -> pd.DataFrame:
     """Every file under ``out_dir`` with its size in kB (an empty table when there is none)."""
     folder = Path(out_dir)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")) if folder.exists() else []
+    found = folder.rglob("*") if folder.exists() else []
+    files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
     return pd.DataFrame({"file": [str(p.relative_to(folder)) for p in files],
                          "kB": [round(p.stat().st_size / 1024, 1) for p in files]})
+
+
+# --------------------------------------------------------------------------------------------
+# infilling
+@dataclass
+class InfillResult:
+    """Outputs of an infilling run, on disk and as lazy (time, y, x) stacks read back from the files.
+
+    ``observed`` (clear observations), ``predicted`` (calibrated prediction), ``gapfree``, ``mask``
+    (1 clear, 0 cloudy, -1 missing) have one image per optical-SAR pair; ``vv``/``vh`` are the S1
+    inputs; ``metadata`` the Output_Metadata table; ``metrics`` MAE/RMSE/R2/bias per split and method.
+    """
+
+    params: InfillParams
+    engine: Engine
+    aoi: AOI | None
+    paths: dict[str, Path] = field(default_factory=dict)
+    observed: xr.DataArray | None = None
+    predicted: xr.DataArray | None = None
+    gapfree: xr.DataArray | None = None
+    mask: xr.DataArray | None = None
+    vv: xr.DataArray | None = None
+    vh: xr.DataArray | None = None
+    metadata: pd.DataFrame | None = None
+    metrics: pd.DataFrame | None = None
+    n_images: int = 0
+    dates: list[str] | None = None  # EE: the pairs' dates
+    tasks: list = field(default_factory=list)  # EE: export reports, output name -> skipped/done/started
+
+    @property
+    def n_pairs(self) -> int:
+        return 0 if self.metadata is None else len(self.metadata)
+
+    @property
+    def accuracy(self) -> pd.DataFrame:
+        """MAE (NDVI units) per split (rows) for the S1 model and the two baselines (columns)."""
+        if self.metrics is None:
+            raise OptsarError("this run has no local accuracy table (Earth Engine runs export it instead)")
+        table = self.metrics.pivot(index="split", columns="method", values="MAE")
+        return table.reindex(index=["train", "validation", "test"], columns=["model", "pixel_mean", "interpolation"])
+
+
+def run_infill(
+    *,
+    aoi=None,
+    mission: str = "S2",
+    start=DEMO_PERIOD[0],
+    end=DEMO_PERIOD[1],
+    backend: str = "auto",
+    inputs: str | Path | None = None,
+    out_dir: str | Path = "out/infill",
+    overwrite: bool = False,
+    export: str = "drive",
+    engine: Engine | None = None,
+    progress=None,
+    **extra,
+) -> InfillResult:
+    """Gap infilling (METHOD.md part B) for the notebooks' parameters; arguments as :func:`run_gaps`.
+
+    Local engine: reads ``NDVI_Input``, ``NDVI_Mask`` (or ``SCL_Input``), ``VV_Input``, ``VH_Input``
+    and their CSVs from ``inputs`` and writes the infill outputs and accuracy report into ``out_dir``.
+    ``extra``: further InfillParams fields (e.g. ``s1_window_days``).
+    """
+    params = InfillParams.from_dict({"mission": mission, "start": start, "end": end, **extra})
+    engine = engine or resolve_backend(backend)
+    if engine.name == "ee":
+        return _run_infill_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress)
+    from .local.gaps import select_period
+    from .local.infill import infill, load_seed_inputs
+    from .local.stack import read_stack
+
+    folder = input_dir(inputs)
+    aoi_obj = resolve_aoi(aoi, folder, max_area_km2=params.max_aoi_km2)
+    ndvi, state, vv, vh = load_seed_inputs(folder, params)
+    done = infill(ndvi, state, vv, vh, params, out_dir, aoi=aoi_obj, overwrite=overwrite)
+    meta = done.paths["metadata"]
+    stacks = {kind: read_stack(done.paths[name], meta)
+              for kind, name in (("observed", "NDVI_Obs"), ("predicted", "NDVI_Pred"), ("gapfree", "NDVI_gapfree"),
+                                 ("mask", "NDVI_Mask"))}
+    return InfillResult(params=params, engine=engine, aoi=aoi_obj, paths=done.paths, vv=vv, vh=vh,
+                        metadata=pd.read_csv(meta), metrics=done.metrics,
+                        n_images=select_period(ndvi, params.start, params.end).sizes["time"], **stacks)
+
+
+def infill_figure(result: InfillResult, path: str | Path | None = None, *, overwrite: bool = True) -> Path:
+    """PNG of observed / predicted / gap-free NDVI on the cloudiest pair that still has observations.
+
+    Written beside the outputs as ``NDVI_Comparison<suffix>.png`` unless ``path`` is given.
+    """
+    from .local.stack import atomic_path
+    from .plots import _pyplot
+    from .ui.layers import NDVI_STYLE
+
+    table = result.metadata
+    candidates = table[(table["Cloud_cover"] > 0) & (table["Cloud_cover"] < 90)]
+    row = (candidates if len(candidates) else table).sort_values("Cloud_cover").iloc[-1]
+    index = int(np.flatnonzero(table["ID"].astype(str).to_numpy() == str(row["ID"]))[0])
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    palette, vmin, vmax = NDVI_STYLE
+    cmap = plt.get_cmap(palette).copy()
+    cmap.set_bad("lightgrey")
+    for ax, (label, stack) in zip(axes, (("observed (clear pixels)", result.observed),
+                                         ("predicted from S1", result.predicted), ("gap-free", result.gapfree))):
+        image = ax.imshow(np.ma.masked_invalid(stack.isel(time=index).values), cmap=cmap, vmin=vmin, vmax=vmax,
+                          interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02, label="NDVI")
+    date = str(pd.to_datetime(row["CollectionTime"], unit="ms").date())
+    fig.suptitle(f"{row['ID']} ({date}): {row['Cloud_cover']:.0f} % cloudy  (grey: no data)")
+    path = Path(path) if path else result.paths["metadata"].with_name(f"NDVI_Comparison{result.params.suffix}.png")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Earth Engine runs: graphs built by optsar_nb.ee, exported by optsar_nb.ee.export
+def _ee_aoi(aoi, params) -> AOI:
+    if aoi is None:
+        raise InvalidParameter("the Earth Engine engine needs an AOI: draw one on the map or give a GeoJSON file")
+    return load_aoi(aoi, max_area_km2=params.max_aoi_km2)
+
+
+def ee_destination(export: str, params, out_dir):
+    """The export destination: "drive" (folder = project title), "asset"/"gcs" (named after the
+    project title), or "local" (download into ``out_dir``, small results only)."""
+    from .ee.export import Destination
+
+    if export == "gcs":
+        return Destination("gcs", bucket=params.project_title)
+    if export == "local":
+        return Destination("local", folder=str(out_dir))
+    return Destination(export, folder=params.project_title)
+
+
+def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir, progress=None) -> GapResult:
+    from .ee.export import export_gaps
+    from .ee.gaps import characterize_gaps
+
+    aoi_obj = _ee_aoi(aoi, params)
+    built = characterize_gaps(aoi_obj, params)
+    times = built.composites.aggregate_array("system:time_start").getInfo()  # one round trip
+    result = GapResult(params=params, engine=engine, aoi=aoi_obj, ee_image=built.statistics,
+                       ee_collection=built.composites,
+                       dates=[str(pd.Timestamp(t, unit="ms").date()) for t in times])
+    if out_dir is not None:
+        result.tasks = [export_gaps(built, destination=ee_destination(export, params, out_dir), progress=progress)]
+    return result
+
+
+def _run_infill_ee(params: InfillParams, engine: Engine, *, aoi, export: str, out_dir,
+                   progress=None) -> InfillResult:
+    from .ee.export import export_infill
+    from .ee.infill import build_infill
+
+    aoi_obj = _ee_aoi(aoi, params)
+    built = build_infill(aoi_obj, params)
+    outputs = built.outputs
+    result = InfillResult(params=params, engine=engine, aoi=aoi_obj, observed=outputs["NDVI_Obs"],
+                          predicted=outputs["NDVI_Pred"], gapfree=outputs["NDVI_gapfree"], mask=outputs["NDVI_Mask"],
+                          metadata=built.table, n_images=len(built.table),
+                          dates=[str(pd.Timestamp(t, unit="ms").date()) for t in built.table["CollectionTime"]])
+    if out_dir is not None:
+        result.tasks = [export_infill(built, destination=ee_destination(export, params, out_dir), progress=progress)]
+    return result

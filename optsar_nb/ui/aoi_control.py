@@ -74,6 +74,7 @@ class AOIControl:
         self.upload = widgets.FileUpload(accept=".geojson,.json,.zip", multiple=False,
                                          description="AOI file", tooltip="GeoJSON or zipped shapefile")
         self.upload.observe(self._handle_upload, names="value")
+        self._connected = True
         self.message = widgets.HTML(message_html("Draw a rectangle or polygon, or upload a GeoJSON/zipped shapefile."))
 
     # event handlers -------------------------------------------------------------------------
@@ -135,9 +136,11 @@ class AOIControl:
         self.host.center, self.host.zoom = nice_bounds_center([[south, west], [north, east]])
 
     def cleanup(self) -> None:
-        """Remove the draw control, the AOI layer and the callbacks from the host map."""
-        self.draw.on_draw(self._handle_draw, remove=True)
-        self.upload.unobserve(self._handle_upload, names="value")
+        """Remove the draw control, the AOI layer and the callbacks from the host map (idempotent)."""
+        if self._connected:
+            self.draw.on_draw(self._handle_draw, remove=True)
+            self.upload.unobserve(self._handle_upload, names="value")
+            self._connected = False
         for item in (self.draw, self.layer):
             if item is not None and (item in self.host.controls or item in self.host.layers):
                 self.host.remove(item)

@@ -129,8 +129,8 @@ def to_lonlat_grid(values: np.ndarray, *, crs, transform, nearest: bool = True) 
     height, width = values.shape
     src_crs = CRS.from_user_input(crs) if crs else CRS.from_epsg(4326)
     src_transform = Affine(*transform[:6])
-    west, north = src_transform * (0, 0)
-    east, south = src_transform * (width, height)
+    west, north = src_transform @ (0, 0)
+    east, south = src_transform @ (width, height)
     dst_transform, dst_w, dst_h = calculate_default_transform(
         src_crs, "EPSG:4326", width, height, left=min(west, east), bottom=min(south, north),
         right=max(west, east), top=max(south, north),
@@ -141,8 +141,8 @@ def to_lonlat_grid(values: np.ndarray, *, crs, transform, nearest: bool = True) 
         dst_transform=dst_transform, dst_crs="EPSG:4326", dst_nodata=np.nan,
         resampling=Resampling.nearest if nearest else Resampling.bilinear,
     )
-    lon0, lat0 = dst_transform * (0, 0)
-    lon1, lat1 = dst_transform * (dst_w, dst_h)
+    lon0, lat0 = dst_transform @ (0, 0)
+    lon1, lat1 = dst_transform @ (dst_w, dst_h)
     return out, [[min(lat0, lat1), min(lon0, lon1)], [max(lat0, lat1), max(lon0, lon1)]]
 
 
@@ -213,8 +213,8 @@ def lonlat_bounds(crs, transform, height: int, width: int) -> Bounds:
     from rasterio.warp import transform_bounds
 
     t = Affine(*transform[:6])
-    x0, y0 = t * (0, 0)
-    x1, y1 = t * (width, height)
+    x0, y0 = t @ (0, 0)
+    x1, y1 = t @ (width, height)
     west, south, east, north = transform_bounds(crs or "EPSG:4326", "EPSG:4326", min(x0, x1), min(y0, y1),
                                                 max(x0, x1), max(y0, y1))
     return [[south, west], [north, east]]

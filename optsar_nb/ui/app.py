@@ -1,0 +1,219 @@
+"""The notebooks' map app: set an AOI, preview masks, see gap statistics, infill NDVI, export.
+
+A geemap ``Map`` with Earth Engine layers when Earth Engine is usable, else a plain
+``ipyleaflet.Map`` with overlays of local results. The app only wires widgets together: each
+map widget is its own class (:mod:`.aoi_control`, :mod:`.map_widgets`, :mod:`.inspector`,
+:mod:`.progress`) and the work is done by :mod:`optsar_nb.run`. Errors from bad input are shown
+in the message panel, never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+
+from .. import run
+from ..errors import OptsarError
+from ..missions import MISSIONS
+from ..params import GapParams
+from ._deps import require
+from .aoi_control import AOIControl, message_html
+from .inspector import PixelInspector
+from .layers import lonlat_bounds, nice_bounds_center
+from .map_widgets import ClearMaskLayer, NDVICompare, StatisticLayer
+from .progress import ProgressPanel
+
+MAP_HEIGHT = "480px"
+
+
+def make_map(engine: run.Engine):
+    """geemap's Map on the Earth Engine engine (its own draw control off: the app adds one), else ipyleaflet's."""
+    if engine.name == "ee":
+        geemap = require("geemap")
+        return geemap.Map(draw_ctrl=False, data_ctrl=False, toolbar_ctrl=False, height=MAP_HEIGHT)
+    ipyleaflet = require("ipyleaflet")
+    widgets = require("ipywidgets")
+    host = ipyleaflet.Map(scroll_wheel_zoom=True, layout=widgets.Layout(height=MAP_HEIGHT))
+    host.add(ipyleaflet.LayersControl(position="topright"))
+    host.add(ipyleaflet.ScaleControl(position="bottomleft"))
+    return host
+
+
+class OptsarApp:
+    """The app widget. Display it in a notebook (``display(app)`` or as a cell's last value).
+
+    ``backend``: "auto" | "ee" | "local"; ``inputs``: local input folder (None: the demo scene);
+    ``out_dir``: where Export writes; ``gaps``/``infill``: results of :func:`optsar_nb.run.run_gaps`
+    / :func:`optsar_nb.run.run_infill` to show at once (as the notebooks do after their runs).
+    """
+
+    def __init__(self, *, backend: str = "auto", mission: str = "S2", start=run.DEMO_PERIOD[0],
+                 end=run.DEMO_PERIOD[1], inputs=None, aoi=None, out_dir: str | Path = "out/app",
+                 gaps: run.GapResult | None = None, infill=None, engine: run.Engine | None = None):
+        widgets = require("ipywidgets")
+        self.engine = engine or (gaps.engine if gaps is not None else run.resolve_backend(backend))
+        self.inputs = inputs
+        self.out_dir = Path(out_dir)
+        self.gap_result = gaps
+        self.infill_result = infill
+        self.map = make_map(self.engine)
+
+        self.aoi_control = AOIControl(self.map, on_change=self._aoi_changed)
+        self.mask_layer = ClearMaskLayer(self.map)
+        self.stat_layer = StatisticLayer(self.map)
+        self.ndvi = NDVICompare(self.map)
+        self.inspector = PixelInspector(self.map, self.pixel_stacks)
+        self.progress = ProgressPanel()
+
+        self.mission = widgets.Dropdown(options=list(MISSIONS), value=mission, description="Mission",
+                                        layout=widgets.Layout(width="160px"))
+        self.start = widgets.DatePicker(value=_date(start), description="Start")
+        self.end = widgets.DatePicker(value=_date(end), description="End")
+        self.overwrite = widgets.Checkbox(value=False, description="overwrite outputs", indent=False)
+        self.buttons = {
+            "preview": self._button("Preview masks", "eye", self.preview_masks),
+            "gaps": self._button("Gap statistics", "bar-chart", self.compute_gaps),
+            "infill": self._button("Infill", "magic", self.compute_infill),
+            "export": self._button("Export", "download", self.export),
+        }
+        self.message = widgets.HTML(message_html(str(self.engine)))
+        self.widget = widgets.VBox([
+            widgets.HBox([self.mission, self.start, self.end]),
+            widgets.HBox([*self.buttons.values(), self.aoi_control.upload, self.overwrite]),
+            self.aoi_control.message, self.message, self.progress.widget, self.map,
+            widgets.HBox([self.mask_layer.slider, self.stat_layer.dropdown]),
+            widgets.HBox([self.ndvi.toggle, self.ndvi.slider]),
+            self.inspector.message, self.inspector.output,
+        ])
+        if aoi is not None:
+            self.aoi_control.set_aoi(aoi, origin="parameters")
+        elif gaps is not None and gaps.aoi is not None:
+            self.aoi_control.set_aoi(gaps.aoi, origin="the notebook's run")
+        if gaps is not None:
+            self.show_gaps(gaps)
+        if infill is not None:
+            self.show_infill(infill)
+
+    # display ---------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _button(self, text: str, icon: str, action):
+        widgets = require("ipywidgets")
+        button = widgets.Button(description=text, icon=icon, layout=widgets.Layout(width="140px"))
+        button.on_click(lambda _: self._guarded(text, action))
+        return button
+
+    def _guarded(self, text: str, action) -> None:
+        """Run a button's action; bad input or a failed step becomes a message, not a traceback."""
+        try:
+            with self.progress.step(text):
+                action()
+        except OptsarError as exc:
+            self.show_message(f"{text}: {exc}", kind="error")
+        except Exception as exc:  # an unexpected failure: say what and where, keep the app alive
+            self.show_message(f"{text} failed ({type(exc).__name__}): {exc}", kind="error")
+
+    def show_message(self, text: str, *, kind: str = "info") -> None:
+        self.message.value = message_html(text, kind=kind)
+
+    # state -----------------------------------------------------------------------------------
+    @property
+    def aoi(self):
+        return self.aoi_control.aoi
+
+    def params(self) -> GapParams:
+        """The parameters set in the controls (validated: end after start, known mission)."""
+        return run.gap_params(self.mission.value, self.start.value, self.end.value)
+
+    def _aoi_changed(self, aoi) -> None:
+        self.show_message(f"AOI '{aoi.name}' ({aoi.area_km2:,.2f} km2): press Preview masks or Gap statistics")
+
+    def _run_kwargs(self) -> dict:
+        p = self.params()
+        return dict(aoi=self.aoi, mission=p.mission, start=p.start, end=p.end, inputs=self.inputs, engine=self.engine)
+
+    # actions ---------------------------------------------------------------------------------
+    def preview_masks(self) -> None:
+        """Clear-day masks of the AOI, one date at a time (time slider)."""
+        result = run.run_gaps(out_dir=None, **self._run_kwargs())
+        self.gap_result = result
+        self._show_masks(result)
+        self.show_message(f"{len(self.mask_layer.dates)} days with images: move the Date slider", kind="ok")
+
+    def compute_gaps(self) -> None:
+        """Gap statistics of the AOI as map layers (nothing written until Export)."""
+        result = run.run_gaps(out_dir=None, **self._run_kwargs())
+        self.show_gaps(result)
+        self.show_message("gap statistics ready: pick one in the Statistic list", kind="ok")
+
+    def compute_infill(self) -> None:
+        """Infill cloudy NDVI from Sentinel-1 (writes the infill outputs into the output folder)."""
+        result = run.run_infill(out_dir=self.out_dir / "infill", overwrite=self.overwrite.value, **self._run_kwargs())
+        self.show_infill(result)
+        self.show_message(f"gap-free NDVI ready; files in {self.out_dir / 'infill'}", kind="ok")
+
+    def export(self) -> None:
+        """Write (local) or start exporting (Earth Engine) the gap statistics of the AOI."""
+        result = run.run_gaps(out_dir=self.out_dir / "gaps", overwrite=self.overwrite.value,
+                              progress=self.progress.ee_task_update, **self._run_kwargs())
+        self.gap_result = result
+        if result.engine.name == "ee":
+            states = ", ".join(f"{name}: {state}" for report in result.tasks for name, state in report.items())
+            self.show_message(f"Earth Engine exports: {states}", kind="ok")
+            return
+        files = [*result.paths.values()]
+        if self.infill_result is not None:
+            files += list(self.infill_result.paths.values())
+        listing = ", ".join(html.escape(Path(p).name) for p in files)
+        self.show_message(f"written to {self.out_dir}: {listing}", kind="ok")
+
+    # showing results ---------------------------------------------------------------------------
+    def _show_masks(self, result: run.GapResult) -> None:
+        if result.daily_state is not None:
+            self.mask_layer.set_source(result.daily_state)
+        elif result.ee_image is not None:
+            self.mask_layer.set_source(result.ee_collection, dates=result.dates)
+        self._zoom_to_results(result.statistics)
+
+    def show_gaps(self, result: run.GapResult) -> None:
+        """Show a gap run: the clear-day masks and the statistic layers with their colorbars."""
+        self.gap_result = result
+        self._show_masks(result)
+        self.stat_layer.set_source(result.statistics if result.statistics is not None else result.ee_image)
+
+    def show_infill(self, result) -> None:
+        """Show an infill run: observed / gap-free / predicted NDVI and the pixel inspector's series."""
+        self.infill_result = result
+        self.ndvi.set_source({"observed": result.observed, "gap-free": result.gapfree, "predicted": result.predicted},
+                             dates=getattr(result, "dates", None))
+
+    def pixel_stacks(self) -> dict:
+        """What the pixel inspector plots: the infill run's stacks, else the local input stacks."""
+        if self.infill_result is not None:
+            r = self.infill_result
+            return {"observed": r.observed, "predicted": r.predicted, "gap-free": r.gapfree, "VV": r.vv, "VH": r.vh}
+        if self.engine.name == "local":
+            return run.input_stacks(self.params(), self.inputs)
+        return {}
+
+    def _zoom_to_results(self, stack) -> None:
+        """Centre the map on a local result when no AOI is drawn (the AOI control zooms otherwise)."""
+        if stack is None or self.aoi is not None or _is_ee_object(stack):
+            return
+        bounds = lonlat_bounds(stack.attrs.get("crs"), stack.attrs["transform"], stack.sizes["y"], stack.sizes["x"])
+        self.map.center, self.map.zoom = nice_bounds_center(bounds)
+
+    def cleanup(self) -> None:
+        """Take every widget's layers, controls and callbacks off the map."""
+        for part in (self.aoi_control, self.mask_layer, self.stat_layer, self.ndvi, self.inspector):
+            part.cleanup()
+
+
+def _date(value) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+
+
+def _is_ee_object(obj) -> bool:
+    return type(obj).__module__.startswith("ee.")

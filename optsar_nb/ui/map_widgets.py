@@ -1,0 +1,239 @@
+"""Map widgets, each its own small class taking the host map and offering ``cleanup()``.
+
+- :class:`ClearMaskLayer`: the clear-day mask of one date, chosen with a time slider.
+- :class:`StatisticLayer`: one gap statistic at a time, with a colorbar in its unit.
+- :class:`NDVICompare`: observed vs gap-free (and predicted) NDVI of one date, as a toggle on
+  local overlays or a split map on Earth Engine tile layers.
+
+Sources are local DataArrays (rendered to image overlays by :mod:`optsar_nb.ui.layers`) or,
+on the Earth Engine engine, ``ee.Image`` objects shown as tile layers through geemap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..missions import CLEAR, CLOUDY
+from ..products import GAP_STATISTIC_NAMES
+from ._deps import require
+from .layers import MASK_COLORS, LayerStyle, colorbar_html, image_overlay, legend_html, ndvi_style, statistic_style
+
+
+def ee_tile_layer(image, style: LayerStyle, name: str):
+    """An ipyleaflet tile layer of an ``ee.Image`` (needs geemap and Earth Engine credentials)."""
+    tiles = require("geemap.ee_tile_layers")
+    return tiles.EELeafletTileLayer(image, style.vis_params(), name)
+
+
+def _is_ee(obj) -> bool:
+    return type(obj).__module__.startswith("ee.")
+
+
+class MapWidget:
+    """Base: remembers what it put on the host map so that ``cleanup()`` can take it off."""
+
+    def __init__(self, host):
+        self.host = host
+        self.layer = None
+        self.controls: list = []
+
+    def _set_layer(self, layer) -> None:
+        if self.layer is not None and self.layer in self.host.layers:
+            self.host.remove(self.layer)
+        self.layer = layer
+        if layer is not None:
+            self.host.add(layer)
+
+    def _add_control(self, widget, position: str = "bottomright"):
+        ipyleaflet = require("ipyleaflet")
+        control = ipyleaflet.WidgetControl(widget=widget, position=position)
+        self.host.add(control)
+        self.controls.append(control)
+        return control
+
+    def cleanup(self) -> None:
+        """Remove this widget's layer and controls from the host map."""
+        self._set_layer(None)
+        for control in self.controls:
+            if control in self.host.controls:
+                self.host.remove(control)
+        self.controls = []
+
+
+def _grid(array) -> dict:
+    return {"crs": array.attrs.get("crs"), "transform": array.attrs.get("transform")}
+
+
+class ClearMaskLayer(MapWidget):
+    """The clear-day mask (clear / cloudy; missing and outside the AOI transparent) of one date."""
+
+    def __init__(self, host):
+        super().__init__(host)
+        widgets = require("ipywidgets")
+        self.slider = widgets.SelectionSlider(options=[("-", 0)], description="Date", continuous_update=False,
+                                              layout=widgets.Layout(width="420px"), disabled=True)
+        self.slider.observe(self._handle_slider, names="value")
+        self.legend = widgets.HTML(legend_html("Clear-day mask", {"clear": MASK_COLORS["clear"],
+                                                                  "cloudy": MASK_COLORS["cloudy"]}))
+        self.state = None
+        self.dates: list[str] = []
+        self._add_control(self.legend, "bottomleft")
+
+    def set_source(self, daily_state, dates: list[str] | None = None) -> None:
+        """``daily_state``: (time, y, x) composited states (or an ee.ImageCollection with ``dates``)."""
+        self.state = daily_state
+        if dates is None:
+            dates = list(pd.DatetimeIndex(daily_state.time.values).strftime("%Y-%m-%d"))
+        same_dates = list(dates) == self.dates
+        index = int(self.slider.value) if same_dates else 0  # a re-run on the same dates keeps the date shown
+        self.dates = list(dates)
+        self.slider.unobserve(self._handle_slider, names="value")
+        self.slider.options = [(d, i) for i, d in enumerate(self.dates)] or [("-", 0)]
+        self.slider.disabled = not self.dates
+        self.slider.value = index
+        self.slider.observe(self._handle_slider, names="value")
+        if self.dates:
+            self.show(index)
+
+    def _handle_slider(self, change) -> None:
+        self.show(int(change["new"]))
+
+    def clear_fraction(self, index: int) -> float:
+        """Clear pixels / valid pixels of one date (NaN when nothing is valid)."""
+        values = np.asarray(self.state.isel(time=index).values)
+        valid = np.isin(values, (CLEAR, CLOUDY)).sum()
+        return float((values == CLEAR).sum() / valid) if valid else float("nan")
+
+    def show(self, index: int) -> None:
+        """Show the mask of date number ``index``."""
+        name = f"clear-day mask {self.dates[index]}"
+        if _is_ee(self.state):
+            import ee
+
+            image = ee.Image(self.state.toList(1, index).get(0))
+            style = LayerStyle("Greys_r", 0, 1, label=name)
+            self._set_layer(ee_tile_layer(image, style, name))
+            return
+        values = np.asarray(self.state.isel(time=index).values, dtype="float32")
+        colors = {CLEAR: MASK_COLORS["clear"], CLOUDY: MASK_COLORS["cloudy"]}
+        self._set_layer(image_overlay(values, name=name, colors=colors, **_grid(self.state)))
+        self.legend.value = legend_html(
+            f"{self.dates[index]}: {100 * self.clear_fraction(index):.0f} % clear",
+            {"clear": MASK_COLORS["clear"], "cloudy": MASK_COLORS["cloudy"]},
+        )
+
+
+class StatisticLayer(MapWidget):
+    """One gap statistic as a map layer, picked from a dropdown, with a colorbar in its unit."""
+
+    def __init__(self, host, *, initial: str = "gap_mean"):
+        super().__init__(host)
+        widgets = require("ipywidgets")
+        self.dropdown = widgets.Dropdown(options=list(GAP_STATISTIC_NAMES), value=initial, description="Statistic",
+                                         disabled=True)
+        self.dropdown.observe(self._handle_dropdown, names="value")
+        self.colorbar = widgets.HTML("")
+        self.statistics = None
+        self.style: LayerStyle | None = None
+        self.ee_styles: dict[str, LayerStyle] = {}
+        self._add_control(self.colorbar, "bottomright")
+
+    def set_source(self, statistics, *, ee_styles: dict[str, LayerStyle] | None = None) -> None:
+        """(stat, y, x) local statistics, or an ee.Image with one band per statistic and its styles."""
+        self.statistics = statistics if _is_ee(statistics) else statistics.compute()
+        self.ee_styles = ee_styles or {}
+        self.dropdown.disabled = False
+        self.show(self.dropdown.value)
+
+    def _handle_dropdown(self, change) -> None:
+        if self.statistics is not None:
+            self.show(change["new"])
+
+    def values(self, name: str) -> np.ndarray:
+        """The statistic's (y, x) values, NaN where the pixel had no valid day (outside the AOI)."""
+        values = np.asarray(self.statistics.sel(stat=name).values, dtype="float32")
+        valid = np.asarray(self.statistics.sel(stat="valid_count").values)
+        return np.where(valid > 0, values, np.nan)
+
+    def show(self, name: str) -> None:
+        label = f"{name}"
+        if _is_ee(self.statistics):
+            self.style = self.ee_styles.get(name) or statistic_style(name)
+            self._set_layer(ee_tile_layer(self.statistics.select(name), self.style, label))
+        else:
+            values = self.values(name)
+            self.style = statistic_style(name, values)
+            self._set_layer(image_overlay(values, name=f"{name} ({self.style.unit})", style=self.style,
+                                          **_grid(self.statistics)))
+        self.colorbar.value = colorbar_html(self.style)
+
+
+class NDVICompare(MapWidget):
+    """Observed vs gap-free NDVI of one date: a toggle (local overlays) or a split map (Earth Engine)."""
+
+    KINDS = ("observed", "gap-free", "predicted")
+
+    def __init__(self, host):
+        super().__init__(host)
+        widgets = require("ipywidgets")
+        self.toggle = widgets.ToggleButtons(options=list(self.KINDS), value="gap-free", description="NDVI",
+                                            disabled=True, style={"button_width": "80px"})
+        self.slider = widgets.SelectionSlider(options=[("-", 0)], description="NDVI date", continuous_update=False,
+                                              layout=widgets.Layout(width="420px"), disabled=True)
+        self.toggle.observe(self._refresh, names="value")
+        self.slider.observe(self._refresh, names="value")
+        self.colorbar = widgets.HTML("")
+        self.stacks: dict = {}
+        self.split = None
+        self.dates: list[str] = []
+        self._add_control(self.colorbar, "topright")
+
+    def set_source(self, stacks: dict, dates: list[str] | None = None) -> None:
+        """``stacks``: kind -> (time, y, x) NDVI (local) or an ee.Image with one band per date (with ``dates``)."""
+        self.stacks = {k: v for k, v in stacks.items() if v is not None}
+        first = next(iter(self.stacks.values()))
+        if dates is None:
+            dates = list(pd.DatetimeIndex(first.time.values).strftime("%Y-%m-%d"))
+        self.dates = list(dates)
+        for w in (self.toggle, self.slider):
+            w.unobserve(self._refresh, names="value")
+        self.toggle.options = [k for k in self.KINDS if k in self.stacks]
+        self.toggle.value = "gap-free" if "gap-free" in self.stacks else self.toggle.options[0]
+        self.slider.options = [(d, i) for i, d in enumerate(self.dates)]
+        self.slider.value = 0
+        for w in (self.toggle, self.slider):
+            w.disabled = False
+            w.observe(self._refresh, names="value")
+        self.show(self.toggle.value, 0)
+
+    def _refresh(self, change=None) -> None:
+        self.show(self.toggle.value, int(self.slider.value))
+
+    def show(self, kind: str, index: int) -> None:
+        """Show NDVI ``kind`` ("observed", "gap-free", "predicted") of date number ``index``."""
+        style = ndvi_style(f"NDVI {kind}")
+        self.colorbar.value = colorbar_html(style)
+        name = f"NDVI {kind} {self.dates[index]}"
+        stack = self.stacks[kind]
+        if _is_ee(stack):
+            self._show_split(index, style)
+            return
+        values = np.asarray(stack.isel(time=index).values, dtype="float32")
+        self._set_layer(image_overlay(values, name=name, style=style, **_grid(stack)))
+
+    def _show_split(self, index: int, style: LayerStyle) -> None:
+        import ee
+
+        ipyleaflet = require("ipyleaflet")
+        left, right = (ee.Image(self.stacks[k]).select(index) for k in ("observed", "gap-free"))
+        layers = [ee_tile_layer(img, style, f"NDVI {k}") for img, k in ((left, "observed"), (right, "gap-free"))]
+        if self.split is not None and self.split in self.host.controls:
+            self.host.remove(self.split)
+        self.split = ipyleaflet.SplitMapControl(left_layer=layers[0], right_layer=layers[1])
+        self.host.add(self.split)
+
+    def cleanup(self) -> None:
+        if self.split is not None and self.split in self.host.controls:
+            self.host.remove(self.split)
+        super().cleanup()
