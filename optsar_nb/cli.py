@@ -47,6 +47,59 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+def open_infill_inputs(args: argparse.Namespace, params):
+    """(ndvi, state, vv, vh) from a seed-format folder (--inputs) or NetCDF cubes (--s2-10m ...)."""
+    from .local.infill import load_netcdf_inputs, load_seed_inputs
+
+    if args.inputs:
+        return load_seed_inputs(args.inputs, params, mask=args.mask_stack)
+    if not (args.s2_10m and args.s2_20m and args.s1):
+        raise OptsarError("give --inputs (a folder of NDVI_Input/NDVI_Mask/VV_Input/VH_Input files) "
+                          "or all of --s2-10m, --s2-20m and --s1 (NetCDF cubes)")
+    return load_netcdf_inputs(args.s2_10m, args.s2_20m, args.s1, params)
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    from .aoi import load_aoi
+    from .local.infill import infill
+    from .params import InfillParams
+
+    params = InfillParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask, seed=args.seed)
+    aoi = load_aoi(args.aoi, max_area_km2=params.max_aoi_km2) if args.aoi else None
+    ndvi, state, vv, vh = open_infill_inputs(args, params)
+    run = infill(ndvi, state, vv, vh, params, args.out, aoi=aoi, overwrite=args.overwrite)
+    print(f"gap-free NDVI for {params.mission} {params.start} to {params.end} written:")
+    _print_paths(run.paths)
+    _print_validation(run)
+    return 0
+
+
+def _print_validation(run) -> None:
+    m = run.metrics.set_index(["split", "method"])["MAE"]
+    print(f"  validation MAE (artificial clouds): model {m['validation', 'model']:.4f}, per-pixel mean "
+          f"{m['validation', 'pixel_mean']:.4f}, interpolation {m['validation', 'interpolation']:.4f}")
+
+
+def run_demo_infill(out: Path, *, overwrite: bool):
+    """Infilling on the bundled demo scene; returns the run and the MAE against the truth under clouds."""
+    import numpy as np
+
+    from .aoi import load_aoi
+    from .local.infill import infill, load_seed_inputs
+    from .local.stack import read_stack
+    from .params import InfillParams
+
+    params = InfillParams(mission="S2", start=SAMPLE_PERIOD[0], end=SAMPLE_PERIOD[1])
+    ndvi, state, vv, vh = load_seed_inputs(SAMPLE_DIR, params)
+    run = infill(ndvi, state, vv, vh, params, out / "infill", aoi=load_aoi(SAMPLE_DIR / "aoi.geojson"),
+                 overwrite=overwrite)
+    gapfree = read_stack(run.paths["NDVI_gapfree"], run.paths["metadata"])
+    mask = read_stack(run.paths["NDVI_Mask"], run.paths["metadata"]).values
+    truth = read_stack(SAMPLE_DIR / f"NDVI_Truth{SAMPLE_SUFFIX}.tif").sel(time=gapfree.time).values
+    err = np.abs(gapfree.values - truth)[mask == 0]
+    return run, float(np.nanmean(err))
+
+
 def run_demo_gaps(out: Path, *, overwrite: bool) -> dict:
     """Gap characterization on the bundled demo scene (SCL stack, demo AOI)."""
     from .aoi import load_aoi
@@ -72,7 +125,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = run_demo_gaps(out, overwrite=args.overwrite)
     print("1. gap characterization:")
     _print_paths(paths)
+    run, mae_truth = run_demo_infill(out, overwrite=args.overwrite)
+    print("2. gap infilling (NDVI from Sentinel-1 under clouds):")
+    _print_paths(run.paths)
+    _print_validation(run)
+    print(f"  MAE of gap-free NDVI against the scene's cloud-free truth under clouds: {mae_truth:.4f}")
+    if not args.no_notebooks:
+        print_demo_notebooks(out, overwrite=args.overwrite)
     return 0
+
+
+def print_demo_notebooks(out: Path, *, overwrite: bool) -> None:
+    """Run both notebooks on the demo scene with papermill and list what they wrote."""
+    from .batch import run_demo_notebooks
+
+    print("notebooks (executed with papermill, backend 'auto'):")
+    for name, (executed, outputs) in run_demo_notebooks(out / "notebooks", overwrite=overwrite).items():
+        print(f"  {name:<34} {executed}")
+        for path in outputs:
+            print(f"    {path.name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job on the bundled demo scene (local engine, offline)")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier demo run")
+    demo.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
     demo.set_defaults(func=cmd_demo)
 
     gaps = sub.add_parser("gaps", help="gap statistics between clear observations (local engine)")
@@ -98,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.add_argument("--out", required=True, help="output folder")
     gaps.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     gaps.set_defaults(func=cmd_gaps)
+
+    inf = sub.add_parser("infill", help="gap-free NDVI infilled from Sentinel-1 (local engine)")
+    inf.add_argument("--inputs", help="folder of seed-format inputs (NDVI_Input, NDVI_Mask or SCL_Input, VV_Input, "
+                     "VH_Input + InputNDVI_Metadata, InputS1_Metadata CSVs)")
+    inf.add_argument("--mask-stack", default="auto", help="with --inputs: NDVI_Mask, SCL_Input or auto")
+    inf.add_argument("--s2-10m", help="NetCDF cube with red (B04) and NIR (B08) at 10 m")
+    inf.add_argument("--s2-20m", help="NetCDF cube with SCL at 20 m (aligned to the 10 m grid)")
+    inf.add_argument("--s1", help="NetCDF cube with Sentinel-1 VV and VH in dB")
+    inf.add_argument("--mask", default="qa", help="mask rule for a quality stack (default: the mission's)")
+    inf.add_argument("--mission", default="S2", help="S2, L8 or L9")
+    inf.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
+    inf.add_argument("--end", required=True, help="end date (exclusive), YYYY-MM-DD")
+    inf.add_argument("--seed", type=int, default=0, help="seed of the train/validation/test split")
+    inf.add_argument("--aoi", help="AOI: GeoJSON or shapefile (default: the whole stack)")
+    inf.add_argument("--out", required=True, help="output folder")
+    inf.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    inf.set_defaults(func=cmd_infill)
+
+    from .batch import add_batch_parser
+
+    add_batch_parser(sub)
     return parser
 
 

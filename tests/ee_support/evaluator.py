@@ -69,6 +69,8 @@ class Evaluator:
         self._values = values
         self._cache: dict[str, Any] = {}
         self._free: dict[str, frozenset] = {}
+        self._node_cache: dict[int, Any] = {}  # id(node) -> value, for closed inline invocations
+        self._node_free_cache: dict[int, frozenset] = {}
         return self._ref(expr["result"], {})
 
     # ----------------------------------------------------------------------------------------
@@ -80,6 +82,12 @@ class Evaluator:
         return self._free[ref]
 
     def _node_free(self, node: dict) -> frozenset:
+        key = id(node)
+        if key not in self._node_free_cache:
+            self._node_free_cache[key] = self._node_free_uncached(node)
+        return self._node_free_cache[key]
+
+    def _node_free_uncached(self, node: dict) -> frozenset:
         (kind, body), = node.items()
         if kind == "argumentReference":
             return frozenset([body])
@@ -126,11 +134,22 @@ class Evaluator:
         if kind == "functionDefinitionValue":
             return Closure(list(body["argumentNames"]), body["body"], env, self)
         if kind == "functionInvocationValue":
-            args = {k: self._node(v, env) for k, v in body.get("arguments", {}).items()}
-            if "functionReference" in body:
-                return self._ref(body["functionReference"], env)(**args)
-            return self.invoke(body["functionName"], args)
+            # a closed invocation inside a function body is the same value at every call:
+            # compute it once (the serializer inlines such subexpressions in bodies)
+            closed = env and not self._node_free(node)
+            if closed and id(node) in self._node_cache:
+                return self._node_cache[id(node)]
+            value = self._invocation(body, env)
+            if closed:
+                self._node_cache[id(node)] = value
+            return value
         raise NotImplementedError(f"graph node kind {kind!r} is not supported by the evaluator")
+
+    def _invocation(self, body: dict, env: dict) -> Any:
+        args = {k: self._node(v, env) for k, v in body.get("arguments", {}).items()}
+        if "functionReference" in body:
+            return self._ref(body["functionReference"], env)(**args)
+        return self.invoke(body["functionName"], args)
 
     def call_closure(self, closure: Closure, args: tuple) -> Any:
         if len(args) != len(closure.arg_names):

@@ -97,11 +97,11 @@ class Geometry:
             from pyproj import CRS, Transformer
             from rasterio.features import geometry_mask
             from rasterio.transform import Affine
+            import shapely
             from shapely.geometry import mapping
-            from shapely.ops import transform as shp_transform
 
             tr = Transformer.from_crs("EPSG:4326", CRS.from_user_input(grid.crs), always_xy=True)
-            geom = shp_transform(tr.transform, self.shapely())
+            geom = shapely.transform(self.shapely(), lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
             self._cache["mask"] = ~geometry_mask([mapping(geom)], out_shape=grid.shape,
                                                  transform=Affine(*grid.transform[:6]))
         return self._cache["mask"]

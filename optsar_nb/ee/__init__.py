@@ -1,0 +1,1 @@
+"""The Earth Engine engine: the method's steps as server-side graphs, and their exports."""

@@ -1,0 +1,373 @@
+"""Gap infilling on Earth Engine (METHOD.md part B), step by step.
+
+Step names follow :mod:`optsar_nb.local.infill`: ``observations`` (B.1-B.2), ``s1_window_mean``
+and ``covariates`` (B.3-B.4), ``pair_images`` and ``check_pairs`` (B.5), ``split_pairs``,
+``training_collection`` and ``robust_regression`` (B.6), ``predict`` (B.7), ``pca_smooth``
+(B.8), ``standardize`` (B.9), ``gap_fill`` and ``image_mae`` (B.10); :func:`build_infill` wires
+them into an :class:`InfillRun`.
+
+Building makes exactly one request to the server: :func:`check_pairs` needs the number of
+optical-SAR pairs to decide whether to go on (B.5), and the same request returns the pairs'
+ids, times and cloud cover. With those, the split (B.6) is drawn on the client by the local
+engine's own :func:`optsar_nb.local.infill.split_pairs` (same seed, same pairs, same labels and
+donor on both engines), and the per-image steps are written per pair id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ee
+import pandas as pd
+
+from ..missions import CLEAR, CLOUDY, get_mission
+from ..params import InfillParams
+from . import collections as col
+
+COVARIATES = ("VV_mean", "VH_mean", "VV_diff", "VH_diff", "VV_Nmean", "VH_Nmean", "VV_Ndiff", "VH_Ndiff")
+COEFFICIENT_BANDS = ("constant", *COVARIATES)
+OBS, PRED = "NDVI_Obs", "NDVI_Pred"
+S1_COUNT = "S1_COUNT"
+PAIR_COLUMNS = ("ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT, S1_COUNT)
+Fetch = Any  # callable(ee.ComputedObject) -> its value
+
+
+# ---------------------------------------------------------------------------------------------
+# B.1-B.2
+def observations(aoi: Any, params: InfillParams) -> ee.ImageCollection:
+    """Optical images as bands ``NDVI`` and ``state`` (clipped to the AOI), with AOI cloud stats.
+
+    A clear pixel without NDVI (a band masked) is missing, as in the local engine's
+    ``observed_state``. Images with at most ``min_valid_pixels`` valid AOI pixels are dropped.
+    """
+    mission = get_mission(params.mission)
+    region = col.region_of(aoi)
+    collection = col.optical_collection(region, mission=mission, start=params.start, end=params.end)
+    if params.mask_rule_name == "cloudscore":
+        collection = col.with_cloudscore(collection, mission=mission)
+
+    def one(image):
+        image = ee.Image(image)
+        ndvi = col.ndvi(image, mission=mission).clip(region)
+        state = col.cloud_state(image, params.mask_rule_name, threshold=params.cloudscore_threshold).clip(region)
+        state = state.updateMask(state.eq(CLOUDY).Or(ndvi.mask()))
+        state = col.aoi_cloud_stats(state, region, projection=image.select(mission.red).projection())
+        return ndvi.addBands(state).copyProperties(state).copyProperties(image, ["system:time_start", "system:index"])
+
+    return collection.map(one).filter(ee.Filter.gt(col.PIXEL_COUNT, params.min_valid_pixels))
+
+
+# ---------------------------------------------------------------------------------------------
+# B.3-B.4
+def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams) -> ee.ImageCollection:
+    """Per optical image, ``VV``/``VH`` = mean of the S1 images in [t - w, t + w) and ``S1_COUNT``."""
+    region = col.region_of(aoi)
+    pad = pd.Timedelta(days=params.s1_window_days)
+    s1 = col.s1_collection(region, start=(pd.Timestamp(params.start) - pad).date(),
+                           end=(pd.Timestamp(params.end) + pad).date(), min_db=params.s1_min_db)
+    window_ms = params.s1_window_days * col.MS_PER_DAY
+
+    def one(image):
+        image = ee.Image(image)
+        t = ee.Number(image.get("system:time_start"))
+        window = s1.filter(ee.Filter.rangeContains("system:time_start", t.subtract(window_ms), t.add(window_ms - 1)))
+        return image.addBands(window.mean().select(["VV", "VH"])).set(S1_COUNT, window.size())
+
+    return optical.map(one)
+
+
+def covariates(image: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
+    """B.3 + B.4 for one image with ``VV``/``VH`` window means: the nine regression inputs.
+
+    Bands ``COEFFICIENT_BANDS`` (a constant 1, then the eight covariates in order), all masked
+    where the pixel's window mean is. AOI means are spatially constant, so the focal median
+    leaves them unchanged and is not applied to them.
+    """
+    region = col.region_of(aoi)
+    square = ee.Kernel.square(params.neighbourhood_radius_px, "pixels")
+    out = ee.Image.constant(1).rename("constant")
+    parts = {}
+    for band in ("VV", "VH"):
+        pixel = image.select(band)
+        mean = ee.Number(pixel.reduceRegion(ee.Reducer.mean(), region, crs=pixel.projection(),
+                                            maxPixels=col.MAX_PIXELS).get(band))
+        nmean = pixel.reduceNeighborhood(ee.Reducer.mean(), square).rename(band)
+        parts[f"{band}_mean"] = ee.Image.constant(mean).updateMask(pixel.mask())
+        parts[f"{band}_diff"] = _focal_median(pixel.subtract(mean), params)
+        parts[f"{band}_Nmean"] = _focal_median(nmean, params)
+        parts[f"{band}_Ndiff"] = _focal_median(pixel.subtract(nmean), params)
+    for name in COVARIATES:
+        out = out.addBands(parts[name].toFloat().rename(name))
+    return out.updateMask(image.select("VV").mask()).updateMask(image.select("VH").mask())
+
+
+def _focal_median(image: ee.Image, params: InfillParams) -> ee.Image:
+    if params.focal_median_radius_px <= 0:
+        return image
+    # focal operations fill masked centres from their neighbours; the method keeps them masked
+    return image.focalMedian(params.focal_median_radius_px, "circle", "pixels").updateMask(image.mask())
+
+
+# ---------------------------------------------------------------------------------------------
+# B.5-B.6
+def pair_images(windows: ee.ImageCollection) -> ee.ImageCollection:
+    """B.5: optical images with at least one S1 image in their window."""
+    return windows.filter(ee.Filter.gt(S1_COUNT, 0))
+
+
+def pairs_request(windows: ee.ImageCollection) -> ee.Dictionary:
+    """Everything B.5 and B.6 need in one request: the pair rows and the dates without S1."""
+    lonely = windows.filter(ee.Filter.eq(S1_COUNT, 0)).aggregate_array("system:time_start")
+    rows = col.metadata_request(pair_images(windows), [col.CLOUD_PERCENTAGE, col.PIXEL_COUNT, S1_COUNT])
+    return ee.Dictionary({"pairs": rows, "lonely": lonely})
+
+
+def check_pairs(windows: ee.ImageCollection, params: InfillParams, *, fetch: Fetch | None = None) -> pd.DataFrame:
+    """B.5's decision: the pair table, or NotEnoughPairs naming the dates to widen (one round trip)."""
+    from ..local.infill import pair_images as local_pair_images
+    from .export import fetch_info
+
+    info = fetch_info(pairs_request(windows), fetch=fetch)
+    pairs = pd.DataFrame(info["pairs"], columns=list(PAIR_COLUMNS))
+    lonely = pd.DataFrame({"ID": "", "CollectionTime": info["lonely"]})
+    table = pd.concat([pairs, lonely], ignore_index=True).sort_values("CollectionTime", kind="stable")
+    counts = table[S1_COUNT].fillna(0).to_numpy()
+    local_pair_images(table.reset_index(drop=True), counts, params)  # raises NotEnoughPairs
+    return pairs.sort_values("CollectionTime", kind="stable").reset_index(drop=True)
+
+
+def split_pairs(table: pd.DataFrame, params: InfillParams) -> tuple[pd.DataFrame, str]:
+    """B.6 split, drawn on the client exactly as the local engine draws it; returns (table, donor id)."""
+    from ..local.infill import split_pairs as local_split_pairs
+
+    table, donor = local_split_pairs(table, params)
+    return table, str(table["ID"].iloc[donor])
+
+
+def with_split(pairs: ee.ImageCollection, table: pd.DataFrame) -> ee.ImageCollection:
+    """Attach ``Random`` and ``SplitLabel`` (client-drawn) to each pair, by id."""
+    random = ee.Dictionary(dict(zip(table["ID"], table["Random"].astype(float))))
+    label = ee.Dictionary(dict(zip(table["ID"], table["SplitLabel"])))
+
+    def one(image):
+        image = ee.Image(image)
+        key = image.get("system:index")
+        return image.set({"Random": random.get(key), "SplitLabel": label.get(key)})
+
+    return pairs.map(one)
+
+
+def donor_cloudy(pairs: ee.ImageCollection, donor_id: str) -> ee.Image:
+    """1 where the donor pair is cloudy, 0 elsewhere (its missing pixels are not clouds)."""
+    donor = ee.Image(pairs.filter(ee.Filter.eq("system:index", donor_id)).first())
+    return donor.select(col.STATE_BAND).eq(CLOUDY).unmask(0, False)
+
+
+def training_collection(design: ee.ImageCollection, donor: ee.Image) -> ee.ImageCollection:
+    """Clear samples of training and validation pairs; validation pairs lose the donor's clouds.
+
+    ``design`` images carry ``COEFFICIENT_BANDS``, ``NDVI`` and ``state``.
+    """
+    def samples(image, artificial):
+        image = ee.Image(image)
+        keep = image.select(col.STATE_BAND).eq(CLEAR)
+        if artificial:
+            keep = keep.And(donor.Not())
+        return image.select([*COEFFICIENT_BANDS, col.NDVI_BAND]).updateMask(keep)
+
+    train = design.filter(ee.Filter.eq("SplitLabel", "train")).map(lambda i: samples(i, False))
+    validation = design.filter(ee.Filter.eq("SplitLabel", "validation")).map(lambda i: samples(i, True))
+    return train.merge(validation)
+
+
+def robust_regression(training: ee.ImageCollection, params: InfillParams) -> ee.Image:
+    """B.6: pixelwise robust regression of NDVI on the nine inputs; bands ``COEFFICIENT_BANDS``.
+
+    ``beta`` is the Talwar tuning constant of the parameters (not left to the server's default).
+    """
+    reducer = ee.Reducer.robustLinearRegression(len(COEFFICIENT_BANDS), 1, params.talwar_tuning)
+    fit = training.reduce(reducer)
+    return fit.select("coefficients").arrayProject([0]).arrayFlatten([list(COEFFICIENT_BANDS)])
+
+
+# ---------------------------------------------------------------------------------------------
+# B.7-B.10
+def predict(design: ee.Image, coefficients: ee.Image) -> ee.Image:
+    """B.7: one band ``NDVI_Pred`` = sum of inputs x coefficients, masked if any is masked."""
+    terms = design.select(list(COEFFICIENT_BANDS)).multiply(coefficients)
+    complete = terms.mask().reduce(ee.Reducer.min())
+    return terms.reduce(ee.Reducer.sum()).updateMask(complete).toFloat().rename(PRED)
+
+
+def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillParams) -> ee.Image:
+    """B.8 on a band-per-pair prediction image (bands ``ids``); returns the same bands smoothed.
+
+    Pixels with the whole series valid enter the band means and covariance (AOI-wide) and are
+    reconstructed from the leading floor(pca_fraction x n) components; the others keep their
+    prediction, as in the local engine.
+    """
+    from ..local.infill import pca_components
+
+    k = pca_components(len(ids), params)
+    if k < 1 or k >= len(ids):
+        return predictions
+    region = col.region_of(aoi)
+    complete = predictions.mask().reduce(ee.Reducer.min())
+    series = predictions.updateMask(complete)
+    means = series.reduceRegion(ee.Reducer.mean(), region, crs=predictions.select(0).projection(),
+                                maxPixels=col.MAX_PIXELS)
+    mean_image = ee.Image.constant(ee.Dictionary(means).values(ids)).rename(ids)
+    centred = series.subtract(mean_image).toArray()
+    covariance = ee.Array(centred.reduceRegion(ee.Reducer.centeredCovariance(), region,
+                                               crs=predictions.select(0).projection(),
+                                               maxPixels=col.MAX_PIXELS).get("array"))
+    leading = covariance.eigen().slice(1, 1).slice(0, 0, k)  # k eigenvectors as rows (T long)
+    projector = leading.transpose().matrixMultiply(leading)  # T x T
+    smoothed = ee.Image(projector).matrixMultiply(centred.toArray(1)).arrayProject([0]).arrayFlatten([ids])
+    return smoothed.add(mean_image).unmask(predictions, False).updateMask(predictions.mask())
+
+
+def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, aoi: Any,
+                params: InfillParams) -> ee.Image:
+    """B.9 for one image: map ``pred`` onto ``obs``'s distribution over ``used`` pixels.
+
+    Applied when the cloud cover (1 - used / valid pixels) is below ``standardize_max_cloud``;
+    a zero prediction range falls back to a ratio of 1 (a pure shift), as in the local engine.
+    """
+    region = col.region_of(aoi)
+    (lo_a, lo_b), (up_a, up_b) = params.standardize_lower, params.standardize_upper
+    reducer = (
+        ee.Reducer.mean()
+        .combine(ee.Reducer.intervalMean(lo_a * 100, lo_b * 100), "lower_", True)
+        .combine(ee.Reducer.intervalMean(up_a * 100, up_b * 100), "upper_", True)
+        .combine(ee.Reducer.count(), "", True)
+    )
+    both = obs.rename("obs").addBands(pred.rename("pred")).updateMask(used)
+    both = both.updateMask(both.select("obs").mask().And(both.select("pred").mask()))
+    stats = ee.Dictionary(both.reduceRegion(reducer, region, crs=pred.projection(), maxPixels=col.MAX_PIXELS))
+    counts = used.rename("n").addBands(valid.rename("v")).reduceRegion(
+        ee.Reducer.sum().unweighted(), region, crs=pred.projection(), maxPixels=col.MAX_PIXELS)
+
+    n_ok = ee.Number(stats.get("obs_count"))
+
+    def value(key):
+        # reduceRegion gives null for an empty sample; If keeps the graph valid then
+        return ee.Image.constant(ee.Number(ee.Algorithms.If(n_ok.gt(0), stats.get(key), 0)))
+
+    m_o, m_p = value("obs_mean"), value("pred_mean")
+
+    def ratio(kind):
+        num, den = value(f"obs_{kind}_mean").subtract(m_o), value(f"pred_{kind}_mean").subtract(m_p)
+        return num.divide(den).where(den.eq(0), 1)
+
+    dev = pred.subtract(m_p)
+    scaled = m_o.add(dev.multiply(ratio("upper")).where(dev.lt(0), dev.multiply(ratio("lower"))))
+    n_used = ee.Number(ee.Dictionary(counts).get("n"))
+    n_valid = ee.Number(ee.Dictionary(counts).get("v")).max(1)
+    cloud = ee.Number(1).subtract(n_used.divide(n_valid))
+    apply = cloud.lt(params.standardize_max_cloud).And(n_ok.gt(0))
+    return pred.where(ee.Image.constant(apply), scaled.updateMask(pred.mask())).toFloat().rename(PRED)
+
+
+def gap_fill(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
+    """B.10: observation where clear, prediction elsewhere, then the focal median."""
+    filled = pred.where(clear, obs).updateMask(pred.mask().Or(clear)).clip(col.region_of(aoi))
+    return _focal_median(filled, params).toFloat().rename("NDVI_gapfree")
+
+
+def image_mae(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any) -> ee.Number:
+    """B.10: mean |obs - pred| over clear pixels, -1 when there is none."""
+    err = obs.subtract(pred).abs().updateMask(clear).rename("e")
+    stats = ee.Dictionary(err.reduceRegion(ee.Reducer.sum().unweighted().combine(ee.Reducer.count(), "", True),
+                                           col.region_of(aoi), crs=pred.projection(), maxPixels=col.MAX_PIXELS))
+    n = ee.Number(stats.get("e_count"))
+    return ee.Number(ee.Algorithms.If(n.gt(0), ee.Number(stats.get("e_sum")).divide(n), -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole job
+@dataclass(frozen=True)
+class InfillRun:
+    """A built infilling: server-side images (one band per pair id) and the client-side split.
+
+    ``table`` holds the pairs (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI,
+    S1_COUNT, Random, SplitLabel); ``mae`` is a server-side list in the table's order.
+    """
+
+    params: InfillParams
+    aoi: Any
+    table: pd.DataFrame
+    donor_id: str
+    observations: ee.ImageCollection  # B.2 NDVI + state, before pairing (the inputs)
+    s1: ee.ImageCollection  # S1 images used (the inputs)
+    coefficients: ee.Image
+    outputs: dict  # NDVI_gapfree, NDVI_Mask, NDVI_Pred, NDVI_Obs -> ee.Image
+    mae: ee.List
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.table["ID"]]
+
+    def metadata_request(self) -> ee.List:
+        return self.mae
+
+    def metadata(self, *, fetch: Fetch | None = None) -> pd.DataFrame:
+        """``Output_Metadata``: ID, Cloud_cover, CollectionTime, Random, MAE, SplitLabel (one round trip)."""
+        from .export import fetch_info
+
+        mae = fetch_info(self.mae, fetch=fetch)
+        t = self.table
+        return pd.DataFrame({"ID": t["ID"], "Cloud_cover": t[col.CLOUD_PERCENTAGE], "CollectionTime": t["CollectionTime"],
+                             "Random": t["Random"], "MAE": mae, "SplitLabel": t["SplitLabel"]})
+
+
+def _bands(images: list, ids: list[str]) -> ee.Image:
+    """One band per id; each image gets its id as system:index, which toBands names bands after."""
+    named = [ee.Image(image).set("system:index", i) for image, i in zip(images, ids)]
+    return ee.ImageCollection.fromImages(named).toBands().rename(ids)
+
+
+def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None) -> InfillRun:
+    """Build part B for an AOI and parameters (one server round trip: the pair check)."""
+    region = col.region_of(aoi)
+    optical = observations(region, params)
+    windows = s1_window_mean(optical, region, params)
+    table = check_pairs(windows, params, fetch=fetch)
+    table, donor_id = split_pairs(table, params)
+    ids = [str(i) for i in table["ID"]]
+    pairs = with_split(pair_images(windows), table).sort("system:time_start")
+    design = pairs.map(lambda image: ee.Image(image).addBands(covariates(ee.Image(image), region, params)))
+    donor = donor_cloudy(pairs, donor_id)
+    coefficients = robust_regression(training_collection(design, donor), params)
+
+    def per_pair(fn):
+        # toBands names bands after system:index; computed images lose it unless copied
+        return design.map(lambda image: ee.Image(fn(ee.Image(image))).copyProperties(image, ["system:index"])
+                          ).toBands().rename(ids)
+
+    state = per_pair(lambda image: image.select(col.STATE_BAND))
+    obs = per_pair(lambda image: image.select(col.NDVI_BAND).updateMask(image.select(col.STATE_BAND).eq(CLEAR)))
+    predicted = pca_smooth(per_pair(lambda image: predict(image, coefficients)), ids, region, params)
+
+    calibrated, filled, mae = [], [], []
+    for pair_id, label in zip(ids, table["SplitLabel"]):
+        st = state.select([pair_id])
+        clear = st.eq(CLEAR)
+        used = clear.And(donor.Not()) if label == "validation" else clear
+        o, p = obs.select([pair_id]), predicted.select([pair_id])
+        cal = standardize(p, o, used, st.gte(CLOUDY), region, params)
+        calibrated.append(cal)
+        filled.append(gap_fill(o, cal, clear, region, params))
+        mae.append(image_mae(o, cal, clear, region))
+    from ..missions import MISSING
+
+    outputs = {
+        "NDVI_gapfree": _bands(filled, ids),
+        "NDVI_Mask": state.unmask(MISSING, False).clip(region),
+        "NDVI_Pred": _bands(calibrated, ids),
+        "NDVI_Obs": obs,
+    }
+    s1 = col.s1_collection(region, start=params.start, end=params.end, min_db=params.s1_min_db)
+    return InfillRun(params=params, aoi=aoi, table=table, donor_id=donor_id, observations=optical, s1=s1,
+                     coefficients=coefficients, outputs=outputs, mae=ee.List(mae))

@@ -1,0 +1,91 @@
+"""Inputs of the infilling: the seed's exported files, or NetCDF cubes (e.g. openEO/WorldCereal).
+
+Both loaders return ``(ndvi, state, vv, vh)``: NDVI (time, y, x) float32, its CLEAR/CLOUDY/MISSING
+state on the same grid, and Sentinel-1 VV and VH in dB (on their own grid; the job aligns them).
+Everything stays lazy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from ..errors import NoImages
+from ..params import InfillParams
+from .stack import DEFAULT_CHUNK_PX, align_to, read_netcdf, read_stack
+
+InfillInputs = tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]
+
+
+def _find(folder: Path, product: str, suffix: str | None, mission: str) -> Path | None:
+    if suffix is not None:
+        path = folder / f"{product}{suffix}.tif"
+        return path if path.exists() else None
+    matches = sorted(folder.glob(f"{product}_{mission}_*.tif"))
+    return matches[0] if matches else None
+
+
+def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | None = None,
+                     mask: str = "auto", chunk_px: int = DEFAULT_CHUNK_PX) -> InfillInputs:
+    """Read ``NDVI_Input``, its mask, ``VV_Input`` and ``VH_Input`` (+ CSVs) from ``folder``.
+
+    ``suffix``: the files' ``_<Mission>_<Start>_<End>`` (default: the first found for the
+    params' mission). ``mask``: "NDVI_Mask" (the seed's 1 clear / 0 cloudy mask; -1 or no-data
+    is missing), "SCL_Input" (a quality stack classified with ``params.mask_rule_name``), or
+    "auto" (NDVI_Mask when present, else SCL_Input). ``chunk_px``: spatial read window; every
+    read holds the full time axis, so long stacks want smaller windows (e.g. 128).
+    """
+    from .gaps import cloud_state
+
+    folder = Path(folder)
+    ndvi_path = _find(folder, "NDVI_Input", suffix, params.mission)
+    if ndvi_path is None:
+        raise NoImages(f"no NDVI_Input_{params.mission}_<start>_<end>.tif in {folder}: export the inputs first")
+    sfx = ndvi_path.stem[len("NDVI_Input"):]
+    ndvi_meta = folder / f"InputNDVI_Metadata{sfx}.csv"
+    s1_meta = folder / f"InputS1_Metadata{sfx}.csv"
+    ndvi = read_stack(ndvi_path, ndvi_meta, chunk_px=chunk_px).rename("NDVI")
+    mask_path, qa_path = folder / f"NDVI_Mask{sfx}.tif", folder / f"SCL_Input{sfx}.tif"
+    if mask == "auto":
+        mask = "NDVI_Mask" if mask_path.exists() else "SCL_Input"
+    if mask == "NDVI_Mask":
+        flags = read_stack(mask_path, ndvi_meta, chunk_px=chunk_px)
+        state = cloud_state(flags, "clear_mask", valid=(flags >= 0))
+    elif mask == "SCL_Input":
+        qa_meta = qa_path.with_suffix(".csv")
+        qa = read_stack(qa_path, qa_meta if qa_meta.exists() else ndvi_meta, chunk_px=chunk_px)
+        state = cloud_state(qa, params.mask_rule_name, threshold=params.cloudscore_threshold)
+    else:
+        raise NoImages(f"mask={mask!r}: choose 'NDVI_Mask', 'SCL_Input' or 'auto'")
+    vv = read_stack(folder / f"VV_Input{sfx}.tif", s1_meta, chunk_px=chunk_px).rename("VV")
+    vh = read_stack(folder / f"VH_Input{sfx}.tif", s1_meta, chunk_px=chunk_px).rename("VH")
+    return ndvi, state.assign_coords(id=ndvi["id"]), vv, vh
+
+
+def load_netcdf_inputs(s2_10m: str | Path, s2_20m: str | Path, s1: str | Path, params: InfillParams,
+                       *, red: str = "B04", nir: str = "B08", qa: str = "SCL") -> InfillInputs:
+    """NDVI from a 10 m cube's red/NIR, state from a 20 m cube's SCL aligned to 10 m, and S1 VV/VH."""
+    from .gaps import cloud_state
+    from .infill import ndvi as compute_ndvi
+
+    bands = read_netcdf(s2_10m, [red, nir])
+    ndvi = compute_ndvi(bands[red], bands[nir])
+    scl = align_to(read_netcdf(s2_20m, qa)[qa], ndvi)
+    state = cloud_state(scl, params.mask_rule_name, threshold=params.cloudscore_threshold)
+    radar = read_netcdf(s1, ["VV", "VH"])
+    # one image, one ID: the state takes the NDVI's IDs (the 20 m cube names its images itself)
+    return ndvi, state.assign_coords(id=ndvi["id"]), radar["VV"], radar["VH"]
+
+
+def load_flanders(folder: str | Path, params: InfillParams) -> InfillInputs:
+    """The Flanders 2017 cubes (S2 L2A 10 m and 20 m, S1 GRD ascending) found in ``folder`` by prefix."""
+    folder = Path(folder)
+
+    def one(prefix: str) -> Path:
+        found = sorted(folder.glob(f"{prefix}*.nc"))
+        if not found:
+            raise NoImages(f"no {prefix}*.nc in {folder}")
+        return found[0]
+
+    return load_netcdf_inputs(one("S2_L2A_10m"), one("S2_L2A_20m"), one("S1_GRD-ASCENDING_20m"), params)

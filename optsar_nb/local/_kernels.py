@@ -1,0 +1,184 @@
+"""Numpy kernels of the infilling's neighbourhood and time-window steps (METHOD.md B.3, B.4, B.10).
+
+Every function works on plain arrays whose last two axes are (y, x), with NaN as "masked".
+Neighbourhoods follow Earth Engine: only neighbours inside the array and unmasked take part,
+and the output is masked where the centre pixel is masked (``reduceNeighborhood``'s default
+``skipMasked=True``). The dask wrappers in ``infill.py`` call these per block with an explicit
+halo, so a block edge inside the image sees its true neighbours and only the image edge is an
+edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+
+def circle_offsets(radius_px: float) -> np.ndarray:
+    """(n, 2) integer (dy, dx) offsets of a circular kernel: ``dy**2 + dx**2 <= radius**2``.
+
+    The rule of ``ee.Kernel.circle`` (a radius-3 circle has 29 cells); radius 1.5 is the full
+    3 x 3 square because the diagonal neighbours lie at sqrt(2) < 1.5.
+    """
+    r = int(np.floor(radius_px))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = dy**2 + dx**2 <= radius_px**2 + 1e-12
+    return np.stack([dy[keep], dx[keep]], axis=1)
+
+
+def circle_footprint(radius_px: float) -> np.ndarray:
+    """Boolean 2-D footprint of :func:`circle_offsets`."""
+    off = circle_offsets(radius_px)
+    r = int(np.abs(off).max()) if len(off) else 0
+    fp = np.zeros((2 * r + 1, 2 * r + 1), bool)
+    fp[off[:, 0] + r, off[:, 1] + r] = True
+    return fp
+
+
+def _median_of_rows(values: np.ndarray) -> np.ndarray:
+    """NaN-aware median along the last axis (mean of the two middle values for even counts)."""
+    ordered = np.sort(values, axis=-1)  # NaN sorts last
+    n = np.sum(~np.isnan(values), axis=-1)
+    lo = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(ordered, np.maximum(n // 2, 0)[..., None], -1)[..., 0]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, (lo + hi) / 2, np.nan)
+
+
+# Compare-exchange network selecting the median of 9 values (19 exchanges; Paeth's / Devillard's
+# "opt_med9"): elementwise min/max on whole arrays, far faster than a generic median filter.
+_MED9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+         (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def _median9(cells: list[np.ndarray]) -> np.ndarray:
+    p = list(cells)
+    for i, j in _MED9:
+        lo = np.minimum(p[i], p[j])
+        p[j] = np.maximum(p[i], p[j])
+        p[i] = lo
+    return p[4]
+
+
+def focal_median(a: np.ndarray, radius_px: float) -> np.ndarray:
+    """NaN-aware circular focal median over the last two axes of ``a`` (any leading axes).
+
+    Output pixel = median of the in-array, non-NaN values under the circle centred on it;
+    NaN where the centre is NaN. Pixels whose whole neighbourhood is valid take a vectorised
+    path (a sorting network for the 3 x 3 kernel, a sort otherwise); the few others (image
+    edges, next to masked pixels) are gathered and reduced with the NaN-aware median, so the
+    result is exact everywhere.
+    """
+    a = np.asarray(a)
+    if radius_px <= 0 or a.size == 0:
+        return a.copy()
+    offsets = circle_offsets(radius_px)
+    r = int(np.abs(offsets).max())
+    h, w = a.shape[-2:]
+    pad = [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)]
+    padded = np.pad(a, pad, constant_values=np.nan)
+    cells = [padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets]
+    valid = ~np.isnan(a)
+    count = np.zeros(a.shape, dtype=np.int16)
+    for c in cells:
+        count += ~np.isnan(c)
+    full = valid & (count == len(offsets))
+    if len(offsets) == 9:
+        out = _median9(cells)
+    else:
+        out = _median_of_rows(np.stack(cells, axis=-1))
+    out = np.where(full, out, np.nan).astype(a.dtype, copy=False)
+    partial = np.nonzero(valid & ~full)
+    if partial[0].size:
+        gathered = np.stack([c[partial] for c in cells], axis=-1).astype("float64")
+        out[partial] = _median_of_rows(gathered)
+    return out
+
+
+def _window_sum(p: np.ndarray, n: int, out_len: int, axis: int) -> np.ndarray:
+    """Sums of ``n`` consecutive entries along ``axis``: out[i] = p[i] + ... + p[i + n - 1].
+
+    Built from power-of-two partial sums (n = 21 -> 16 + 4 + 1), so each output is the same
+    fixed expression of its inputs wherever the array starts: chunking does not change a bit.
+    """
+    def take(x, start, length):
+        idx = [slice(None)] * x.ndim
+        idx[axis] = slice(start, start + length)
+        return x[tuple(idx)]
+
+    total, offset = None, 0
+    size = p.shape[axis]
+    power, block = 1, p
+    while power <= n:
+        if n & power:
+            part = take(block, offset, out_len)
+            total = part.copy() if total is None else total + part
+            offset += power
+        nxt = size - 2 * power + 1
+        if 2 * power <= n and nxt > 0:
+            block = take(block, 0, nxt) + take(block, power, nxt)
+        power *= 2
+    return total
+
+
+def box_mean(a: np.ndarray, radius_px: int, *, inset: int = 0) -> np.ndarray:
+    """NaN-aware mean over the (2r+1)^2 square (``ee.Kernel.square(r)``) on the last two axes.
+
+    Only in-array, non-NaN neighbours count; NaN where the centre is NaN. Computed as the ratio
+    of two box sums (values and valid counts) in float64. With ``inset`` >= r the array's
+    border of ``inset`` pixels is a halo: no padding is needed and the result covers only the
+    inner region (shape reduced by 2 x inset), which is what a block with a halo wants.
+    """
+    a = np.asarray(a, dtype="float64")
+    valid = ~np.isnan(a)
+    r = radius_px
+    if inset < r:
+        pad = [(0, 0)] * (a.ndim - 2) + [(r - inset, r - inset)] * 2
+        a, valid, inset = np.pad(a, pad, constant_values=np.nan), np.pad(valid, pad), r
+    h, w = a.shape[-2] - 2 * inset, a.shape[-1] - 2 * inset
+    lead = (slice(None),) * (a.ndim - 2)
+    src = lead + (slice(inset - r, a.shape[-2] - inset + r), slice(inset - r, a.shape[-1] - inset + r))
+
+    def box(x):
+        rows = _window_sum(x[src], 2 * r + 1, h, a.ndim - 2)
+        return _window_sum(rows, 2 * r + 1, w, a.ndim - 1)
+
+    sums = box(np.where(valid, a, 0.0))
+    counts = box(valid.astype("float32"))  # integers: exact in float32
+    centre = valid[lead + (slice(inset, inset + h), slice(inset, inset + w))]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(centre & (counts > 0), sums / np.maximum(counts, 1), np.nan)
+
+
+def window_weights(optical_times, s1_times, window_days: float) -> np.ndarray:
+    """(n_optical, n_s1) 0/1 matrix: S1 image j lies in optical date i's window.
+
+    The window is ``[t - window_days, t + window_days)``, half-open as Earth Engine's
+    ``filterDate(t.advance(-w, 'day'), t.advance(w, 'day'))``.
+    """
+    t_opt = pd.DatetimeIndex(optical_times).as_unit("ns").asi8[:, None]
+    t_s1 = pd.DatetimeIndex(s1_times).as_unit("ns").asi8[None, :]
+    half = int(round(window_days * 86400e9))
+    return ((t_s1 >= t_opt - half) & (t_s1 < t_opt + half)).astype("float64")
+
+
+def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarray:
+    """Per-pixel mean of the S1 images in each optical window: (n_s1, y, x) -> (n_optical, y, x).
+
+    Values below ``min_db`` and NaN are masked and left out of the mean; NaN where a window
+    holds no valid value. Each window's images are summed in time order, so the result does
+    not depend on the block shape (a matrix product's summation order could).
+    """
+    s1 = np.asarray(s1, dtype="float64")
+    valid = np.isfinite(s1) & (s1 >= min_db)
+    values = np.where(valid, s1, 0.0)
+    out = np.full((weights.shape[0], *s1.shape[1:]), np.nan)
+    for i, row in enumerate(weights):  # one optical date at a time, vectorised over pixels
+        sel = np.flatnonzero(row)
+        if sel.size == 0:
+            continue
+        total, count = values[sel].sum(axis=0), valid[sel].sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return out

@@ -1,0 +1,407 @@
+"""The whole infilling job (METHOD.md part B) at scale, and the saved model.
+
+Stages and why they are staged: the prediction stack feeds three global reductions in turn
+(PCA means, PCA covariance, per-image standardization quantiles), so it is computed once and
+kept in a temporary memory-mapped file beside the outputs instead of in memory or recomputed.
+The observation and state stacks are staged the same way so that the per-image steps (B.9,
+B.10) read one contiguous image at a time. Peak memory is then a few blocks, whatever the
+scene size; disk use is about 9 bytes per pixel and pair while the job runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import NoImages, StackMismatch
+from ..missions import CLEAR, MISSING
+from ..params import InfillParams
+from ..products import INFILL_METADATA_FILE, file_name
+from . import _kernels, _postprocess
+from . import infill as steps
+from .gaps import aoi_mask, select_period
+from .stack import read_geotiff, refuse_existing, write_csv, write_geotiff
+
+MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
+REPORT_FILE = "Infill_Report"
+BLOCK_BYTES = 256 * 2**20  # budget of one block's temporaries in the fit/predict stage
+BYTES_PER_SAMPLE = 160  # per pixel and pair in that stage: covariates, design, halo (measured)
+SCATTER_SAMPLES = 4000  # points per split kept for the observed-vs-predicted scatter
+SERIES_PIXELS = 4  # pixels whose time series the report plots
+
+
+@dataclass
+class InfillRun:
+    """What :func:`infill` returns: files, tables and the figures' raw material."""
+
+    params: InfillParams
+    paths: dict[str, Path]
+    metadata: pd.DataFrame  # Output_Metadata plus S1_COUNT and the effective cloud fraction
+    metrics: pd.DataFrame  # rows (split, method): n, MAE, RMSE, R2, bias
+    donor_id: str
+    samples: dict[str, np.ndarray]  # split -> (n, 4): obs, model, pixel mean, interpolation
+    series: dict[str, np.ndarray]  # pixel series for the report's time-series figure
+    timings: dict[str, float] = field(default_factory=dict)
+    rank_deficient_pixels: int = 0
+    underdetermined_pixels: int = 0
+
+
+def _edge(n_time: int) -> int:
+    return int(np.clip(np.sqrt(BLOCK_BYTES / (max(n_time, 1) * BYTES_PER_SAMPLE)), 32, 512))
+
+
+def _memmap(folder: Path, name: str, shape, dtype) -> np.memmap:
+    return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:
+    coords = {"time": pd.to_datetime(table["CollectionTime"].to_numpy(), unit="ms"),
+              "id": ("time", table["ID"].astype(str).to_numpy()), "y": template.y, "x": template.x}
+    return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=steps._grid_attrs(template), name=name)
+
+
+def output_paths(out_dir: Path, params: InfillParams, *, report: bool) -> dict[str, Path]:
+    paths = {name: out_dir / file_name(name, params.suffix, ".tif")
+             for name in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", MODEL_FILE)}
+    paths["metadata"] = out_dir / file_name(INFILL_METADATA_FILE, params.suffix, ".csv")
+    if report:
+        paths["report"] = out_dir / file_name(REPORT_FILE, params.suffix, ".md")
+    return paths
+
+
+def infill(
+    ndvi: xr.DataArray,
+    state: xr.DataArray,
+    vv: xr.DataArray,
+    vh: xr.DataArray,
+    params: InfillParams,
+    out_dir: str | Path,
+    *,
+    aoi=None,
+    overwrite: bool = False,
+    report: bool = True,
+    workers: int | None = None,
+) -> InfillRun:
+    """Run METHOD.md part B and write its outputs into ``out_dir``.
+
+    Inputs: ``ndvi`` (time, y, x) NDVI; ``state`` the same images' CLEAR/CLOUDY/MISSING
+    (:func:`cloud_mask`); ``vv``, ``vh`` S1 (time, y, x) in dB on any grid (aligned here);
+    ``aoi`` an AOI (default: the whole grid). Writes ``NDVI_gapfree``, ``NDVI_Mask``,
+    ``NDVI_Pred`` (the calibrated prediction), ``NDVI_Obs`` (clear observations) with one band per
+    pair ID, ``NDVI_Model`` (the coefficient image), ``Output_Metadata`` CSV and, with
+    ``report``, the accuracy report. Existing files are refused unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    paths = output_paths(out_dir, params, report=report)
+    if not overwrite:
+        refuse_existing(paths.values())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".infill-work-", dir=out_dir))
+    try:
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            return _run(ndvi, state, vv, vh, params, paths, work, aoi=aoi, overwrite=overwrite, report=report,
+                        workers=workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(ndvi, state, vv, vh, params, aoi):
+    """B.1-B.5: period, AOI, sparse images, S1 alignment, pairing. Returns the pairs' arrays and table."""
+    ndvi = select_period(ndvi, params.start, params.end).sortby("time")
+    state = select_period(state, params.start, params.end).sortby("time")
+    if ndvi.sizes["time"] != state.sizes["time"] or not np.array_equal(ndvi.time.values, state.time.values):
+        raise StackMismatch("the NDVI and cloud-state stacks describe different images: export them together")
+    if ndvi.sizes["time"] == 0:
+        raise NoImages(f"no optical image between {params.start} and {params.end}: widen the dates")
+    inside = aoi_mask(ndvi, aoi) if aoi is not None else None
+    st = steps.observed_state(state, ndvi, inside)
+    table = steps.image_cloud_stats(st)
+    keep = steps.drop_sparse_images(table, params)
+    if keep.size == 0:
+        raise NoImages(f"no optical image has more than {params.min_valid_pixels} valid AOI pixels")
+    ndvi, st, table = ndvi.isel(time=keep), st.isel(time=keep), table.iloc[keep].reset_index(drop=True)
+    # S1 a window beyond the period too, so that dates near its ends get full windows
+    pad = pd.Timedelta(days=params.s1_window_days)
+    s1 = []
+    for band in (vv, vh):
+        t = pd.DatetimeIndex(band.time.values)
+        band = band.isel(time=np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad)))
+        band = steps.align_s1(band.sortby("time"), ndvi)
+        s1.append(band.where(inside) if inside is not None else band)
+    weights = _kernels.window_weights(ndvi.time.values, s1[0].time.values, params.s1_window_days)
+    pairs = steps.pair_images(table, weights.sum(axis=1), params)
+    table = table.iloc[pairs].reset_index(drop=True).assign(S1_COUNT=weights.sum(axis=1)[pairs].astype(int))
+    return ndvi.isel(time=pairs), st.isel(time=pairs), s1[0], s1[1], weights[pairs], table, inside
+
+
+def _fit_predict(vv, vh, obs, st, donor, weights, vv_mean, vh_mean, labels, params, edge):
+    """The fused B.3-B.7 stage: one block task computes covariates, fits and predicts."""
+    depth = steps.covariate_halo(params)
+    T = len(labels)
+    sp = (edge, edge)
+    halo = lambda a, fill: steps.with_halo(a.rechunk((-1, *sp)), depth, fill)  # noqa: E731
+    a_vv, a_vh = halo(steps._dask(vv, (-1, *sp)), np.nan), halo(steps._dask(vh, (-1, *sp)), np.nan)
+    a_obs, a_st = halo(obs, np.nan), halo(st, MISSING)
+    a_donor = halo(donor[None], False)
+
+    def block(b_vv, b_vh, b_obs, b_st, b_donor):
+        win_vv = _kernels.window_mean(b_vv, weights, params.s1_min_db)
+        win_vh = _kernels.window_mean(b_vh, weights, params.s1_min_db)
+        covs = steps.covariate_block(win_vv, win_vh, vv_mean, vh_mean, params)  # halo already removed
+        crop = (..., slice(depth, b_obs.shape[-2] - depth), slice(depth, b_obs.shape[-1] - depth))
+        o, s, d = b_obs[crop], b_st[crop], b_donor[0][crop]
+        train = steps.training_mask(s, labels, d)
+        fit = steps.fit_block(covs, np.where(train, o, np.nan), train, params)
+        pred = steps.predict_block(covs, fit)
+        return np.concatenate([fit, pred.astype("float64")])
+
+    return da.blockwise(block, "oyx", a_vv, "syx", a_vh, "syx", a_obs, "tyx", a_st, "tyx", a_donor, "dyx",
+                        new_axes={"o": 11 + T}, adjust_chunks={"y": lambda c: c - 2 * depth, "x": lambda c: c - 2 * depth},
+                        dtype="float64", concatenate=True)
+
+
+def _eval_mask(state, labels, donor_cloudy):
+    """(T, y, x) the pixels each pair is scored on: in-sample for train, artificial clouds for
+    validation, every clear pixel for test."""
+    lab = np.asarray(labels).reshape(-1, 1, 1)
+    train = steps.training_mask(state, labels, donor_cloudy) & (lab == "train")
+    return train | steps.validation_pixels(state, labels, donor_cloudy) | ((state == CLEAR) & (lab == "test"))
+
+
+def _baseline_sums(obs, st, donor, labels, days, edge):
+    """Per pair, error sums of the two baselines on the scoring pixels: (2, T, N_SUMS)."""
+    T = len(labels)
+
+    def block(b_obs, b_st, b_donor):
+        train = steps.training_mask(b_st, labels, b_donor[0])
+        seen = np.where(train, b_obs, np.nan)
+        score = _eval_mask(b_st, labels, b_donor[0])
+        base = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), b_obs.shape),
+                _postprocess.interpolation_baseline(seen, days))
+        out = np.array([[_postprocess.error_sums(b_obs[t], b[t], score[t]) for t in range(T)] for b in base])
+        return out[None, None]
+
+    parts = da.blockwise(block, "ijbtk", obs, "tij", st, "tij", donor[None], "dij",
+                         new_axes={"b": 2, "t": T, "k": _postprocess.N_SUMS}, adjust_chunks={"i": 1, "j": 1},
+                         dtype="float64", concatenate=True)
+    return parts.sum(axis=(0, 1))
+
+
+def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, workers):
+    timings, tic = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal tic
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - tic
+        tic = now
+
+    ndvi, st, vv, vh, weights, table, inside = _prepare(ndvi, state, vv, vh, params, aoi)
+    table, donor_pos = steps.split_pairs(table, params)
+    labels = table["SplitLabel"].to_numpy().astype(str)
+    T, H, W = ndvi.sizes["time"], ndvi.sizes["y"], ndvi.sizes["x"]
+    edge = _edge(T)
+    lap("prepare (B.1-B.2, B.5-B.6 split)")
+
+    # stage 0: observation and state stacks of the pairs, to disk
+    mm_obs, mm_st = _memmap(work, "obs", (T, H, W), "float32"), _memmap(work, "state", (T, H, W), "int8")
+    st_d = steps._dask(st, (-1, edge, edge))
+    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
+    da.store([st_d.astype("int8"), obs_d], [mm_st, mm_obs], lock=False)
+    donor_cloudy = np.asarray(mm_st[donor_pos] == 0)
+    obs = da.from_array(mm_obs, chunks=(-1, edge, edge))
+    sts = da.from_array(mm_st, chunks=(-1, edge, edge))
+    donor = da.from_array(donor_cloudy, chunks=(edge, edge))
+    lap("stage observations")
+
+    # B.3: AOI means of the S1 window means (a global reduction)
+    means = []
+    for band in (vv, vh):
+        win = steps._dask(band, (-1, edge, edge)).map_blocks(
+            # float32 as the covariates use them, so that the means equal s1_window_mean + aoi_mean's
+            lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+            chunks=((T,), *obs.chunks[1:]), dtype="float32").astype("float64")
+        means.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
+    (s_vv, n_vv), (s_vh, n_vh) = da.compute(*means)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vv_mean, vh_mean = s_vv / n_vv, s_vh / n_vh
+    lap("S1 window means, AOI means (B.3)")
+
+    # B.3-B.7 fused per block
+    mm_coef, mm_pred = _memmap(work, "coef", (11, H, W), "float64"), _memmap(work, "pred", (T, H, W), "float32")
+    packed = _fit_predict(vv, vh, obs, sts, donor, weights, vv_mean, vh_mean, labels, params, edge)
+    da.store([packed[:11], packed[11:].astype("float32")], [mm_coef, mm_pred], lock=False)
+    lap("covariates, regression, prediction (B.3-B.7)")
+
+    days = ((pd.to_datetime(table["CollectionTime"], unit="ms") - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
+    base_sums = _baseline_sums(obs, sts, donor, labels, days, edge).compute()
+    lap("baselines")
+
+    # B.8 PCA smoothing, in place
+    pred_lazy = xr.DataArray(da.from_array(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
+    smoothed = steps.pca_smooth(pred_lazy, params)
+    if smoothed is not pred_lazy:
+        da.store(smoothed.data, mm_pred, lock=False)
+    lap("PCA smoothing (B.8)")
+
+    # B.9 standardization, MAE and scores, image by image
+    def one_image(t):
+        s, o = np.asarray(mm_st[t]), np.asarray(mm_obs[t])
+        used = s == CLEAR
+        if labels[t] == "validation":
+            used = used & ~donor_cloudy
+        frac = 1.0 - used.sum() / max((s != MISSING).sum(), 1)
+        # a validation pair is treated as the cloudier image its artificial clouds make it: the
+        # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
+        cal = steps.standardize_one(np.asarray(mm_pred[t]), o, used, frac, params)
+        mm_pred[t] = cal
+        score = _eval_mask(s[None], labels[t : t + 1], donor_cloudy)[0]
+        pick = np.flatnonzero(score)
+        k = min(pick.size, max(1, SCATTER_SAMPLES // max(1, int((labels == labels[t]).sum()))))
+        pick = np.random.default_rng([params.seed, t]).choice(pick, k, replace=False) if pick.size else pick
+        return frac, _postprocess.mae(o, cal, s == CLEAR), _postprocess.error_sums(o, cal, score), pick
+
+    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
+        results = list(pool.map(one_image, range(T)))
+    model_sums = np.array([r[2] for r in results])
+    samples = _scatter_samples([r[3] for r in results], labels, mm_obs, mm_pred, mm_st, donor_cloudy, days)
+    lap("standardization, MAE (B.9-B.10)")
+
+    table = table.assign(MAE=[r[1] for r in results], Cloud_cover_used=[100 * r[0] for r in results])
+    metrics = _metrics_table(model_sums, base_sums, labels)
+    coef_ok = np.isfinite(mm_coef[0])
+    in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
+    rank_deficient = int((coef_ok & (mm_coef[9] < 9)).sum())
+    underdetermined = int((~coef_ok & in_aoi).sum())
+
+    # outputs
+    pred_da = _stack_like(da.from_array(mm_pred, chunks=(-1, edge, edge)), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(obs, ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(sts, ndvi, table, "NDVI_Mask")
+    filled = steps.gap_fill(obs_da, pred_da, st_da == CLEAR, params, inside)
+    write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
+    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
+    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
+    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
+    coef = xr.DataArray(da.from_array(mm_coef[:9], chunks=(-1, edge, edge)), dims=("coef", "y", "x"),
+                        coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
+                        attrs=steps._grid_attrs(ndvi))
+    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
+    out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
+    write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
+              overwrite=overwrite)
+    series = _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params)
+    lap("write outputs")
+
+    run = InfillRun(params=params, paths=paths, metadata=table, metrics=metrics, donor_id=str(table["ID"][donor_pos]),
+                    samples=samples, series=series, timings=timings, rank_deficient_pixels=rank_deficient,
+                    underdetermined_pixels=underdetermined)
+    if report:
+        from ..report import write_report
+
+        write_report(run, paths["report"], overwrite=overwrite)
+        lap("report")
+    return run
+
+
+def _pixel_baselines(series_obs, series_state, labels, donor_px, days):
+    """Both baselines for single pixels: series (T, n) -> two (T, n) arrays."""
+    train = steps.training_mask(series_state[:, :, None], labels, donor_px[:, None])[:, :, 0]
+    seen = np.where(train, series_obs, np.nan)
+    pm = np.broadcast_to(_postprocess.pixel_mean_baseline(seen[:, :, None])[:, 0], series_obs.shape)
+    return pm, _postprocess.interpolation_baseline(seen[:, :, None], days)[:, :, 0]
+
+
+def _scatter_samples(picks, labels, mm_obs, mm_pred, mm_st, donor_cloudy, days) -> dict[str, np.ndarray]:
+    """Per split, (n, 4) arrays of obs, model, pixel-mean and interpolation values at sampled scoring pixels."""
+    H, W = mm_obs.shape[1:]
+    out = {}
+    for split in steps.SPLIT_LABELS:
+        rows = [(t, i) for t, p in enumerate(picks) if labels[t] == split for i in p]
+        if not rows:
+            out[split] = np.empty((0, 4))
+            continue
+        t_idx = np.array([r[0] for r in rows])
+        flat = np.array([r[1] for r in rows])
+        ys, xs = np.unravel_index(flat, (H, W))
+        series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
+        series_st = np.asarray(mm_st[:, ys, xs])
+        pm, ip = _pixel_baselines(series_obs, series_st, labels, donor_cloudy[ys, xs], days)
+        cols = np.arange(len(rows))
+        out[split] = np.stack([series_obs[t_idx, cols], np.asarray(mm_pred[t_idx, ys, xs], dtype="float64"),
+                               pm[t_idx, cols], ip[t_idx, cols]], axis=1)
+    return out
+
+
+def _metrics_table(model_sums, base_sums, labels) -> pd.DataFrame:
+    rows = []
+    for split in steps.SPLIT_LABELS:
+        sel = labels == split
+        for method, sums in (("model", model_sums), ("pixel_mean", base_sums[0]), ("interpolation", base_sums[1])):
+            rows.append({"split": split, "method": method, **_postprocess.metrics_from_sums(sums[sel].sum(axis=0))})
+    return pd.DataFrame(rows)
+
+
+def _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params) -> dict[str, np.ndarray]:
+    """Time series of a few pixels with finite predictions (seeded choice) for the report."""
+    ok = np.flatnonzero(np.isfinite(mm_pred[0]).ravel())
+    if ok.size == 0:
+        return {}
+    H, W = mm_pred.shape[1:]
+    pick = np.sort(np.random.default_rng(params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
+    ys, xs = np.unravel_index(pick, (H, W))
+    r = int(np.ceil(params.focal_median_radius_px))
+    gapfree = []
+    for y, x in zip(ys, xs):  # B.10 on the pixel's own neighbourhood (clipped at the image edge)
+        win = (slice(None), slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
+        fill = _postprocess.fill_image(mm_obs[win], mm_pred[win], mm_st[win] == CLEAR)
+        gapfree.append(_kernels.focal_median(fill, params.focal_median_radius_px)[:, y - win[1].start, x - win[2].start])
+    gapfree = np.stack(gapfree, axis=1)
+    series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
+    series_st = np.asarray(mm_st[:, ys, xs])
+    _, interp = _pixel_baselines(series_obs, series_st, labels, donor_cloudy[ys, xs], days)
+    return {"days": np.asarray(days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
+            "pred": np.asarray(mm_pred[:, ys, xs], dtype="float64"), "gapfree": gapfree, "interpolation": interp,
+            "labels": labels, "artificial": donor_cloudy[ys, xs], "start": params.start}
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved model
+def load_model(path: str | Path) -> xr.DataArray:
+    """A saved coefficient image (``NDVI_Model...tif``) as a lazy (coef, y, x) float64 DataArray."""
+    raw = read_geotiff(path)
+    names = [str(b) for b in raw.band.values]
+    if names != list(steps.COEFFICIENT_BANDS):
+        raise StackMismatch(f"{path} is not a coefficient image: its bands are {names}, "
+                            f"expected {list(steps.COEFFICIENT_BANDS)}")
+    return raw.rename(band="coef")
+
+
+def predict_from_model(model: xr.DataArray | str | Path, vv: xr.DataArray, vh: xr.DataArray, times,
+                       params: InfillParams, *, inside: xr.DataArray | None = None) -> xr.DataArray:
+    """B.3-B.7 without retraining: raw NDVI predictions for the optical ``times`` (lazy).
+
+    ``vv``/``vh``: S1 stacks in dB (aligned to the model's grid here); the AOI means are taken
+    over ``inside`` (default: the whole grid). PCA smoothing and standardization (B.8-B.9) are
+    not applied: they need the observations of a run.
+    """
+    coef = load_model(model) if isinstance(model, (str, Path)) else model
+    wins = []
+    for band in (vv, vh):
+        band = steps.align_s1(band.sortby("time"), coef)
+        band = band.where(inside) if inside is not None else band
+        win, _ = steps.s1_window_mean(band, times, params)
+        wins.append(win)
+    means = [steps.aoi_mean(w) for w in wins]
+    covs = steps.covariates(wins[0], wins[1], means[0], means[1], params)
+    return steps.predict(coef, covs)

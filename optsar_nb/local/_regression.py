@@ -1,0 +1,132 @@
+"""Pixelwise robust multiple linear regression, vectorised over pixels (METHOD.md B.6).
+
+The estimator is iteratively reweighted least squares with the Talwar cost, as Earth Engine's
+``ee.Reducer.robustLinearRegression`` describes itself and as statsmodels'
+``RLM(norm=TrimmedMean(c), scale_est="mad")`` computes it:
+
+1. start from ordinary least squares on the pixel's valid samples;
+2. scale ``s = median(|r|) / 0.6745`` over the valid samples' residuals (MAD about zero,
+   consistent for normal errors);
+3. Talwar weights: 1 where ``|r| <= c * s``, else 0 (the sample is an outlier);
+4. weighted least squares with those weights; repeat 2-4 until the weight set no longer
+   changes (then the solution is a fixed point), at most ``max_iterations`` times.
+A pixel whose residual scale is below ``PERFECT_FIT_SCALE`` stops (a perfect fit has no
+outliers; statsmodels stops on a zero scale the same way). A reweighting that would leave
+fewer samples than coefficients is not taken (Earth Engine returns null for underdetermined
+systems): the previous solution stands.
+
+Each least-squares solve is rank revealing. The design's columns are scaled to unit norm (so
+neither the cutoff nor the minimum norm depends on covariate units), the Gram matrix of the
+scaled design is diagonalised, and directions whose singular value is at most
+``rcond x`` the largest are dropped: the minimum-norm least-squares solution of the scaled
+design, i.e. ``numpy.linalg.lstsq(X / d, y, rcond)`` divided by ``d``. The eight S1
+covariates are nearly collinear by construction (pixel = mean + diff = Nmean + Ndiff before
+smoothing), so exact singularity is the normal case, not an error: it yields finite
+coefficients and a reported rank below 9, never inf or NaN. Pixels with fewer valid samples
+than coefficients get NaN coefficients (masked, as Earth Engine's null), counted by the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAD_NORMAL = 0.6744897501960817  # Phi^-1(3/4): MAD of a standard normal (statsmodels' mad default)
+PERFECT_FIT_SCALE = 1e-9  # residual scale (NDVI units) below which a fit is exact: no reweighting
+BATCH_BYTES = 64 * 2**20  # size of one (pixels, time, 9) float64 temporary: bounds a batch's memory
+
+
+def _solve(X: np.ndarray, y: np.ndarray, w: np.ndarray, rcond: float) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-norm weighted least squares of many pixels at once.
+
+    X (P, T, K), y (P, T), w (P, T) 0/1 -> coefficients (P, K), rank (P,).
+    """
+    Xw = X * w[..., None]
+    gram = np.matmul(Xw.transpose(0, 2, 1), Xw)
+    rhs = np.einsum("ptk,pt->pk", Xw, y)
+    d = np.sqrt(np.maximum(np.einsum("pkk->pk", gram), 0.0))
+    d = np.where(d > 0, d, 1.0)
+    gram_s = gram / (d[:, :, None] * d[:, None, :])
+    lam, vec = np.linalg.eigh(gram_s)  # ascending; lam = squared singular values of X w / d
+    keep = lam > (rcond**2) * lam[:, -1:]
+    inv = np.where(keep, 1.0 / np.where(keep, lam, 1.0), 0.0)
+    proj = np.einsum("pkj,pk->pj", vec, rhs / d)
+    beta_s = np.einsum("pkj,pj->pk", vec, inv * proj)
+    return beta_s / d, keep.sum(axis=1)
+
+
+def _abs_median(r: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """median(|r|) along the last axis over ``valid`` entries (np.median's even-count rule)."""
+    a = np.where(valid, np.abs(r), np.nan)
+    a.sort(axis=-1)
+    n = valid.sum(axis=-1)
+    lo = np.take_along_axis(a, np.maximum((n - 1) // 2, 0)[:, None], -1)[:, 0]
+    hi = np.take_along_axis(a, np.maximum(n // 2, 0)[:, None], -1)[:, 0]
+    return (lo + hi) / 2
+
+
+def talwar_irls(
+    X: np.ndarray,
+    y: np.ndarray,
+    valid: np.ndarray,
+    *,
+    tuning: float,
+    rcond: float,
+    max_iterations: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust regression of every pixel: see the module docstring for the exact algorithm.
+
+    Inputs: X (P, T, K) design (column 0 the constant), y (P, T) response, valid (P, T) bool
+    (samples that may be used; NaN elsewhere is ignored). Outputs: coefficients (P, K) float64
+    (NaN where fewer than K valid samples), rank (P,) int of the final solve, iterations (P,).
+    """
+    P, T, K = X.shape
+    coef = np.full((P, K), np.nan)
+    rank = np.zeros(P, dtype=np.int16)
+    iters = np.zeros(P, dtype=np.int16)
+    batch = max(64, BATCH_BYTES // max(1, T * K * 8))
+    for start in range(0, P, batch):
+        sl = slice(start, start + batch)
+        c, r, it = _irls_batch(X[sl], y[sl], valid[sl], tuning, rcond, max_iterations)
+        coef[sl], rank[sl], iters[sl] = c, r, it
+    return coef, rank, iters
+
+
+def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
+    P, T, K = X.shape
+    valid = valid & np.isfinite(y) & np.isfinite(X).all(axis=-1)
+    X = np.where(valid[..., None], X, 0.0).astype("float64", copy=False)
+    y = np.where(valid, y, 0.0).astype("float64", copy=False)
+    coef = np.full((P, K), np.nan)
+    rank = np.zeros(P, dtype=np.int16)
+    iters = np.zeros(P, dtype=np.int16)
+    ok = np.flatnonzero(valid.sum(axis=1) >= K)
+    if ok.size == 0:
+        return coef, rank, iters
+    Xo, yo, vo = X[ok], y[ok], valid[ok]
+    w = vo.astype("float64")
+    beta, rk = _solve(Xo, yo, w, rcond)
+    active = np.arange(ok.size)  # pixels still iterating (indices into ok)
+    n_iter = np.zeros(ok.size, dtype=np.int16)
+    for _ in range(max_iterations):
+        if active.size == 0:
+            break
+        Xa, ya, va = Xo[active], yo[active], vo[active]
+        resid = ya - np.einsum("ptk,pk->pt", Xa, beta[active])
+        scale = _abs_median(resid, va) / MAD_NORMAL
+        w_new = (va & (np.abs(resid) <= tuning * scale[:, None])).astype("float64")
+        changed = (w_new != w[active]).any(axis=1)
+        go = changed & (scale > PERFECT_FIT_SCALE) & (w_new.sum(axis=1) >= K)
+        moving = active[go]
+        if moving.size == 0:
+            break
+        w[moving] = w_new[go]
+        beta[moving], rk[moving] = _solve(Xo[moving], yo[moving], w[moving], rcond)
+        n_iter[moving] += 1
+        active = moving
+    coef[ok], rank[ok], iters[ok] = beta, rk, n_iter
+    return coef, rank, iters
+
+
+def predict(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Fitted values: X (P, T, K), coef (P, K) -> (P, T); NaN where a covariate or coefficient is NaN."""
+    return np.einsum("ptk,pk->pt", X, coef)
