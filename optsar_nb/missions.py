@@ -87,6 +87,7 @@ class Mission:
     nir: str
     mask: str  # key of MASK_RULES used by default
     revisit_days: int  # METHOD.md A.4 initial condition uses the revisit time
+    pixel_size_m: float  # native resolution of the red/NIR bands, the export scale
     scale: float = 1.0  # reflectance = DN * scale + offset
     offset: float = 0.0
     cloudscore_collection_id: str | None = None
@@ -105,6 +106,7 @@ MISSIONS: dict[str, Mission] = {
         nir="B8",
         mask="scl",
         revisit_days=5,  # Sentinel-2A+B combined revisit at the equator
+        pixel_size_m=10,  # B4/B8 (ESA Sentinel-2 MSI user guide)
         scale=1e-4,
         cloudscore_collection_id="GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED",
         deprecated_ids=("COPERNICUS/S2_SR",),
@@ -116,6 +118,7 @@ MISSIONS: dict[str, Mission] = {
         nir="SR_B5",
         mask="qa_pixel",
         revisit_days=16,  # single Landsat satellite repeat cycle
+        pixel_size_m=30,  # OLI surface reflectance (USGS Collection 2 L2 product guide)
         scale=2.75e-05,  # USGS Collection 2 surface reflectance scale
         offset=-0.2,
         deprecated_ids=("LANDSAT/LC08/C01/T1_SR",),
@@ -127,6 +130,7 @@ MISSIONS: dict[str, Mission] = {
         nir="SR_B5",
         mask="qa_pixel",
         revisit_days=16,
+        pixel_size_m=30,
         scale=2.75e-05,
         offset=-0.2,
     ),

@@ -18,7 +18,11 @@ import pandas as pd
 
 from .plots import _pyplot
 
-METHOD_LABELS = {"model": "S1 regression (this run)", "pixel_mean": "per-pixel mean", "interpolation": "linear interpolation"}
+METHOD_LABELS = {
+    "model": "S1 regression (this run)",
+    "pixel_mean": "per-pixel mean",
+    "interpolation": "linear interpolation",
+}
 
 
 def _fmt(v, digits=4):
@@ -124,12 +128,14 @@ def write_report(run, path: str | Path, *, overwrite: bool = False) -> Path:
                    f"{val.loc['model', 'MAE']:.4f} against {val.loc['pixel_mean', 'MAE']:.4f} for the per-pixel mean "
                    f"and {val.loc['interpolation', 'MAE']:.4f} for interpolation: best is "
                    f"{METHOD_LABELS[best]}.")
+    split_kind = "random" if p.random_split else "time"
+    donor_pct = float(donor.iloc[0]) if len(donor) else float("nan")
     text = f"""# NDVI infilling accuracy report
 
 {p.mission}, {p.start} to {p.end} (end exclusive). {len(meta)} optical-SAR pairs
-(Sentinel-1 within +-{p.s1_window_days} days): {counts.get('train', 0)} train, {counts.get('validation', 0)}
-validation, {counts.get('test', 0)} test (seed {p.seed}, {'random' if p.random_split else 'time'} split).
-Artificial clouds: the cloud mask of `{run.donor_id}` ({float(donor.iloc[0]) if len(donor) else float('nan'):.1f} % cloudy).
+(Sentinel-1 within +-{p.s1_window_days} days): {counts.get('train', 0)} train,
+{counts.get('validation', 0)} validation, {counts.get('test', 0)} test (seed {p.seed}, {split_kind} split).
+Artificial clouds: the cloud mask of `{run.donor_id}` ({donor_pct:.1f} % cloudy).
 
 ## Accuracy
 

@@ -40,7 +40,7 @@ def test_network_is_guarded():
 
 def test_a_server_call_cannot_leave_the_machine(ee_offline):
     """getInfo has no API client offline; whatever it tries never reaches a network."""
-    with pytest.raises(Exception):
+    with pytest.raises(ee.EEException):
         ee.Number(1).add(1).getInfo()
 
 

@@ -47,7 +47,8 @@ def reference_irls(X, y, *, c, rcond, max_iter):
 def synthetic_design(rng, P, T, *, collinear=False):
     X = np.empty((P, T, 9))
     X[..., 0] = 1.0
-    X[..., 1:] = rng.normal(size=(P, T, 8)) * np.array([3, 3, 2, 2, 1, 1, 0.5, 0.5]) + np.array([-10, -17, 0, 0, -10, -17, 0, 0])
+    spread = np.array([3, 3, 2, 2, 1, 1, 0.5, 0.5])
+    X[..., 1:] = rng.normal(size=(P, T, 8)) * spread + np.array([-10, -17, 0, 0, -10, -17, 0, 0])
     if collinear:
         # pixel = mean + diff = Nmean + Ndiff: Ndiff = mean + diff - Nmean, to rounding
         X[..., 7] = X[..., 1] + X[..., 3] - X[..., 5]
@@ -146,7 +147,8 @@ def test_box_mean_matches_hand_loop():
     a = rng.normal(size=(1, 13, 15))
     a[0, 2, 3] = np.nan
     got = _kernels.box_mean(a, 2)
-    np.testing.assert_allclose(_kernels.box_mean(np.pad(a, ((0, 0), (2, 2), (2, 2)), constant_values=np.nan), 2, inset=2), got)
+    halo = np.pad(a, ((0, 0), (2, 2), (2, 2)), constant_values=np.nan)
+    np.testing.assert_allclose(_kernels.box_mean(halo, 2, inset=2), got)  # a block with a NaN halo
     for y, x in [(0, 0), (6, 7), (12, 14), (3, 4), (2, 3)]:
         win = a[0, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3]
         expected = np.nan if np.isnan(a[0, y, x]) else np.nanmean(win)
@@ -308,7 +310,8 @@ def test_infill_does_not_depend_on_chunking(tmp_path, monkeypatch):
     runs = []
     for edge in (13, 512):
         monkeypatch.setattr(_pipeline, "_edge", lambda n, e=edge: e)
-        runs.append(inf.infill(ndvi.chunk({"y": 7, "x": 11}), state, vv, vh, _params(), tmp_path / str(edge), report=False))
+        chunked = ndvi.chunk({"y": 7, "x": 11})
+        runs.append(inf.infill(chunked, state, vv, vh, _params(), tmp_path / str(edge), report=False))
     for name in ("NDVI_gapfree", "NDVI_Pred", "NDVI_Model"):
         import rasterio
 
@@ -346,8 +349,8 @@ def test_infill_outputs_and_model_reload(tmp_path):
     err_model = np.abs(gapfree[under] - truth[under]).mean()
     assert err_model < 0.5 * np.abs(climatology[under] - truth[under]).mean()
     # the fused pipeline's coefficients equal the step functions' on the same training samples
-    table, donor = inf.split_pairs(pd.read_csv(run.paths["metadata"]).rename(columns={"Cloud_cover": "CLOUD_PERCENTAGE_AOI"})
-                                   .drop(columns=["Random", "SplitLabel"]), p)
+    written = pd.read_csv(run.paths["metadata"]).rename(columns={"Cloud_cover": "CLOUD_PERCENTAGE_AOI"})
+    table, donor = inf.split_pairs(written.drop(columns=["Random", "SplitLabel"]), p)
     donor_cloudy = st[donor] == 0
     train = inf.training_mask(st, table["SplitLabel"].to_numpy(), donor_cloudy)
     wins = [inf.s1_window_mean(b, ndvi.time.values, p)[0] for b in (vv, vh)]
@@ -359,7 +362,8 @@ def test_infill_outputs_and_model_reload(tmp_path):
     again = inf.predict_from_model(run.paths["NDVI_Model"], vv, vh, ndvi.time.values, p).values
     direct = inf.predict(coef, covs).values
     np.testing.assert_allclose(again, direct, rtol=0, atol=1e-5)
-    assert run.paths["report"].exists() and run.paths["report"].with_name(run.paths["report"].stem + "_scatter.png").exists()
+    report = run.paths["report"]
+    assert report.exists() and report.with_name(report.stem + "_scatter.png").exists()
     with pytest.raises(Exception, match="exists"):
         inf.infill(ndvi, state, vv, vh, p, tmp_path)
 

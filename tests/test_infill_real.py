@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from test_infill import reference_irls
 
 from optsar_nb.local import _regression
 from optsar_nb.local import infill as inf
 from optsar_nb.params import InfillParams
-
-from test_infill import reference_irls
 
 PARAMS = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
 

@@ -14,24 +14,22 @@ write a run's inputs in the seed's format so that any AOI can move to the local 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import ee
 import pandas as pd
 
 from ..errors import OptsarError
-from ..missions import MISSING
-from ..products import (GAP_STATISTICS_FILE, INFILL_METADATA_FILE, MASK_INPUT_FILE, MASK_METADATA_FILE, file_name)
+from ..missions import MISSING, get_mission
+from ..products import GAP_STATISTICS_FILE, INFILL_METADATA_FILE, MASK_INPUT_FILE, MASK_METADATA_FILE, file_name
 from . import collections as col
 
 # Earth Engine refuses direct downloads above 48 MiB per request (computePixels /
 # getDownloadURL "Total request size must be less than or equal to 50331648 bytes").
 MAX_DOWNLOAD_BYTES = 50_331_648
-# Native resolution of the bands the method reads: S2 B4/B8 10 m (ESA S2 MSI user guide),
-# Landsat 8/9 OLI SR 30 m (USGS C2 L2 product guide); S1 GRD IW 10 m (ESA S1 user guide).
-PIXEL_SIZE_M = {"S2": 10, "L8": 30, "L9": 30}
 TRANSIENT = ("Too Many Requests", "Too many concurrent", "timed out", "Internal error", "Service Unavailable",
              "Computation timed out", "deadline")  # server messages worth a retry
 DONE, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
@@ -125,7 +123,8 @@ class EarthEngineClient:
             return ee.batch.Export.image.toDrive(folder=destination.folder, fileNamePrefix=name, **common)
         if destination.kind == "asset":
             return ee.batch.Export.image.toAsset(assetId=f"{destination.folder}/{name}", **common)
-        return ee.batch.Export.image.toCloudStorage(bucket=destination.bucket, fileNamePrefix=_prefix(destination, name),
+        return ee.batch.Export.image.toCloudStorage(bucket=destination.bucket,
+                                                    fileNamePrefix=_prefix(destination, name),
                                                     **common)
 
     def table_task(self, table, *, name, destination):
@@ -233,17 +232,22 @@ def export_outputs(outputs: list[Output], *, destination: Destination, region, s
                 write_csv(out.rows(), folder / f"{out.name}.csv")
             report[out.name] = "done"
             continue
-        if out.image is not None:
-            make = (lambda o=out: client.image_task(o.image, name=o.name, destination=destination, region=region,
-                                                    scale=scale))
-        else:
-            make = lambda o=out: client.table_task(o.table, name=o.name, destination=destination)  # noqa: E731
-        jobs.append(Job(out.name, make))
+        jobs.append(Job(out.name, _task_factory(client, out, destination, region, scale)))
         report[out.name] = "started"
     if jobs and wait:
         for job in watch(jobs, **watch_kwargs):
             report[job.name] = "done"
     return report
+
+
+def _task_factory(client: Client, out: Output, destination: Destination, region, scale) -> Callable[[], Task]:
+    """A function that starts afresh the task of one output (called again on retries)."""
+    def make() -> Task:
+        if out.image is not None:
+            return client.image_task(out.image, name=out.name, destination=destination, region=region, scale=scale)
+        return client.table_task(out.table, name=out.name, destination=destination)
+
+    return make
 
 
 def _default_destination(destination: Destination | None, params) -> Destination:
@@ -271,7 +275,7 @@ def export_gaps(run, *, destination: Destination | None = None, client: Client |
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=PIXEL_SIZE_M[params.mission], client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
 
 
 def export_gap_inputs(run, *, destination: Destination | None = None, client: Client | None = None,
@@ -288,7 +292,7 @@ def export_gap_inputs(run, *, destination: Destination | None = None, client: Cl
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=PIXEL_SIZE_M[params.mission], client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
 
 
 def export_infill(run, *, destination: Destination | None = None, client: Client | None = None,
@@ -300,7 +304,7 @@ def export_infill(run, *, destination: Destination | None = None, client: Client
     outputs.append(Output(file_name(INFILL_METADATA_FILE, params.suffix, ""),
                           table=_infill_table(run), rows=lambda: metadata(fetch=fetch)))
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=PIXEL_SIZE_M[params.mission], client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
 
 
 def _infill_table(run) -> ee.FeatureCollection:
@@ -336,4 +340,4 @@ def export_infill_inputs(run, *, destination: Destination | None = None, client:
                rows=lambda: fetch_table(s1_request, ["ID", "CollectionTime"], fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params), region=region,
-                          scale=PIXEL_SIZE_M[params.mission], client=client, **kwargs)
+                          scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)

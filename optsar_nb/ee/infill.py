@@ -318,8 +318,9 @@ class InfillRun:
 
         mae = fetch_info(self.mae, fetch=fetch)
         t = self.table
-        return pd.DataFrame({"ID": t["ID"], "Cloud_cover": t[col.CLOUD_PERCENTAGE], "CollectionTime": t["CollectionTime"],
-                             "Random": t["Random"], "MAE": mae, "SplitLabel": t["SplitLabel"]})
+        return pd.DataFrame({"ID": t["ID"], "Cloud_cover": t[col.CLOUD_PERCENTAGE],
+                             "CollectionTime": t["CollectionTime"], "Random": t["Random"], "MAE": mae,
+                             "SplitLabel": t["SplitLabel"]})
 
 
 def _bands(images: list, ids: list[str]) -> ee.Image:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 
 def circle_offsets(radius_px: float) -> np.ndarray:

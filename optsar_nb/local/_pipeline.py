@@ -135,7 +135,8 @@ def _prepare(ndvi, state, vv, vh, params, aoi):
     s1 = []
     for band in (vv, vh):
         t = pd.DatetimeIndex(band.time.values)
-        band = band.isel(time=np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad)))
+        near = (t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad)
+        band = band.isel(time=np.flatnonzero(near))
         band = steps.align_s1(band.sortby("time"), ndvi)
         s1.append(band.where(inside) if inside is not None else band)
     weights = _kernels.window_weights(ndvi.time.values, s1[0].time.values, params.s1_window_days)
@@ -166,8 +167,8 @@ def _fit_predict(vv, vh, obs, st, donor, weights, vv_mean, vh_mean, labels, para
         return np.concatenate([fit, pred.astype("float64")])
 
     return da.blockwise(block, "oyx", a_vv, "syx", a_vh, "syx", a_obs, "tyx", a_st, "tyx", a_donor, "dyx",
-                        new_axes={"o": 11 + T}, adjust_chunks={"y": lambda c: c - 2 * depth, "x": lambda c: c - 2 * depth},
-                        dtype="float64", concatenate=True)
+                        new_axes={"o": 11 + T}, dtype="float64", concatenate=True,
+                        adjust_chunks={"y": lambda c: c - 2 * depth, "x": lambda c: c - 2 * depth})
 
 
 def _eval_mask(state, labels, donor_cloudy):
@@ -178,20 +179,24 @@ def _eval_mask(state, labels, donor_cloudy):
     return train | steps.validation_pixels(state, labels, donor_cloudy) | ((state == CLEAR) & (lab == "test"))
 
 
-def _baseline_sums(obs, st, donor, labels, days, edge):
-    """Per pair, error sums of the two baselines on the scoring pixels: (2, T, N_SUMS)."""
+def _baseline_sums(obs, st, donor, pred, labels, days):
+    """Per pair, error sums of the two baselines on the model's scoring pixels: (2, T, N_SUMS).
+
+    Scoring pixels are those of :func:`_eval_mask` where the model has a prediction, so that
+    model and baselines are scored on exactly the same pixels.
+    """
     T = len(labels)
 
-    def block(b_obs, b_st, b_donor):
+    def block(b_obs, b_st, b_donor, b_pred):
         train = steps.training_mask(b_st, labels, b_donor[0])
         seen = np.where(train, b_obs, np.nan)
-        score = _eval_mask(b_st, labels, b_donor[0])
+        score = _eval_mask(b_st, labels, b_donor[0]) & np.isfinite(b_pred)
         base = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), b_obs.shape),
                 _postprocess.interpolation_baseline(seen, days))
         out = np.array([[_postprocess.error_sums(b_obs[t], b[t], score[t]) for t in range(T)] for b in base])
         return out[None, None]
 
-    parts = da.blockwise(block, "ijbtk", obs, "tij", st, "tij", donor[None], "dij",
+    parts = da.blockwise(block, "ijbtk", obs, "tij", st, "tij", donor[None], "dij", pred, "tij",
                          new_axes={"b": 2, "t": T, "k": _postprocess.N_SUMS}, adjust_chunks={"i": 1, "j": 1},
                          dtype="float64", concatenate=True)
     return parts.sum(axis=(0, 1))
@@ -243,8 +248,10 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     da.store([packed[:11], packed[11:].astype("float32")], [mm_coef, mm_pred], lock=False)
     lap("covariates, regression, prediction (B.3-B.7)")
 
-    days = ((pd.to_datetime(table["CollectionTime"], unit="ms") - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
-    base_sums = _baseline_sums(obs, sts, donor, labels, days, edge).compute()
+    times = pd.to_datetime(table["CollectionTime"], unit="ms")
+    days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
+    pred_raw = da.from_array(mm_pred, chunks=(-1, edge, edge))  # NaN where the model has no prediction
+    base_sums = _baseline_sums(obs, sts, donor, pred_raw, labels, days).compute()
     lap("baselines")
 
     # B.8 PCA smoothing, in place
@@ -265,7 +272,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
         cal = steps.standardize_one(np.asarray(mm_pred[t]), o, used, frac, params)
         mm_pred[t] = cal
-        score = _eval_mask(s[None], labels[t : t + 1], donor_cloudy)[0]
+        score = _eval_mask(s[None], labels[t : t + 1], donor_cloudy)[0] & np.isfinite(cal)
         pick = np.flatnonzero(score)
         k = min(pick.size, max(1, SCATTER_SAMPLES // max(1, int((labels == labels[t]).sum()))))
         pick = np.random.default_rng([params.seed, t]).choice(pick, k, replace=False) if pick.size else pick
@@ -365,7 +372,8 @@ def _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params) -
     for y, x in zip(ys, xs):  # B.10 on the pixel's own neighbourhood (clipped at the image edge)
         win = (slice(None), slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
         fill = _postprocess.fill_image(mm_obs[win], mm_pred[win], mm_st[win] == CLEAR)
-        gapfree.append(_kernels.focal_median(fill, params.focal_median_radius_px)[:, y - win[1].start, x - win[2].start])
+        smooth = _kernels.focal_median(fill, params.focal_median_radius_px)
+        gapfree.append(smooth[:, y - win[1].start, x - win[2].start])
     gapfree = np.stack(gapfree, axis=1)
     series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
     series_st = np.asarray(mm_st[:, ys, xs])

@@ -18,11 +18,10 @@ block with the full time axis, and AOI-wide quantities are explicit global reduc
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-
-import dask.array as da
 
 from ..errors import NotEnoughPairs
 from ..missions import CLEAR, MISSING
@@ -364,11 +363,12 @@ def pca_smooth(pred: xr.DataArray, params: InfillParams) -> xr.DataArray:
         return pred
     data = _dask(pred, (-1, "auto", "auto"))
     T = data.shape[0]
-    sums = data.map_blocks(lambda b: _postprocess.pca_mean_sums(b)[:, None, None], chunks=((T + 1,), (1,) * data.numblocks[1], (1,) * data.numblocks[2]), dtype="float64").sum(axis=(1, 2)).compute()
+    per_block = ((1,) * data.numblocks[1], (1,) * data.numblocks[2])
+    sums = data.map_blocks(lambda b: _postprocess.pca_mean_sums(b)[:, None, None], chunks=((T + 1,), *per_block),
+                           dtype="float64").sum(axis=(1, 2)).compute()
     means = sums[:T] / max(sums[T], 1)
     cross = data.map_blocks(lambda b: _postprocess.pca_cross_sums(b, means)[:, :, None, None], new_axis=1,
-                            chunks=((T,), (T,), (1,) * data.numblocks[1], (1,) * data.numblocks[2]),
-                            dtype="float64").sum(axis=(2, 3)).compute()
+                            chunks=((T,), (T,), *per_block), dtype="float64").sum(axis=(2, 3)).compute()
     basis = _postprocess.pca_basis(cross, int(sums[T]), k)
     out = data.map_blocks(_postprocess.pca_reconstruct, means, basis, dtype="float32")
     return pred.copy(data=out)

@@ -50,7 +50,8 @@ def binary(fn):
         a, b = constant_image(ev, image1), constant_image(ev, image2)
         names, pairs = _pairs(a, b)
         with np.errstate(all="ignore"):
-            bands = {n: Band(np.asarray(fn(x.data, y.data), "float64"), x.mask & y.mask) for n, (x, y) in zip(names, pairs)}
+            bands = {n: Band(np.asarray(fn(x.data, y.data), "float64"), x.mask & y.mask)
+                     for n, (x, y) in zip(names, pairs)}
         return Image(bands)
 
     return impl
@@ -83,7 +84,9 @@ def unary(fn):
 
 for _name, _fn in {
     "not": lambda x: x == 0, "abs": np.abs, "sqrt": np.sqrt, "log10": np.log10, "round": np.round,
-    "toFloat": lambda x: x.astype("float32").astype("float64"), "float": lambda x: x.astype("float32").astype("float64"),
+    # float images are 32-bit on the server: round, then compute on in float64
+    "toFloat": lambda x: x.astype("float32").astype("float64"),
+    "float": lambda x: x.astype("float32").astype("float64"),
     "toDouble": lambda x: x, "double": lambda x: x,
     "toInt8": np.trunc, "toInt16": np.trunc, "toInt32": np.trunc, "toUint8": np.trunc, "int": np.trunc,
 }.items():
@@ -128,7 +131,11 @@ def _add_bands(ev, dstImg, srcImg, names=None, overwrite=False):
 @algorithm("Image.updateMask")
 def _update_mask(ev, image, mask):
     m = constant_image(ev, mask)
-    names, pairs = _pairs(image, m) if len(m.bands) > 1 else (image.names, [(b, list(m.bands.values())[0]) for b in image.bands.values()])
+    if len(m.bands) > 1:
+        names, pairs = _pairs(image, m)
+    else:
+        only = list(m.bands.values())[0]
+        names, pairs = image.names, [(b, only) for b in image.bands.values()]
     return image.with_bands({n: Band(x.data, x.mask & y.mask & (y.data != 0)) for n, (x, y) in zip(names, pairs)})
 
 

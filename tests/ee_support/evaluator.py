@@ -29,7 +29,6 @@ An algorithm the evaluator lacks raises NotImplementedError naming it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import ee
@@ -217,7 +216,3 @@ def constants_of(expr: dict) -> list:
 
     walk(expr)
     return out
-
-
-def pretty(expr: dict) -> str:
-    return json.dumps(expr, indent=1, sort_keys=True)

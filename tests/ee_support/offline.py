@@ -13,12 +13,11 @@ serializes exactly as it would for the server. Anything that still tries to reac
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import ee
-from ee import _cloud_api_utils, apitestcase
+from ee import apitestcase
 
 ALGORITHMS_JSON = Path(ee.__file__).resolve().parent / "tests" / "algorithms.json"
 OFFLINE_PROJECT = "optsar-offline-tests"  # any non-SDK project id passes ee.Initialize's check
@@ -79,13 +78,3 @@ def offline_ee() -> Iterator[None]:
 
 def algorithm_names() -> set[str]:
     return set(algorithm_table())
-
-
-def converted_algorithms_source() -> str:
-    """Where the table came from (for messages)."""
-    return f"{ALGORITHMS_JSON} (earthengine-api {ee.__version__}, via {_cloud_api_utils.__name__})"
-
-
-def credentials_env_is_clean() -> bool:
-    """True when no credential file is pointed at by the environment."""
-    return not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")

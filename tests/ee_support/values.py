@@ -94,10 +94,10 @@ class Geometry:
     def pixel_mask(self, grid: Grid) -> np.ndarray:
         """Pixels whose centre lies inside the geometry (as optsar_nb.local.gaps.aoi_mask)."""
         if "mask" not in self._cache:
+            import shapely
             from pyproj import CRS, Transformer
             from rasterio.features import geometry_mask
             from rasterio.transform import Affine
-            import shapely
             from shapely.geometry import mapping
 
             tr = Transformer.from_crs("EPSG:4326", CRS.from_user_input(grid.crs), always_xy=True)

@@ -1,0 +1,170 @@
+"""Exports and task watching with an injected fake client: skip existing, retry FAILED, stop on
+CANCELLED with the server's message, local downloads of tables, seed-format input exports."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from ee_support.cubes import flanders_aoi
+
+from optsar_nb.ee import export
+from optsar_nb.ee import gaps as ee_gaps
+from optsar_nb.params import GapParams
+
+PARAMS = GapParams(mission="S2", start="2017-08-01", end="2018-12-01", project_title="Flanders test")
+
+
+class FakeTask:
+    def __init__(self, states, message="boom"):
+        self.states, self.message, self.started = list(states), message, False
+
+    def start(self):
+        self.started = True
+
+    def status(self):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        out = {"state": state}
+        if state in ("FAILED", "CANCELLED"):
+            out["error_message"] = self.message
+        return out
+
+
+class FakeClient:
+    def __init__(self, scripts=None, existing=()):
+        self.scripts = scripts or {}  # name -> list of state lists, one per attempt
+        self.existing = set(existing)
+        self.started, self.downloads = [], []
+
+    def exists(self, destination, name):
+        return name in self.existing
+
+    def _task(self, name):
+        attempts = self.scripts.get(name, [["READY", "RUNNING", "COMPLETED"]])
+        n = sum(1 for s in self.started if s[0] == name)
+        return FakeTask(attempts[min(n, len(attempts) - 1)])
+
+    def image_task(self, image, *, name, destination, region, scale):
+        task = self._task(name)
+        self.started.append((name, "image", destination, scale))
+        return task
+
+    def table_task(self, table, *, name, destination):
+        task = self._task(name)
+        self.started.append((name, "table", destination, None))
+        return task
+
+    def download(self, image, path, *, region, scale):
+        self.downloads.append(path)
+        path.write_bytes(b"tif")
+        return path
+
+
+@pytest.fixture(scope="module")
+def run(ee_offline):
+    return ee_gaps.characterize_gaps(flanders_aoi(), PARAMS)
+
+
+def test_drive_folder_is_the_project_title_and_names_follow_the_seed(run):
+    client = FakeClient()
+    report = export.export_gaps(run, client=client, sleep=lambda s: None)
+    names = {s[0] for s in client.started}
+    assert names == {"Gap_Statistics_S2_2017-08-01_2018-12-01", "InputMask_Metadata_S2_2017-08-01_2018-12-01"}
+    assert all(s[2].kind == "drive" and s[2].folder == "Flanders test" for s in client.started)
+    assert all(s[3] == 10 for s in client.started if s[1] == "image")
+    assert set(report.values()) == {"done"}
+
+
+def test_existing_outputs_are_skipped(run):
+    client = FakeClient(existing={"Gap_Statistics_S2_2017-08-01_2018-12-01"})
+    report = export.export_gaps(run, client=client, sleep=lambda s: None)
+    assert report["Gap_Statistics_S2_2017-08-01_2018-12-01"] == "skipped"
+    assert [s[0] for s in client.started] == ["InputMask_Metadata_S2_2017-08-01_2018-12-01"]
+
+
+def test_failed_task_is_retried_then_succeeds(run):
+    name = "Gap_Statistics_S2_2017-08-01_2018-12-01"
+    client = FakeClient(scripts={name: [["RUNNING", "FAILED"], ["RUNNING", "COMPLETED"]]})
+    seen = []
+    report = export.export_gaps(run, client=client, sleep=lambda s: None,
+                                progress=lambda n, state, frac: seen.append((n, state)))
+    assert report[name] == "done"
+    assert sum(1 for s in client.started if s[0] == name) == 2
+    assert (name, "FAILED") in seen and (name, "COMPLETED") in seen
+
+
+def test_failing_task_raises_with_the_servers_message(run):
+    name = "Gap_Statistics_S2_2017-08-01_2018-12-01"
+    client = FakeClient(scripts={name: [["FAILED"]]})
+    with pytest.raises(export.ExportFailed, match="boom"):
+        export.export_gaps(run, client=client, sleep=lambda s: None, retries=1)
+    assert sum(1 for s in client.started if s[0] == name) == 2
+
+
+def test_cancelled_task_is_not_retried(run):
+    name = "InputMask_Metadata_S2_2017-08-01_2018-12-01"
+    client = FakeClient(scripts={name: [["RUNNING", "CANCELLED"]]})
+    with pytest.raises(export.ExportCancelled, match=name):
+        export.export_gaps(run, client=client, sleep=lambda s: None)
+
+
+def test_timeout(run):
+    client = FakeClient(scripts={"Gap_Statistics_S2_2017-08-01_2018-12-01": [["RUNNING"]]})
+    ticks = iter(range(0, 10_000, 100))
+    with pytest.raises(TimeoutError):
+        export.export_gaps(run, client=client, sleep=lambda s: None, timeout_s=250, clock=lambda: next(ticks))
+
+
+def test_not_waiting_leaves_tasks_started(run):
+    report = export.export_gaps(run, client=FakeClient(), wait=False)
+    assert set(report.values()) == {"started"}
+
+
+def test_local_download_writes_image_and_metadata_csv(run, flanders_ee, tmp_path):
+    ev, _ = flanders_ee
+    client = FakeClient()
+    dest = export.Destination("local", folder=str(tmp_path))
+    report = export.export_gap_inputs(run, destination=dest, client=client, fetch=ev.evaluate)
+    assert set(report.values()) == {"done"}
+    assert client.downloads == [tmp_path / "Mask_Input_S2_2017-08-01_2018-12-01.tif"]
+    table = pd.read_csv(tmp_path / "InputMask_Metadata_S2_2017-08-01_2018-12-01.csv")
+    assert list(table.columns) == ["ID", "CollectionTime", "CLOUD_PERCENTAGE_AOI", "PIXEL_COUNT_AOI"]
+    assert len(table) == 118
+
+
+def test_mask_input_is_the_seed_format(run, flanders_ee):
+    """Mask_Input evaluates to one band per image ID, 1 clear / 0 cloudy, masked where missing."""
+    import ee
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, cubes = flanders_ee
+    ids = run.states.aggregate_array("system:index")
+    image = ev.evaluate(run.states.select("state").toBands().rename(ids))
+    assert image.names == [str(i) for i in cubes.red["id"].values]
+    values = np.unique(band_array(image, image.names[5]))
+    assert set(values[~np.isnan(values)]) <= {0.0, 1.0}
+    assert ee.data.is_initialized()
+
+
+def test_transient_errors_are_retried():
+    import ee
+
+    calls = []
+
+    def flaky(obj):
+        calls.append(obj)
+        if len(calls) < 3:
+            raise ee.EEException("Too many concurrent aggregations")
+        return 42
+
+    assert export.fetch_info("x", fetch=flaky, sleep=lambda s: None) == 42
+    with pytest.raises(ee.EEException, match="Image.load"):
+        export.fetch_info("x", fetch=lambda o: (_ for _ in ()).throw(ee.EEException("Image.load: not found")),
+                          sleep=lambda s: None)
+
+
+def test_destination_validation():
+    with pytest.raises(Exception, match="bucket"):
+        export.Destination("gcs")
+    with pytest.raises(Exception, match="unknown"):
+        export.Destination("ftp")
