@@ -46,13 +46,31 @@ def test_flanders_end_to_end(flanders_run):
     assert run.paths["report"].exists()
 
 
-def test_flanders_validation_beats_pixel_mean(flanders_run):
-    """Under artificial clouds the S1 model must beat the per-pixel mean of training NDVI."""
-    run, _ = flanders_run
-    m = run.metrics.set_index(["split", "method"])
-    assert m.loc[("validation", "model"), "n"] > 1000
-    assert m.loc[("validation", "model"), "MAE"] < m.loc[("validation", "pixel_mean"), "MAE"]
-    assert m.loc[("test", "model"), "MAE"] < m.loc[("test", "pixel_mean"), "MAE"]
+SPLIT_SEEDS = range(6)  # six random splits: one split has only ~14 validation images, too noisy alone
+
+
+def test_flanders_validation_beats_pixel_mean(flanders_run, flanders, tmp_path):
+    """Under artificial clouds the S1 model beats the per-pixel mean of training NDVI.
+
+    One split's validation set is small (about 14 images with artificially clouded pixels), so
+    single splits go either way (measured: the model wins 4 of the 6 seeds below); the claim is
+    tested on the six splits pooled, weighted by their pixel counts. On held-out test pairs the
+    model must win on every split.
+    """
+    run, inputs = flanders_run
+    runs = [run] + [inf.infill(*inputs, PARAMS.replace(seed=seed), tmp_path / str(seed), report=False)
+                    for seed in SPLIT_SEEDS if seed != PARAMS.seed]
+    pooled = {"model": 0.0, "pixel_mean": 0.0}
+    total = 0
+    for r in runs:
+        m = r.metrics.set_index(["split", "method"])
+        n = m.loc[("validation", "model"), "n"]
+        assert n > 1000 and m.loc[("validation", "pixel_mean"), "n"] == n  # same pixels for both
+        total += n
+        for method in pooled:
+            pooled[method] += n * m.loc[("validation", method), "MAE"]
+        assert m.loc[("test", "model"), "MAE"] < m.loc[("test", "pixel_mean"), "MAE"]
+    assert pooled["model"] / total < pooled["pixel_mean"] / total
 
 
 def test_flanders_regression_equals_reference_on_sampled_pixels(flanders_run):
