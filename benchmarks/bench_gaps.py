@@ -21,7 +21,7 @@ import xarray as xr
 from optsar_nb.local.gaps import gap_statistics
 from optsar_nb.params import GapParams
 
-CASES = {  # METHOD.md, "Published scale figures": (rows, cols, images)
+CASES = {  # docs/method.md, "Published scale figures": (rows, cols, images)
     "1": (248, 240, 207),
     "2": (500, 414, 437),
     "3": (2750, 4671, 380),

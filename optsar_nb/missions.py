@@ -1,7 +1,7 @@
 """The mission catalogue: Earth Engine collection ids, band names, scaling and cloud rules.
 
 Every collection id used anywhere in optsar_nb is written here and nowhere else
-(METHOD.md, "Missions and masks"). The cloud rules are data; the engines apply them
+(docs/method.md, "Missions and masks"). The cloud rules are data; the engines apply them
 (``optsar_nb.local.gaps`` with numpy, ``optsar_nb.ee.collections`` with Earth Engine).
 """
 
@@ -23,7 +23,7 @@ class SCLRule:
     """Sentinel-2 scene classification: pixel classes that are cloudy or missing."""
 
     band: str = "SCL"
-    # METHOD.md: cloudy when SCL == 3 (shadow) or SCL >= 7 (unclassified, cloud medium/high,
+    # docs/method.md: cloudy when SCL == 3 (shadow) or SCL >= 7 (unclassified, cloud medium/high,
     # cirrus, snow); SCL 0 (no data) and 1 (saturated/defective) are missing.
     cloudy_values: tuple[int, ...] = (3, 7, 8, 9, 10, 11)
     missing_values: tuple[int, ...] = (0, 1)
@@ -86,7 +86,7 @@ class Mission:
     red: str
     nir: str
     mask: str  # key of MASK_RULES used by default
-    revisit_days: int  # METHOD.md A.4 initial condition uses the revisit time
+    revisit_days: int  # docs/method.md A.4 initial condition uses the revisit time
     pixel_size_m: float  # native resolution of the red/NIR bands, the export scale
     scale: float = 1.0  # reflectance = DN * scale + offset
     offset: float = 0.0

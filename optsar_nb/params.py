@@ -1,4 +1,4 @@
-"""Parameters of the method: every constant of METHOD.md lives here, once, with its source.
+"""Parameters of the method: every constant of docs/method.md lives here, once, with its source.
 
 Both engines, the command line, the widgets and the papermill parameter cells read them
 from these frozen dataclasses. ``to_dict``/``from_dict`` convert to and from plain
@@ -59,7 +59,7 @@ class _Params:
 
     @property
     def suffix(self) -> str:
-        """File name suffix ``_<Mission>_<Start>_<End>`` of METHOD.md."""
+        """File name suffix ``_<Mission>_<Start>_<End>`` of docs/method.md."""
         return f"_{self.mission}_{self.start.isoformat()}_{self.end.isoformat()}"
 
     @property
@@ -90,7 +90,7 @@ class _Params:
 
 @dataclass(frozen=True)
 class GapParams(_Params):
-    """Gap characterization (METHOD.md part A).
+    """Gap characterization (docs/method.md part A).
 
     revisit_days: initial condition ``day_count = start - revisit_days`` (A.4); ``None`` takes
     the mission's revisit time from the catalogue (5 days for S2).
@@ -102,7 +102,7 @@ class GapParams(_Params):
 
     revisit_days: int | None = None
     mask: str = "qa"
-    cloudscore_threshold: float = 0.60  # METHOD.md: cloudy when cs_cdf < 0.60
+    cloudscore_threshold: float = 0.60  # docs/method.md: cloudy when cs_cdf < 0.60
     max_aoi_km2: float = 10_000.0  # seed: gaps tested up to 100 km x 100 km (1e8 px)
     project_title: str = "optsar_nb"
 
@@ -130,7 +130,7 @@ class GapParams(_Params):
 
 @dataclass(frozen=True)
 class InfillParams(_Params):
-    """Gap infilling (METHOD.md part B); defaults are the published ones."""
+    """Gap infilling (docs/method.md part B); defaults are the published ones."""
 
     mask: str = "qa"
     cloudscore_threshold: float = 0.60

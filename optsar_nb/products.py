@@ -16,7 +16,7 @@ class Statistic:
     palette: str  # matplotlib colormap name, also used for map layers
 
 
-# METHOD.md A.5: the required statistic bands, in output band order.
+# docs/method.md A.5: the required statistic bands, in output band order.
 GAP_STATISTICS: tuple[Statistic, ...] = (
     Statistic("clear_count", "days", "days with a clear observation", "viridis"),
     Statistic("gap_count", "gaps", "gaps closed by a clear day (= clear_count)", "viridis"),
@@ -37,7 +37,7 @@ GAP_STATISTICS_FILE = "Gap_Statistics"
 MASK_INPUT_FILE = "Mask_Input"
 MASK_METADATA_FILE = "InputMask_Metadata"
 
-# METHOD.md B outputs and the exported inputs for offline infilling
+# docs/method.md B outputs and the exported inputs for offline infilling
 INFILL_OUTPUT_FILES = ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs")
 INFILL_METADATA_FILE = "Output_Metadata"
 INFILL_INPUT_FILES = ("NDVI_Input", "VV_Input", "VH_Input", "NDVI_Mask")

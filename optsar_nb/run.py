@@ -257,7 +257,7 @@ def run_gaps(
     progress=None,
     **extra,
 ) -> GapResult:
-    """Gap characterization (METHOD.md part A) for the notebooks' parameters.
+    """Gap characterization (docs/method.md part A) for the notebooks' parameters.
 
     ``aoi``: GeoJSON/shapefile path, GeoJSON dict, (west, south, east, north) bbox or None (the
     input folder's ``aoi.geojson``, else the whole stack). ``inputs``: local input folder (None:
@@ -388,7 +388,7 @@ def run_infill(
     progress=None,
     **extra,
 ) -> InfillResult:
-    """Gap infilling (METHOD.md part B) for the notebooks' parameters; arguments as :func:`run_gaps`.
+    """Gap infilling (docs/method.md part B) for the notebooks' parameters; arguments as :func:`run_gaps`.
 
     Local engine: reads ``NDVI_Input``, ``NDVI_Mask`` (or ``SCL_Input``), ``VV_Input``, ``VH_Input``
     and their CSVs from ``inputs`` and writes the infill outputs and accuracy report into ``out_dir``.

@@ -136,7 +136,7 @@ def test_results_do_not_depend_on_chunking():
 # ------------------------------------------------------------------------------------------
 # real data against an independent per-pixel loop
 def _loop_reference(state: np.ndarray, times, start: str, end: str, revisit: int) -> dict[str, np.ndarray]:
-    """METHOD.md A written literally: composite per day, then iterate days in order per pixel."""
+    """docs/method.md A written literally: composite per day, then iterate days in order per pixel."""
     start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
     by_day: dict[int, list[int]] = {}
     for i, t in enumerate(pd.DatetimeIndex(times)):

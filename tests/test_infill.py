@@ -1,4 +1,4 @@
-"""Infilling (METHOD.md part B) on the local engine: each step against an independent computation."""
+"""Infilling (docs/method.md part B) on the local engine: each step against an independent computation."""
 
 from __future__ import annotations
 

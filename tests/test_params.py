@@ -1,4 +1,4 @@
-"""Parameters: defaults from METHOD.md, validation messages, papermill dict round trip."""
+"""Parameters: defaults from docs/method.md, validation messages, papermill dict round trip."""
 
 from __future__ import annotations
 

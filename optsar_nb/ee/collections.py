@@ -1,4 +1,4 @@
-"""Earth Engine collections as the method uses them (METHOD.md "Missions and masks").
+"""Earth Engine collections as the method uses them (docs/method.md "Missions and masks").
 
 Every function here builds a server-side graph and returns it; none calls the server. Collection
 ids come from :mod:`optsar_nb.missions` only. Step names follow :mod:`optsar_nb.local.gaps`:
@@ -25,7 +25,7 @@ MS_PER_DAY = 86_400_000
 # bounded by max_aoi_km2 (1e4 km2 = 1e8 px at 10 m), so the limit is raised above that.
 MAX_PIXELS = 1e13
 
-# Image properties the metadata tables read (METHOD.md A "Metadata table").
+# Image properties the metadata tables read (docs/method.md A "Metadata table").
 CLOUD_PERCENTAGE = "CLOUD_PERCENTAGE_AOI"
 PIXEL_COUNT = "PIXEL_COUNT_AOI"
 

@@ -1,4 +1,4 @@
-"""Gap characterization on Earth Engine (METHOD.md part A), step by step.
+"""Gap characterization on Earth Engine (docs/method.md part A), step by step.
 
 Same step names as :mod:`optsar_nb.local.gaps`: ``cloud_state``/``aoi_cloud_stats`` (in
 :mod:`optsar_nb.ee.collections`), ``composite_same_day``, ``day_counts``, ``gap_iteration`` and

@@ -1,4 +1,4 @@
-"""Gap infilling on Earth Engine (METHOD.md part B), step by step.
+"""Gap infilling on Earth Engine (docs/method.md part B), step by step.
 
 Step names follow :mod:`optsar_nb.local.infill`: ``observations`` (B.1-B.2), ``s1_window_mean``
 and ``covariates`` (B.3-B.4), ``pair_images`` and ``check_pairs`` (B.5), ``split_pairs``,

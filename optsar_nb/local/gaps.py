@@ -1,4 +1,4 @@
-"""Gap characterization on the local engine (METHOD.md part A).
+"""Gap characterization on the local engine (docs/method.md part A).
 
 Steps, named as in the Earth Engine engine:
 ``cloud_state`` (mask rule -> CLEAR/CLOUDY/MISSING per pixel and image),
@@ -175,7 +175,7 @@ def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_day
     """Gap statistics of one block: state (time, y, x) composited, days ascending and unique.
 
     Returns float32 (n_statistics, y, x) in the order of ``GAP_STATISTIC_NAMES``.
-    The iteration of METHOD.md A.4 in closed form: the previous clear day of each image is
+    The iteration of docs/method.md A.4 in closed form: the previous clear day of each image is
     the running maximum of the clear days before it, starting from ``-revisit_days``.
     Works on a (pixel, time) copy so that every reduction runs along contiguous memory;
     float32 holds whole days exactly up to 2**24 days.

@@ -83,7 +83,7 @@ class Scene:
 
 
 DEMO = Scene()
-# METHOD.md, published scale figures: (height px, width px, optical images)
+# docs/method.md, published scale figures: (height px, width px, optical images)
 BENCHMARK_CASES = {1: (248, 240, 207), 2: (500, 414, 437), 3: (2750, 4671, 380)}
 
 
