@@ -255,6 +255,7 @@ def run_gaps(
     export: str = "drive",
     engine: Engine | None = None,
     progress=None,
+    export_options: dict | None = None,
     **extra,
 ) -> GapResult:
     """Gap characterization (docs/method.md part A) for the notebooks' parameters.
@@ -264,12 +265,16 @@ def run_gaps(
     the demo scene). ``out_dir``: where files are written (None: in memory only). ``export``:
     Earth Engine destination ("drive", "asset", "gcs", "local"). ``extra``: further GapParams fields.
     Existing outputs are refused unless ``overwrite``. ``progress(name, state, fraction)`` is called
-    as Earth Engine export tasks change state.
+    as Earth Engine export tasks change state. ``export_options``: Earth Engine only, further keyword
+    arguments of :func:`optsar_nb.ee.export.export_gaps` / ``export_infill`` (e.g. ``wait=False`` to
+    start the tasks and return, ``retries``, ``poll_s``, ``timeout_s``, or ``client``: an object with
+    the methods of :class:`optsar_nb.ee.export.Client` that starts the export tasks).
     """
     params = gap_params(mission, start, end, **extra)
     engine = engine or resolve_backend(backend)
     if engine.name == "ee":
-        return _run_gaps_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress)
+        return _run_gaps_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress,
+                            export_options=export_options)
     folder = input_dir(inputs)
     aoi_obj = resolve_aoi(aoi, folder, max_area_km2=params.max_aoi_km2)
     return local_gap_run(params, aoi_obj, folder, engine, out_dir=out_dir, overwrite=overwrite)
@@ -386,6 +391,7 @@ def run_infill(
     export: str = "drive",
     engine: Engine | None = None,
     progress=None,
+    export_options: dict | None = None,
     **extra,
 ) -> InfillResult:
     """Gap infilling (docs/method.md part B) for the notebooks' parameters; arguments as :func:`run_gaps`.
@@ -397,7 +403,8 @@ def run_infill(
     params = InfillParams.from_dict({"mission": mission, "start": start, "end": end, **extra})
     engine = engine or resolve_backend(backend)
     if engine.name == "ee":
-        return _run_infill_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress)
+        return _run_infill_ee(params, engine, aoi=aoi, export=export, out_dir=out_dir, progress=progress,
+                              export_options=export_options)
     from .local.gaps import select_period
     from .local.infill import infill, load_seed_inputs
     from .local.stack import read_stack
@@ -470,7 +477,8 @@ def ee_destination(export: str, params, out_dir):
     return Destination(export, folder=params.project_title)
 
 
-def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir, progress=None) -> GapResult:
+def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir, progress=None,
+                 export_options: dict | None = None) -> GapResult:
     from .ee.export import export_gaps
     from .ee.gaps import characterize_gaps
 
@@ -481,12 +489,13 @@ def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir
                        ee_collection=built.composites,
                        dates=[str(pd.Timestamp(t, unit="ms").date()) for t in times])
     if out_dir is not None:
-        result.tasks = [export_gaps(built, destination=ee_destination(export, params, out_dir), progress=progress)]
+        result.tasks = [export_gaps(built, destination=ee_destination(export, params, out_dir), progress=progress,
+                                    **(export_options or {}))]
     return result
 
 
 def _run_infill_ee(params: InfillParams, engine: Engine, *, aoi, export: str, out_dir,
-                   progress=None) -> InfillResult:
+                   progress=None, export_options: dict | None = None) -> InfillResult:
     from .ee.export import export_infill
     from .ee.infill import build_infill
 
@@ -498,5 +507,6 @@ def _run_infill_ee(params: InfillParams, engine: Engine, *, aoi, export: str, ou
                           metadata=built.table, n_images=len(built.table),
                           dates=[str(pd.Timestamp(t, unit="ms").date()) for t in built.table["CollectionTime"]])
     if out_dir is not None:
-        result.tasks = [export_infill(built, destination=ee_destination(export, params, out_dir), progress=progress)]
+        result.tasks = [export_infill(built, destination=ee_destination(export, params, out_dir), progress=progress,
+                                      **(export_options or {}))]
     return result

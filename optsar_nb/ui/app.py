@@ -21,17 +21,22 @@ from ._deps import require
 from .aoi_control import AOIControl, message_html
 from .inspector import PixelInspector
 from .layers import lonlat_bounds, nice_bounds_center
-from .map_widgets import ClearMaskLayer, NDVICompare, StatisticLayer
+from .map_widgets import ClearMaskLayer, NDVICompare, StatisticLayer, ee_statistic_styles
 from .progress import ProgressPanel
 
 MAP_HEIGHT = "480px"
 
 
 def make_map(engine: run.Engine):
-    """geemap's Map on the Earth Engine engine (its own draw control off: the app adds one), else ipyleaflet's."""
+    """geemap's Map on the Earth Engine engine (its own draw control off: the app adds one), else ipyleaflet's.
+
+    The Earth Engine session is the caller's (initialized when the engine was chosen): geemap is
+    told not to initialize it again, which could start an interactive authentication prompt.
+    """
     if engine.name == "ee":
         geemap = require("geemap")
-        return geemap.Map(draw_ctrl=False, data_ctrl=False, toolbar_ctrl=False, height=MAP_HEIGHT)
+        return geemap.Map(draw_ctrl=False, data_ctrl=False, toolbar_ctrl=False, height=MAP_HEIGHT,
+                          ee_initialize=False)
     ipyleaflet = require("ipyleaflet")
     widgets = require("ipywidgets")
     host = ipyleaflet.Map(scroll_wheel_zoom=True, layout=widgets.Layout(height=MAP_HEIGHT))
@@ -46,15 +51,19 @@ class OptsarApp:
     ``backend``: "auto" | "ee" | "local"; ``inputs``: local input folder (None: the demo scene);
     ``out_dir``: where Export writes; ``gaps``/``infill``: results of :func:`optsar_nb.run.run_gaps`
     / :func:`optsar_nb.run.run_infill` to show at once (as the notebooks do after their runs).
+    ``export_options``: Earth Engine export settings for Infill and Export (``export_options`` of
+    :func:`optsar_nb.run.run_gaps`, e.g. ``{"wait": False}`` to start the tasks without waiting).
     """
 
     def __init__(self, *, backend: str = "auto", mission: str = "S2", start=run.DEMO_PERIOD[0],
                  end=run.DEMO_PERIOD[1], inputs=None, aoi=None, out_dir: str | Path = "out/app",
-                 gaps: run.GapResult | None = None, infill=None, engine: run.Engine | None = None):
+                 gaps: run.GapResult | None = None, infill=None, engine: run.Engine | None = None,
+                 export_options: dict | None = None):
         widgets = require("ipywidgets")
         self.engine = engine or (gaps.engine if gaps is not None else run.resolve_backend(backend))
         self.inputs = inputs
         self.out_dir = Path(out_dir)
+        self.export_options = export_options
         self.gap_result = gaps
         self.infill_result = infill
         self.map = make_map(self.engine)
@@ -150,14 +159,17 @@ class OptsarApp:
 
     def compute_infill(self) -> None:
         """Infill cloudy NDVI from Sentinel-1 (writes the infill outputs into the output folder)."""
-        result = run.run_infill(out_dir=self.out_dir / "infill", overwrite=self.overwrite.value, **self._run_kwargs())
+        result = run.run_infill(out_dir=self.out_dir / "infill", overwrite=self.overwrite.value,
+                                progress=self.progress.ee_task_update, export_options=self.export_options,
+                                **self._run_kwargs())
         self.show_infill(result)
         self.show_message(f"gap-free NDVI ready; files in {self.out_dir / 'infill'}", kind="ok")
 
     def export(self) -> None:
         """Write (local) or start exporting (Earth Engine) the gap statistics of the AOI."""
         result = run.run_gaps(out_dir=self.out_dir / "gaps", overwrite=self.overwrite.value,
-                              progress=self.progress.ee_task_update, **self._run_kwargs())
+                              progress=self.progress.ee_task_update, export_options=self.export_options,
+                              **self._run_kwargs())
         self.gap_result = result
         if result.engine.name == "ee":
             states = ", ".join(f"{name}: {state}" for report in result.tasks for name, state in report.items())
@@ -181,7 +193,12 @@ class OptsarApp:
         """Show a gap run: the clear-day masks and the statistic layers with their colorbars."""
         self.gap_result = result
         self._show_masks(result)
-        self.stat_layer.set_source(result.statistics if result.statistics is not None else result.ee_image)
+        if result.statistics is not None:
+            self.stat_layer.set_source(result.statistics)
+        else:  # Earth Engine: colour ranges from the AOI's values, as local layers have
+            scale = MISSIONS[result.params.mission].pixel_size_m
+            self.stat_layer.set_source(result.ee_image, ee_styles=ee_statistic_styles(
+                result.ee_image, result.aoi.to_ee(), scale=scale))
 
     def show_infill(self, result) -> None:
         """Show an infill run: observed / gap-free / predicted NDVI and the pixel inspector's series."""
@@ -193,7 +210,9 @@ class OptsarApp:
         """What the pixel inspector plots: the infill run's stacks, else the local input stacks."""
         if self.infill_result is not None:
             r = self.infill_result
-            return {"observed": r.observed, "predicted": r.predicted, "gap-free": r.gapfree, "VV": r.vv, "VH": r.vh}
+            stacks = {"observed": r.observed, "predicted": r.predicted, "gap-free": r.gapfree, "VV": r.vv, "VH": r.vh}
+            # Earth Engine results are server-side images: the inspector plots local arrays only
+            return {k: v for k, v in stacks.items() if v is not None and not _is_ee_object(v)}
         if self.engine.name == "local":
             return run.input_stacks(self.params(), self.inputs)
         return {}

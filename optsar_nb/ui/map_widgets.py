@@ -20,10 +20,26 @@ from ._deps import require
 from .layers import MASK_COLORS, LayerStyle, colorbar_html, image_overlay, legend_html, ndvi_style, statistic_style
 
 
-def ee_tile_layer(image, style: LayerStyle, name: str):
-    """An ipyleaflet tile layer of an ``ee.Image`` (needs geemap and Earth Engine credentials)."""
+def ee_tile_layer(image, style: LayerStyle | dict, name: str):
+    """An ipyleaflet tile layer of an ``ee.Image`` (needs geemap and Earth Engine credentials).
+
+    ``style``: a LayerStyle, or Earth Engine visualization parameters as they are.
+    """
     tiles = require("geemap.ee_tile_layers")
-    return tiles.EELeafletTileLayer(image, style.vis_params(), name)
+    return tiles.EELeafletTileLayer(image, style if isinstance(style, dict) else style.vis_params(), name)
+
+
+def ee_statistic_styles(image, region, *, scale: float) -> dict[str, LayerStyle]:
+    """The style of each gap statistic band of an ``ee.Image``, with the band's range over
+    ``region`` as local layers have (:func:`statistic_style` of its values): one request."""
+    import ee
+
+    reducer = ee.Reducer.min().combine(ee.Reducer.max(), "", True)
+    ranges = image.select(list(GAP_STATISTIC_NAMES)).reduceRegion(reducer, region, scale=scale,
+                                                                   bestEffort=True).getInfo()
+    return {name: statistic_style(name, np.array([ranges.get(f"{name}_min"), ranges.get(f"{name}_max")],
+                                                 dtype="float64"))
+            for name in GAP_STATISTIC_NAMES}
 
 
 def _is_ee(obj) -> bool:
@@ -112,8 +128,10 @@ class ClearMaskLayer(MapWidget):
             import ee
 
             image = ee.Image(self.state.toList(1, index).get(0))
-            style = LayerStyle("Greys_r", 0, 1, label=name)
-            self._set_layer(ee_tile_layer(image, style, name))
+            # the legend's colours: CLOUDY (0) and CLEAR (1); missing pixels are masked
+            vis = {"min": CLOUDY, "max": CLEAR,
+                   "palette": [MASK_COLORS["cloudy"].lstrip("#"), MASK_COLORS["clear"].lstrip("#")]}
+            self._set_layer(ee_tile_layer(image, vis, name))
             return
         values = np.asarray(self.state.isel(time=index).values, dtype="float32")
         colors = {CLEAR: MASK_COLORS["clear"], CLOUDY: MASK_COLORS["cloudy"]}
@@ -217,17 +235,18 @@ class NDVICompare(MapWidget):
         name = f"NDVI {kind} {self.dates[index]}"
         stack = self.stacks[kind]
         if _is_ee(stack):
-            self._show_split(index, style)
+            self._show_split(kind, index, style)
             return
         values = np.asarray(stack.isel(time=index).values, dtype="float32")
         self._set_layer(image_overlay(values, name=name, style=style, **_grid(stack)))
 
-    def _show_split(self, index: int, style: LayerStyle) -> None:
+    def _show_split(self, kind: str, index: int, style: LayerStyle) -> None:
+        """Observed NDVI on the left, the chosen kind (gap-free unless "predicted") on the right."""
         import ee
 
         ipyleaflet = require("ipyleaflet")
-        left, right = (ee.Image(self.stacks[k]).select(index) for k in ("observed", "gap-free"))
-        layers = [ee_tile_layer(img, style, f"NDVI {k}") for img, k in ((left, "observed"), (right, "gap-free"))]
+        kinds = ("observed", kind if kind != "observed" else "gap-free")
+        layers = [ee_tile_layer(ee.Image(self.stacks[k]).select(index), style, f"NDVI {k}") for k in kinds]
         if self.split is not None and self.split in self.host.controls:
             self.host.remove(self.split)
         self.split = ipyleaflet.SplitMapControl(left_layer=layers[0], right_layer=layers[1])
