@@ -466,15 +466,28 @@ def _ee_aoi(aoi, params) -> AOI:
 
 
 def ee_destination(export: str, params, out_dir):
-    """The export destination: "drive" (folder = project title), "asset"/"gcs" (named after the
-    project title), or "local" (download into ``out_dir``, small results only)."""
+    """The export destination named by the notebooks' ``export`` parameter.
+
+    "drive": a Drive folder named after the project title; "local": download into ``out_dir``
+    (small results only); "asset:projects/<project>/assets/<folder>": an Asset folder;
+    "gcs:<bucket>" or "gcs:<bucket>/<prefix>": a Cloud Storage bucket.
+    """
     from .ee.export import Destination
 
-    if export == "gcs":
-        return Destination("gcs", bucket=params.project_title)
-    if export == "local":
-        return Destination("local", folder=str(out_dir))
-    return Destination(export, folder=params.project_title)
+    kind, _, target = str(export).partition(":")
+    if kind == "drive":
+        return Destination("drive", folder=target or params.project_title)
+    if kind == "local":
+        return Destination("local", folder=target or str(out_dir))
+    if kind == "asset" and target.startswith("projects/") and "/assets/" in target:
+        return Destination("asset", folder=target)
+    if kind == "gcs" and target:
+        bucket, _, prefix = target.partition("/")
+        return Destination("gcs", bucket=bucket, folder=prefix or params.project_title)
+    raise InvalidParameter(
+        f"export={export!r} is not a destination: use 'drive', 'local', "
+        "'asset:projects/<project>/assets/<folder>' or 'gcs:<bucket>[/<prefix>]'"
+    )
 
 
 def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir, progress=None,

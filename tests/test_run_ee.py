@@ -372,3 +372,20 @@ def test_infill_export_starts_the_five_outputs_with_progress(infill_run):
     for name, image in (("NDVI_gapfree", result.gapfree), ("NDVI_Mask", result.mask), ("NDVI_Pred", result.predicted),
                         ("NDVI_Obs", result.observed)):
         assert encode(client.objects[f"{name}{SUFFIX}"]) == encode(image), name
+
+
+def test_export_parameter_names_a_destination(tmp_path):
+    from optsar_nb.run import ee_destination
+
+    params = GapParams(project_title="Gap study")
+    assert (ee_destination("drive", params, tmp_path).kind, ee_destination("drive", params, tmp_path).folder) == (
+        "drive", "Gap study")
+    local = ee_destination("local", params, tmp_path)
+    assert (local.kind, local.folder) == ("local", str(tmp_path))
+    asset = ee_destination("asset:projects/my-proj/assets/gaps", params, tmp_path)
+    assert (asset.kind, asset.folder) == ("asset", "projects/my-proj/assets/gaps")
+    gcs = ee_destination("gcs:my-bucket/runs/2024", params, tmp_path)
+    assert (gcs.kind, gcs.bucket, gcs.folder) == ("gcs", "my-bucket", "runs/2024")
+    for bad in ("asset", "asset:gaps", "gcs", "ftp:host"):
+        with pytest.raises(InvalidParameter, match="is not a destination"):
+            ee_destination(bad, params, tmp_path)
