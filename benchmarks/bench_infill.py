@@ -59,8 +59,8 @@ def run_child(case: int, fraction: float, folder: Path, workers: int) -> dict:
     # cache); tracemalloc's peak counts the allocated arrays only (numpy reports to it)
     tracemalloc.start()
     t0 = time.perf_counter()
-    # read windows of the block size the job uses, so that a read never holds a whole stack
-    ndvi, state, vv, vh = load_seed_inputs(folder, params, chunk_px=128)
+    # the reader's default windows: whole tiles within a byte budget, never a whole stack
+    ndvi, state, vv, vh = load_seed_inputs(folder, params)
     with tempfile.TemporaryDirectory(prefix="bench-infill-") as out:
         run = infill(ndvi, state, vv, vh, params, out, aoi=load_aoi(folder / "aoi.geojson"), report=True,
                      workers=workers)

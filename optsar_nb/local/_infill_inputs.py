@@ -13,7 +13,7 @@ import xarray as xr
 
 from ..errors import NoImages
 from ..params import InfillParams
-from .stack import DEFAULT_CHUNK_PX, align_to, read_netcdf, read_stack
+from .stack import align_to, read_netcdf, read_stack
 
 InfillInputs = tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]
 
@@ -27,14 +27,15 @@ def _find(folder: Path, product: str, suffix: str | None, mission: str) -> Path 
 
 
 def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | None = None,
-                     mask: str = "auto", chunk_px: int = DEFAULT_CHUNK_PX) -> InfillInputs:
+                     mask: str = "auto", chunk_px: int | None = None) -> InfillInputs:
     """Read ``NDVI_Input``, its mask, ``VV_Input`` and ``VH_Input`` (+ CSVs) from ``folder``.
 
     ``suffix``: the files' ``_<Mission>_<Start>_<End>`` (default: the first found for the
     params' mission). ``mask``: "NDVI_Mask" (the seed's 1 clear / 0 cloudy mask; -1 or no-data
     is missing), "SCL_Input" (a quality stack classified with ``params.mask_rule_name``), or
     "auto" (NDVI_Mask when present, else SCL_Input). ``chunk_px``: spatial read window; every
-    read holds the full time axis, so long stacks want smaller windows (e.g. 128).
+    read holds the full time axis; by default whole tiles of each file within a byte budget
+    (see :func:`optsar_nb.local.stack.read_geotiff`).
     """
     from .gaps import cloud_state
 
