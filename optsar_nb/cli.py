@@ -6,12 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import OptsarError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO_ROOT / "data" / "sample"
-SAMPLE_SUFFIX = "_S2_2021-01-01_2022-01-01"
-SAMPLE_PERIOD = ("2021-01-01", "2022-01-01")
+from .errors import OptsarError, OutputExists
 
 
 def open_quality_stack(path: str | Path, *, metadata: str | Path | None = None, variable: str | None = None):
@@ -80,56 +75,32 @@ def _print_validation(run) -> None:
           f"{m['validation', 'pixel_mean']:.4f}, interpolation {m['validation', 'interpolation']:.4f}")
 
 
-def run_demo_infill(out: Path, *, overwrite: bool):
-    """Infilling on the bundled demo scene; returns the run and the MAE against the truth under clouds."""
+def demo_truth_mae(result) -> float:
+    """MAE of gap-free NDVI against the demo scene's cloud-free truth, over cloudy pixels."""
     import numpy as np
 
-    from .aoi import load_aoi
-    from .local.infill import infill, load_seed_inputs
     from .local.stack import read_stack
-    from .params import InfillParams
+    from .run import DEMO_DIR, find_product
 
-    params = InfillParams(mission="S2", start=SAMPLE_PERIOD[0], end=SAMPLE_PERIOD[1])
-    ndvi, state, vv, vh = load_seed_inputs(SAMPLE_DIR, params)
-    run = infill(ndvi, state, vv, vh, params, out / "infill", aoi=load_aoi(SAMPLE_DIR / "aoi.geojson"),
-                 overwrite=overwrite)
-    gapfree = read_stack(run.paths["NDVI_gapfree"], run.paths["metadata"])
-    mask = read_stack(run.paths["NDVI_Mask"], run.paths["metadata"]).values
-    truth = read_stack(SAMPLE_DIR / f"NDVI_Truth{SAMPLE_SUFFIX}.tif").sel(time=gapfree.time).values
-    err = np.abs(gapfree.values - truth)[mask == 0]
-    return run, float(np.nanmean(err))
-
-
-def run_demo_gaps(out: Path, *, overwrite: bool) -> dict:
-    """Gap characterization on the bundled demo scene (SCL stack, demo AOI)."""
-    from .aoi import load_aoi
-    from .local.gaps import characterize_gaps, cloud_state
-    from .local.stack import read_stack
-    from .params import GapParams
-
-    params = GapParams(mission="S2", start=SAMPLE_PERIOD[0], end=SAMPLE_PERIOD[1])
-    qa = read_stack(SAMPLE_DIR / f"SCL_Input{SAMPLE_SUFFIX}.tif")
-    state = cloud_state(qa, params.mask_rule_name)
-    aoi = load_aoi(SAMPLE_DIR / "aoi.geojson")
-    return characterize_gaps(state, params, out / "gaps", aoi=aoi, overwrite=overwrite)
+    truth = read_stack(find_product(DEMO_DIR, "NDVI_Truth", result.params.mission)).sel(time=result.gapfree.time)
+    cloudy = result.mask.values == 0
+    return float(np.nanmean(np.abs(result.gapfree.values - truth.values)[cloudy]))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from . import run
+
     out = Path(args.out)
-    if not (SAMPLE_DIR / f"SCL_Input{SAMPLE_SUFFIX}.tif").exists():
-        raise OptsarError(
-            f"the demo scene is missing from {SAMPLE_DIR}: regenerate it with "
-            "`python -m optsar_nb.local.simulate --out data/sample`"
-        )
+    engine = run.Engine("local", "the demo runs offline on the bundled simulated scene")
     print("optsar demo: simulated Sentinel-2/Sentinel-1 scene, local engine (no account, no network)")
-    paths = run_demo_gaps(out, overwrite=args.overwrite)
+    gaps = run.run_gaps(out_dir=out / "gaps", overwrite=args.overwrite, engine=engine)
     print("1. gap characterization:")
-    _print_paths(paths)
-    run, mae_truth = run_demo_infill(out, overwrite=args.overwrite)
+    _print_paths(gaps.paths)
+    infilled = run.run_infill(out_dir=out / "infill", overwrite=args.overwrite, engine=engine)
     print("2. gap infilling (NDVI from Sentinel-1 under clouds):")
-    _print_paths(run.paths)
-    _print_validation(run)
-    print(f"  MAE of gap-free NDVI against the scene's cloud-free truth under clouds: {mae_truth:.4f}")
+    _print_paths(infilled.paths)
+    _print_validation(infilled)
+    print(f"  MAE of gap-free NDVI against the scene's cloud-free truth under clouds: {demo_truth_mae(infilled):.4f}")
     if not args.no_notebooks:
         print_demo_notebooks(out, overwrite=args.overwrite)
     return 0
@@ -200,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OptsarError as exc:
-        print(f"optsar {args.command}: error: {exc}", file=sys.stderr)
+        hint = " (on the command line: --overwrite)" if isinstance(exc, OutputExists) else ""
+        print(f"optsar {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import ROOT
 
 from optsar_nb.cli import main
@@ -30,3 +31,23 @@ def test_bad_dates_and_mission(tmp_path, capsys):
     assert main(["gaps", "--qa", "x.tif", "--mission", "S5", "--start", "2020-01-01", "--end", "2020-02-01",
                  "--out", str(tmp_path)]) == 2
     assert "unknown mission 'S5'" in capsys.readouterr().err
+
+
+def test_demo_prints_outputs_and_truth_mae(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-notebooks"]) == 0
+    printed = capsys.readouterr().out
+    assert "Gap_Statistics_S2_2021-01-01_2022-01-01.tif" in printed and "NDVI_gapfree" in printed
+    mae = float(printed.split("truth under clouds:")[1].split()[0])
+    # independent check from the written files and the scene's truth
+    from optsar_nb.local.stack import read_stack
+
+    meta = out / "infill" / "Output_Metadata_S2_2021-01-01_2022-01-01.csv"
+    gapfree = read_stack(out / "infill" / "NDVI_gapfree_S2_2021-01-01_2022-01-01.tif", meta)
+    mask = read_stack(out / "infill" / "NDVI_Mask_S2_2021-01-01_2022-01-01.tif", meta).values
+    truth = read_stack(ROOT / "data" / "sample" / "NDVI_Truth_S2_2021-01-01_2022-01-01.tif")
+    err = np.abs(gapfree.values - truth.sel(time=gapfree.time).values)[mask == 0]
+    assert mae == pytest.approx(float(np.nanmean(err)), abs=1e-4)
+    # a second run keeps the first run's files and says how to replace them
+    assert main(["demo", "--out", str(out), "--no-notebooks"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
