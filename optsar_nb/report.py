@@ -142,6 +142,8 @@ Artificial clouds: the cloud mask of `{run.donor_id}` ({donor_pct:.1f} % cloudy)
 Scored pixels: train = clear pixels of training pairs (in-sample); validation = truly clear
 pixels hidden by the artificial clouds; test = clear pixels of test pairs. NDVI units;
 bias = mean(prediction - observation). Baselines use the same training observations and pixels.
+On train pixels both are in-sample (interpolation passes through its own inputs, so its train
+MAE is 0 by construction): compare methods on validation and test.
 
 {metrics_markdown(run.metrics)}
 
