@@ -51,6 +51,10 @@ def _median_of_rows(values: np.ndarray) -> np.ndarray:
 MEDIAN_SLAB_PIXELS = 1 << 15
 
 
+# Pixels per slab of the box mean (float64 values and float32 counts plus their partial sums).
+BOX_SLAB_PIXELS = 1 << 15
+
+
 def _med3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Elementwise median of three arrays (NaN in any input gives NaN)."""
     return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
@@ -115,8 +119,10 @@ def focal_median(a: np.ndarray, radius_px: float) -> np.ndarray:
     out = out.astype(a.dtype, copy=False)
     partial = np.nonzero(valid & ~full)
     if partial[0].size:
-        lead, (ys, xs) = partial[:-2], partial[-2:]
-        gathered = np.stack([padded[(*lead, ys + r + dy, xs + r + dx)] for dy, dx in offsets], axis=-1)
+        # one gather through flat indices: the window's cells lie at fixed offsets in the padded array
+        corner = np.ravel_multi_index(partial, padded.shape)  # the pixel's own position shifted by (-r, -r)
+        steps = np.asarray(offsets[:, 0] + r) * padded.shape[-1] + (offsets[:, 1] + r)
+        gathered = padded.ravel()[corner[:, None] + steps[None, :]]
         out[partial] = _median_of_rows(gathered.astype("float64"))
     return out
 
@@ -156,24 +162,30 @@ def box_mean(a: np.ndarray, radius_px: int, *, inset: int = 0) -> np.ndarray:
     inner region (shape reduced by 2 x inset), which is what a block with a halo wants.
     """
     a = np.asarray(a, dtype="float64")
+    shape = a.shape
+    a = a.reshape(-1, *shape[-2:])  # (images, y, x): images are independent
     valid = ~np.isnan(a)
     r = radius_px
     if inset < r:
-        pad = [(0, 0)] * (a.ndim - 2) + [(r - inset, r - inset)] * 2
+        pad = [(0, 0), (r - inset, r - inset), (r - inset, r - inset)]
         a, valid, inset = np.pad(a, pad, constant_values=np.nan), np.pad(valid, pad), r
     h, w = a.shape[-2] - 2 * inset, a.shape[-1] - 2 * inset
-    lead = (slice(None),) * (a.ndim - 2)
-    src = lead + (slice(inset - r, a.shape[-2] - inset + r), slice(inset - r, a.shape[-1] - inset + r))
+    src = (slice(None), slice(inset - r, a.shape[-2] - inset + r), slice(inset - r, a.shape[-1] - inset + r))
+    centre = (slice(None), slice(inset, inset + h), slice(inset, inset + w))
 
     def box(x):
-        rows = _window_sum(x[src], 2 * r + 1, h, a.ndim - 2)
-        return _window_sum(rows, 2 * r + 1, w, a.ndim - 1)
+        return _window_sum(_window_sum(x[src], 2 * r + 1, h, 1), 2 * r + 1, w, 2)
 
-    sums = box(np.where(valid, a, 0.0))
-    counts = box(valid.astype("float32"))  # integers: exact in float32
-    centre = valid[lead + (slice(inset, inset + h), slice(inset, inset + w))]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(centre & (counts > 0), sums / np.maximum(counts, 1), np.nan)
+    # slabs of a few images keep the partial sums in the CPU cache (the values do not change)
+    out = np.empty((a.shape[0], h, w))
+    step = max(1, BOX_SLAB_PIXELS // (a.shape[-2] * a.shape[-1]))
+    for s in range(0, a.shape[0], step):
+        x, ok = a[s : s + step], valid[s : s + step]
+        sums = box(np.where(ok, x, 0.0))
+        counts = box(ok.astype("float32"))  # integers: exact in float32
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s : s + step] = np.where(ok[centre] & (counts > 0), sums / np.maximum(counts, 1), np.nan)
+    return out.reshape(*shape[:-2], h, w)
 
 
 def window_weights(optical_times, s1_times, window_days: float) -> np.ndarray:
@@ -203,6 +215,8 @@ def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarra
         sel = np.flatnonzero(row)
         if sel.size == 0:
             continue
+        if sel[-1] - sel[0] + 1 == sel.size:  # consecutive images (time-sorted S1): views, no copies
+            sel = slice(sel[0], sel[-1] + 1)
         total, count = values[sel].sum(axis=0), valid[sel].sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[i] = np.where(count > 0, total / np.maximum(count, 1), np.nan)

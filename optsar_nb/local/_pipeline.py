@@ -193,7 +193,7 @@ def _baseline_sums(obs, st, donor, pred, labels, days):
         score = _eval_mask(b_st, labels, b_donor[0]) & np.isfinite(b_pred)
         base = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), b_obs.shape),
                 _postprocess.interpolation_baseline(seen, days))
-        out = np.array([[_postprocess.error_sums(b_obs[t], b[t], score[t]) for t in range(T)] for b in base])
+        out = np.stack([_postprocess.error_sums_stack(b_obs, b, score) for b in base])
         return out[None, None]
 
     parts = da.blockwise(block, "ijbtk", obs, "tij", st, "tij", donor[None], "dij", pred, "tij",

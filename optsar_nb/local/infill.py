@@ -308,11 +308,17 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
 
 
 def predict_block(cov_block: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """B.7 on one block: (8, T, y, x) covariates, (>= 9, y, x) coefficients -> (T, y, x) float32."""
-    X = design(cov_block)
-    beta = coef[:9].reshape(9, -1).T
-    pred = _regression.predict(X, beta)
-    return pred.T.reshape(cov_block.shape[1:]).astype("float32")
+    """B.7 on one block: (8, T, y, x) covariates, (>= 9, y, x) coefficients -> (T, y, x) float32.
+
+    The same float64 sum as :func:`_regression.predict` on the design, without building the
+    (pixels, T, 9) design: each covariate image is scaled by its coefficient image in turn.
+    NaN where a covariate or coefficient is NaN.
+    """
+    beta = np.asarray(coef[:9], dtype="float64")[:, None]  # (9, 1, y, x): broadcast over time
+    pred = beta[0] + beta[1] * cov_block[0]
+    for k in range(1, cov_block.shape[0]):
+        pred += beta[k + 1] * cov_block[k]
+    return pred.astype("float32")
 
 
 def robust_regression(obs_train: xr.DataArray, covs: xr.DataArray, params: InfillParams) -> xr.DataArray:
