@@ -275,7 +275,8 @@ def export_gaps(run, *, destination: Destination | None = None, client: Client |
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          client=client, **kwargs)
 
 
 def export_gap_inputs(run, *, destination: Destination | None = None, client: Client | None = None,
@@ -292,7 +293,8 @@ def export_gap_inputs(run, *, destination: Destination | None = None, client: Cl
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          client=client, **kwargs)
 
 
 def export_infill(run, *, destination: Destination | None = None, client: Client | None = None,
@@ -304,7 +306,8 @@ def export_infill(run, *, destination: Destination | None = None, client: Client
     outputs.append(Output(file_name(INFILL_METADATA_FILE, params.suffix, ""),
                           table=_infill_table(run), rows=lambda: metadata(fetch=fetch)))
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
+                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          client=client, **kwargs)
 
 
 def _infill_table(run) -> ee.FeatureCollection:
