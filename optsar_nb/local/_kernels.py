@@ -88,30 +88,38 @@ def _median3x3(padded: np.ndarray) -> np.ndarray:
     return out
 
 
-def focal_median(a: np.ndarray, radius_px: float) -> np.ndarray:
+def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarray:
     """NaN-aware circular focal median over the last two axes of ``a`` (any leading axes).
 
     Output pixel = median of the in-array, non-NaN values under the circle centred on it;
     NaN where the centre is NaN. Pixels whose whole neighbourhood is valid take a vectorised
     path (shared column sorts for the 3 x 3 kernel, a sort otherwise); the few others (image
     edges, next to masked pixels) are gathered and reduced with the NaN-aware median, so the
-    result is exact everywhere.
+    result is exact everywhere. With ``inset`` >= the kernel's radius the array's border of
+    ``inset`` pixels is a halo (as in :func:`box_mean`): the result covers only the inner
+    region, with no padding and none of the halo's edge pixels taking the slow path.
     """
     a = np.asarray(a)
     if radius_px <= 0 or a.size == 0:
-        return a.copy()
+        return a[..., inset : a.shape[-2] - inset, inset : a.shape[-1] - inset].copy()
     offsets = circle_offsets(radius_px)
     r = int(np.abs(offsets).max())
-    h, w = a.shape[-2:]
-    pad = [(0, 0)] * (a.ndim - 2) + [(r, r), (r, r)]
-    padded = np.pad(a, pad, constant_values=np.nan)
-    valid = ~np.isnan(a)
+    if inset >= r:  # the halo beyond the kernel's reach is not needed
+        cut = inset - r
+        padded = a[..., cut : a.shape[-2] - cut, cut : a.shape[-1] - cut]
+    else:
+        pad = [(0, 0)] * (a.ndim - 2) + [(r - inset, r - inset)] * 2
+        padded = np.pad(a, pad, constant_values=np.nan)
+    padded = np.ascontiguousarray(padded)  # the gather below indexes its flat memory
+    h, w = padded.shape[-2] - 2 * r, padded.shape[-1] - 2 * r
+    shape = (*a.shape[:-2], h, w)
+    valid = ~np.isnan(padded[..., r : r + h, r : r + w])
     if len(offsets) == 9:  # the full 3 x 3 square
-        out = _median3x3(padded.reshape(-1, h + 2, w + 2)).reshape(a.shape)
+        out = _median3x3(padded.reshape(-1, h + 2, w + 2)).reshape(shape)
         full = ~np.isnan(out)  # NaN exactly where one of the nine is NaN
     else:
         cells = [padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets]
-        count = np.zeros(a.shape, dtype=np.int16)
+        count = np.zeros(shape, dtype=np.int16)
         for c in cells:
             count += ~np.isnan(c)
         full = valid & (count == len(offsets))
@@ -211,10 +219,16 @@ def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarra
     valid = np.isfinite(s1) & (s1 >= min_db)
     values = np.where(valid, s1, 0.0)
     out = np.full((weights.shape[0], *s1.shape[1:]), np.nan)
+    done: dict[bytes, int] = {}  # optical dates a few days apart often share their S1 window: reuse it
     for i, row in enumerate(weights):  # one optical date at a time, vectorised over pixels
         sel = np.flatnonzero(row)
         if sel.size == 0:
             continue
+        key = sel.tobytes()
+        if key in done:
+            out[i] = out[done[key]]
+            continue
+        done[key] = i
         if sel[-1] - sel[0] + 1 == sel.size:  # consecutive images (time-sorted S1): views, no copies
             sel = slice(sel[0], sel[-1] + 1)
         total, count = values[sel].sum(axis=0), valid[sel].sum(axis=0)

@@ -4,12 +4,15 @@ Stages and why they are staged: the prediction stack feeds three global reductio
 (PCA means, PCA covariance, per-image standardization quantiles), so it is computed once and
 kept in a temporary memory-mapped file beside the outputs instead of in memory or recomputed.
 The observation and state stacks are staged the same way so that the per-image steps (B.9,
-B.10) read one contiguous image at a time. Peak memory is then a few blocks, whatever the
-scene size; disk use is about 9 bytes per pixel and pair while the job runs.
+B.10) read one contiguous image at a time. The S1 window means are staged too (computed once,
+then read with their halo by the fused covariates + regression stage, instead of re-reading and
+re-averaging S1 over every block's halo). Peak memory is then a few blocks, whatever the scene
+size; disk use is about 9 bytes per pixel and pair while the job runs, 17 during B.3-B.7.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -30,12 +33,16 @@ from ..products import INFILL_METADATA_FILE, file_name
 from . import _kernels, _postprocess
 from . import infill as steps
 from .gaps import aoi_mask, select_period
-from .stack import read_geotiff, refuse_existing, write_csv, write_geotiff
+from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
-BLOCK_BYTES = 256 * 2**20  # budget of one block's temporaries in the fit/predict stage
-BYTES_PER_SAMPLE = 160  # per pixel and pair in that stage: covariates, design, halo (measured)
+BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fit/predict stage (one per thread)
+# Per pixel and pair in that stage: window means with their halo, covariates, box-mean and
+# median temporaries, observations, prediction (about 40 measured, plus margin for the halo of
+# small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
+# pixels (``_regression.BATCH_BYTES``), a fixed cost whatever the block size.
+BYTES_PER_SAMPLE = 64
 SCATTER_SAMPLES = 4000  # points per split kept for the observed-vs-predicted scatter
 SERIES_PIXELS = 4  # pixels whose time series the report plots
 
@@ -145,30 +152,58 @@ def _prepare(ndvi, state, vv, vh, params, aoi):
     return ndvi.isel(time=pairs), st.isel(time=pairs), s1[0], s1[1], weights[pairs], table, inside
 
 
-def _fit_predict(vv, vh, obs, st, donor, weights, vv_mean, vh_mean, labels, params, edge):
-    """The fused B.3-B.7 stage: one block task computes covariates, fits and predicts."""
-    depth = steps.covariate_halo(params)
-    T = len(labels)
-    sp = (edge, edge)
-    halo = lambda a, fill: steps.with_halo(a.rechunk((-1, *sp)), depth, fill)  # noqa: E731
-    a_vv, a_vh = halo(steps._dask(vv, (-1, *sp)), np.nan), halo(steps._dask(vh, (-1, *sp)), np.nan)
-    a_obs, a_st = halo(obs, np.nan), halo(st, MISSING)
-    a_donor = halo(donor[None], False)
+def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
+    """Row-major (rows, cols) slices of the square blocks of an H x W grid."""
+    return [(slice(r, min(r + edge, H)), slice(c, min(c + edge, W)))
+            for r in range(0, H, edge) for c in range(0, W, edge)]
 
-    def block(b_vv, b_vh, b_obs, b_st, b_donor):
-        win_vv = _kernels.window_mean(b_vv, weights, params.s1_min_db)
-        win_vh = _kernels.window_mean(b_vh, weights, params.s1_min_db)
+
+def _with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:
+    """(T, h + 2 depth, w + 2 depth) float32 copy of a block of ``stack`` and its halo; NaN beyond the image."""
+    T, H, W = stack.shape
+    r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
+    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype="float32")
+    out[:, max(r0, 0) - r0 : min(r1, H) - r0, max(c0, 0) - c0 : min(c1, W) - c0] = \
+        stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
+    return out
+
+
+def _blas_single_threaded():
+    """Within: BLAS runs its calls on the calling thread only.
+
+    The fused stage already runs one block per core; BLAS starting its own threads for the
+    regression's matrix products on top oversubscribes the cores (on 2 cores the stage ran
+    no faster with 2 block threads than with 1).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _fit_predict(mm_win, mm_obs, mm_st, donor_cloudy, vv_mean, vh_mean, labels, params, edge, mm_coef, mm_pred,
+                 workers):
+    """The fused B.3-B.7 stage: one task per block computes covariates, fits and predicts.
+
+    The S1 window means come from the staged stack (``mm_win``: vv, vh), so a block reads
+    its halo straight from disk instead of recomputing window means over it; results go
+    straight into the coefficient and prediction stacks. Blocks run on a thread pool (numpy
+    releases the GIL in its loops); each writes a disjoint region.
+    """
+    depth = steps.covariate_halo(params)
+
+    def block(rows, cols):
+        win_vv, win_vh = (_with_halo(w, rows, cols, depth) for w in mm_win)
         covs = steps.covariate_block(win_vv, win_vh, vv_mean, vh_mean, params)  # halo already removed
-        crop = (..., slice(depth, b_obs.shape[-2] - depth), slice(depth, b_obs.shape[-1] - depth))
-        o, s, d = b_obs[crop], b_st[crop], b_donor[0][crop]
+        del win_vv, win_vh
+        o, s, d = mm_obs[:, rows, cols], np.asarray(mm_st[:, rows, cols]), donor_cloudy[rows, cols]
         train = steps.training_mask(s, labels, d)
         fit = steps.fit_block(covs, np.where(train, o, np.nan), train, params)
-        pred = steps.predict_block(covs, fit)
-        return np.concatenate([fit, pred.astype("float64")])
+        mm_pred[:, rows, cols] = steps.predict_block(covs, fit)
+        mm_coef[:, rows, cols] = fit
 
-    return da.blockwise(block, "oyx", a_vv, "syx", a_vh, "syx", a_obs, "tyx", a_st, "tyx", a_donor, "dyx",
-                        new_axes={"o": 11 + T}, dtype="float64", concatenate=True,
-                        adjust_chunks={"y": lambda c: c - 2 * depth, "x": lambda c: c - 2 * depth})
+    H, W = mm_obs.shape[1:]
+    with _blas_single_threaded(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        list(pool.map(lambda b: block(*b), _blocks(H, W, edge)))
 
 
 def _eval_mask(state, labels, donor_cloudy):
@@ -229,13 +264,16 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     donor = da.from_array(donor_cloudy, chunks=(edge, edge))
     lap("stage observations")
 
-    # B.3: AOI means of the S1 window means (a global reduction)
+    # B.3: S1 window means, staged (the fused stage reads them with its halo), and their AOI means
+    # (a global reduction, over the staged float32 values the covariates use)
+    mm_win = [_memmap(work, name, (T, H, W), "float32") for name in ("win_vv", "win_vh")]
+    wins = [steps._dask(band, (-1, edge, edge)).map_blocks(  # blocks of the stage's size: bounded temporaries
+        lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+        chunks=((T,), *obs.chunks[1:]), dtype="float32") for band in (vv, vh)]
+    da.store(wins, mm_win, lock=False)
     means = []
-    for band in (vv, vh):
-        win = steps._dask(band, (-1, edge, edge)).map_blocks(
-            # float32 as the covariates use them, so that the means equal s1_window_mean + aoi_mean's
-            lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
-            chunks=((T,), *obs.chunks[1:]), dtype="float32").astype("float64")
+    for mm in mm_win:
+        win = da.from_array(mm, chunks=(-1, edge, edge)).astype("float64")
         means.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*means)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -244,8 +282,11 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
 
     # B.3-B.7 fused per block
     mm_coef, mm_pred = _memmap(work, "coef", (11, H, W), "float64"), _memmap(work, "pred", (T, H, W), "float32")
-    packed = _fit_predict(vv, vh, obs, sts, donor, weights, vv_mean, vh_mean, labels, params, edge)
-    da.store([packed[:11], packed[11:].astype("float32")], [mm_coef, mm_pred], lock=False)
+    _fit_predict(mm_win, mm_obs, mm_st, donor_cloudy, vv_mean, vh_mean, labels, params, edge, mm_coef, mm_pred,
+                 workers)
+    del mm_win
+    for name in ("win_vv", "win_vh"):  # disk back as soon as the stage is done
+        (work / f"{name}.npy").unlink()
     lap("covariates, regression, prediction (B.3-B.7)")
 
     times = pd.to_datetime(table["CollectionTime"], unit="ms")
@@ -291,34 +332,43 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     rank_deficient = int((coef_ok & (mm_coef[9] < 9)).sum())
     underdetermined = int((~coef_ok & in_aoi).sum())
 
-    # outputs
-    pred_da = _stack_like(da.from_array(mm_pred, chunks=(-1, edge, edge)), ndvi, table, "NDVI_Pred")
-    obs_da = _stack_like(obs, ndvi, table, "NDVI_Obs")
-    st_da = _stack_like(sts, ndvi, table, "NDVI_Mask")
-    filled = steps.gap_fill(obs_da, pred_da, st_da == CLEAR, params, inside)
-    write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
-    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
-    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
-    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
-    coef = xr.DataArray(da.from_array(mm_coef[:9], chunks=(-1, edge, edge)), dims=("coef", "y", "x"),
-                        coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
-                        attrs=steps._grid_attrs(ndvi))
-    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
-    out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
-    write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
-              overwrite=overwrite)
     series = _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params)
-    lap("write outputs")
-
     run = InfillRun(params=params, paths=paths, metadata=table, metrics=metrics, donor_id=str(table["ID"][donor_pos]),
                     samples=samples, series=series, timings=timings, rank_deficient_pixels=rank_deficient,
                     underdetermined_pixels=underdetermined)
+    _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params, paths, overwrite)
+    lap("write outputs")
     if report:
         from ..report import write_report
 
         write_report(run, paths["report"], overwrite=overwrite)
         lap("report")
     return run
+
+
+def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params, paths, overwrite):
+    """The four stacks, the coefficient image and the metadata CSV.
+
+    The staged stacks are chunked by the files' tiles: the gap fill's focal median then runs
+    on blocks that are the writer's windows (or whole multiples of them), so no block is
+    computed twice for two windows it straddles.
+    """
+    tiles = (-1, TILE_PX, TILE_PX)
+    pred_da = _stack_like(da.from_array(mm_pred, chunks=tiles), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(da.from_array(mm_obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(da.from_array(mm_st, chunks=tiles), ndvi, table, "NDVI_Mask")
+    filled = steps.gap_fill(obs_da, pred_da, st_da == CLEAR, params, inside)
+    write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
+    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
+    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
+    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
+    coef = xr.DataArray(da.from_array(mm_coef[:9], chunks=tiles), dims=("coef", "y", "x"),
+                        coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
+                        attrs=steps._grid_attrs(ndvi))
+    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
+    out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
+    write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
+              overwrite=overwrite)
 
 
 def _pixel_baselines(series_obs, series_state, labels, donor_px, days):

@@ -102,7 +102,7 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
     ok = np.flatnonzero(valid.sum(axis=1) >= K)
     if ok.size == 0:
         return coef, rank, iters
-    Xo, yo, vo = X[ok], y[ok], valid[ok]
+    Xo, yo, vo = (X, y, valid) if ok.size == P else (X[ok], y[ok], valid[ok])
     w = vo.astype("float64")
     beta, rk = _solve(Xo, yo, w, rcond)
     active = np.arange(ok.size)  # pixels still iterating (indices into ok)
@@ -110,7 +110,9 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
     for _ in range(max_iterations):
         if active.size == 0:
             break
-        Xa, ya, va = Xo[active], yo[active], vo[active]
+        # all pixels still active (the first passes, the costly ones): no gathered copies
+        everyone = active.size == ok.size
+        Xa, ya, va = (Xo, yo, vo) if everyone else (Xo[active], yo[active], vo[active])
         resid = ya - np.einsum("ptk,pk->pt", Xa, beta[active])
         scale = _abs_median(resid, va) / MAD_NORMAL
         w_new = (va & (np.abs(resid) <= tuning * scale[:, None])).astype("float64")
@@ -120,7 +122,10 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
         if moving.size == 0:
             break
         w[moving] = w_new[go]
-        beta[moving], rk[moving] = _solve(Xo[moving], yo[moving], w[moving], rcond)
+        if moving.size == ok.size:
+            beta, rk = _solve(Xo, yo, w, rcond)
+        else:
+            beta[moving], rk[moving] = _solve(Xo[moving], yo[moving], w[moving], rcond)
         n_iter[moving] += 1
         active = moving
     coef[ok], rank[ok], iters[ok] = beta, rk, n_iter

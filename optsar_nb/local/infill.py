@@ -175,9 +175,10 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
         nmean = _kernels.box_mean(win, r_n, inset=r_n).astype("float32")
         pix = win[ring].astype("float32")
         out[0 + k] = np.where(np.isfinite(pix[core]), mean, np.nan)
-        out[2 + k] = _kernels.focal_median(pix, r_m)[core] - mean
-        out[4 + k] = _kernels.focal_median(nmean, r_m)[core]
-        out[6 + k] = _kernels.focal_median(pix - nmean, r_m)[core]
+        # the medians read the median halo ``m`` and cover only the core
+        out[2 + k] = _kernels.focal_median(pix, r_m, inset=m) - mean
+        out[4 + k] = _kernels.focal_median(nmean, r_m, inset=m)
+        out[6 + k] = _kernels.focal_median(pix - nmean, r_m, inset=m)
     return out
 
 
@@ -294,16 +295,29 @@ def design(cov_block: np.ndarray) -> np.ndarray:
 
 
 def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params: InfillParams) -> np.ndarray:
-    """Robust regression of one block: returns (11, y, x): 9 coefficients, rank, training count."""
+    """Robust regression of one block: returns (11, y, x): 9 coefficients, rank, training count.
+
+    The (pixels, T, 9) float64 design is built one regression batch of pixels at a time, so a
+    block's memory is its covariates, not 2.25 times their size: blocks can be large and
+    their halo cheap.
+    """
     T, h, w = obs.shape
     used = np.flatnonzero(train.reshape(T, -1).any(axis=1))  # test pairs etc. cannot influence the fit
-    X = design(cov_block[:, used])
-    y = obs[used].reshape(len(used), -1).T.astype("float64")
-    valid = train[used].reshape(len(used), -1).T
-    coef, rank, _ = _regression.talwar_irls(X, y, valid, tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
-                                            max_iterations=params.irls_max_iterations)
-    count = (valid & np.isfinite(y) & np.isfinite(X).all(axis=-1)).sum(axis=1)
-    out = np.concatenate([coef.T, rank[None].astype("float64"), count[None].astype("float64")])
+    covs = cov_block.reshape(cov_block.shape[0], T, h * w)
+    y = obs.reshape(T, -1)
+    valid = train.reshape(T, -1)
+    out = np.empty((11, h * w))
+    batch = max(64, _regression.BATCH_BYTES // max(1, len(used) * (cov_block.shape[0] + 1) * 8))
+    for start in range(0, h * w, batch):
+        px = slice(start, start + batch)
+        X = design(covs[:, used, px].reshape(cov_block.shape[0], len(used), 1, -1))
+        y_b = y[used, px].T.astype("float64")
+        valid_b = valid[used, px].T
+        coef, rank, _ = _regression.talwar_irls(X, y_b, valid_b, tuning=params.talwar_tuning,
+                                                rcond=params.lstsq_rcond, max_iterations=params.irls_max_iterations)
+        out[:9, px] = coef.T
+        out[9, px] = rank
+        out[10, px] = (valid_b & np.isfinite(y_b) & np.isfinite(X).all(axis=-1)).sum(axis=1)
     return out.reshape(11, h, w)
 
 

@@ -38,6 +38,10 @@ WRITE_WINDOW_BYTES = 128 * 2**20
 # default 6 for files ~4 % larger (measured on a simulated 437 x 500 x 414 NDVI stack);
 # PREDICTOR=3 was slower and larger on such noisy floats.
 DEFLATE_LEVEL = 1
+# Threads GDAL compresses a file's tiles with (its NUM_THREADS creation option): deflate is the
+# bulk of writing a stack, and tiles are compressed independently, so the file is the same
+# byte for byte whatever the count.
+COMPRESS_THREADS = os.cpu_count() or 1
 # Bytes of one read window (all bands, as stored) when the caller leaves the window to the
 # reader: windows of whole tiles of the file, as large as this allows (at least one tile), so
 # that each tile is decompressed once per pass over the file.
@@ -327,7 +331,7 @@ def write_geotiff(
     profile = dict(
         driver="GTiff", count=count, height=height, width=width, dtype=dtype.name, crs=crs,
         transform=rasterio.Affine(*transform), nodata=nodata, compress="deflate", zlevel=DEFLATE_LEVEL,
-        tiled=True, blockxsize=TILE_PX, blockysize=TILE_PX, BIGTIFF="IF_SAFER",
+        tiled=True, blockxsize=TILE_PX, blockysize=TILE_PX, BIGTIFF="IF_SAFER", NUM_THREADS=str(COMPRESS_THREADS),
     )
     if height < TILE_PX or width < TILE_PX:
         profile.update(tiled=False)
