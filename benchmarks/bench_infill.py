@@ -1,4 +1,4 @@
-"""Gap infilling (METHOD.md part B) on simulated scenes of the published sizes: time per step, memory.
+"""Gap infilling (docs/method.md part B) on simulated scenes of the published sizes: time per step, memory.
 
 Run on demand: ``.venv/bin/python benchmarks/bench_infill.py [case ...] [--fraction F] [--cache DIR]``
 (cases 1, 2, 3; case 3 is run on ``--fraction`` of its rows, default 0.125, unless 1 is given).

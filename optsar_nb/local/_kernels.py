@@ -1,4 +1,4 @@
-"""Numpy kernels of the infilling's neighbourhood and time-window steps (METHOD.md B.3, B.4, B.10).
+"""Numpy kernels of the infilling's neighbourhood and time-window steps (docs/method.md B.3, B.4, B.10).
 
 Every function works on plain arrays whose last two axes are (y, x), with NaN as "masked".
 Neighbourhoods follow Earth Engine: only neighbours inside the array and unmasked take part,

@@ -1,4 +1,4 @@
-"""The whole infilling job (METHOD.md part B) at scale, and the saved model.
+"""The whole infilling job (docs/method.md part B) at scale, and the saved model.
 
 Stages and why they are staged: the prediction stack feeds three global reductions in turn
 (PCA means, PCA covariance, per-image standardization quantiles), so it is computed once and
@@ -99,7 +99,7 @@ def infill(
     report: bool = True,
     workers: int | None = None,
 ) -> InfillRun:
-    """Run METHOD.md part B and write its outputs into ``out_dir``.
+    """Run docs/method.md part B and write its outputs into ``out_dir``.
 
     Inputs: ``ndvi`` (time, y, x) NDVI; ``state`` the same images' CLEAR/CLOUDY/MISSING
     (:func:`cloud_mask`); ``vv``, ``vh`` S1 (time, y, x) in dB on any grid (aligned here);

@@ -1,4 +1,4 @@
-"""Numpy kernels of the post-processing (METHOD.md B.8-B.10) and of the accuracy baselines.
+"""Numpy kernels of the post-processing (docs/method.md B.8-B.10) and of the accuracy baselines.
 
 PCA smoothing works per spatial block on the full time axis, in two global passes (band means,
 then band-to-band covariance) followed by a blockwise reconstruction. Standardization, gap
@@ -72,7 +72,7 @@ def interval_stats(values: np.ndarray, lower: tuple[float, float], upper: tuple[
 
 
 def standardize_image(pred: np.ndarray, obs_stats: np.ndarray, pred_stats: np.ndarray) -> np.ndarray:
-    """Map a prediction onto the observation's distribution (METHOD.md B.9).
+    """Map a prediction onto the observation's distribution (docs/method.md B.9).
 
     ``*_stats`` = [mean, lower-interval mean, upper-interval mean] over the same clear pixels.
     Deviations above the prediction mean scale by (obs upper - obs mean) / (pred upper - pred

@@ -1,4 +1,4 @@
-"""Pixelwise robust multiple linear regression, vectorised over pixels (METHOD.md B.6).
+"""Pixelwise robust multiple linear regression, vectorised over pixels (docs/method.md B.6).
 
 The estimator is iteratively reweighted least squares with the Talwar cost, as Earth Engine's
 ``ee.Reducer.robustLinearRegression`` describes itself and as statsmodels'

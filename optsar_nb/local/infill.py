@@ -1,6 +1,6 @@
-"""Gap infilling on the local engine (METHOD.md part B): NDVI from Sentinel-1 where it is cloudy.
+"""Gap infilling on the local engine (docs/method.md part B): NDVI from Sentinel-1 where it is cloudy.
 
-Steps, named as in METHOD.md and in the Earth Engine engine; each is a pure function of
+Steps, named as in docs/method.md and in the Earth Engine engine; each is a pure function of
 labelled arrays (time, y, x) and ``InfillParams``:
 
 B.1 :func:`ndvi`  B.2 :func:`cloud_mask`, :func:`image_cloud_stats`, :func:`drop_sparse_images`
@@ -30,7 +30,7 @@ from . import _kernels, _postprocess, _regression
 from .gaps import aoi_cloud_stats, clip_to_aoi, cloud_state
 from .stack import align_to, metadata_of
 
-# METHOD.md B.6: the regressors, in the order of the coefficient image's bands
+# docs/method.md B.6: the regressors, in the order of the coefficient image's bands
 COVARIATES = ("VV_mean", "VH_mean", "VV_diff", "VH_diff", "VV_Nmean", "VH_Nmean", "VV_Ndiff", "VH_Ndiff")
 COEFFICIENT_BANDS = ("constant", *COVARIATES)
 SPLIT_LABELS = ("train", "validation", "test")
