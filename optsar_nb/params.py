@@ -146,7 +146,6 @@ class InfillParams(_Params):
     random_split: bool = True  # B.6: False splits by time (first 60 % train)
     seed: int = 0  # random column and donor choice are reproducible
     irls_max_iterations: int = 50
-    irls_tolerance: float = 1e-10  # unused by Talwar IRLS: its 0/1 weights converge exactly (weights repeat)
     # B.6 Talwar cost: a sample is an outlier when |residual| > talwar_tuning x MAD/0.6745. 2.795 is
     # the Talwar constant of MATLAB's robustfit (95 % efficiency under normal errors); Earth
     # Engine's robustLinearRegression computes its own default `beta`, which is undocumented.
