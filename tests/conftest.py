@@ -32,6 +32,12 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """The bundled demo scene (tests/test_simulate.py checks it equals its generator's output)."""
+    return SAMPLE
+
+
 # --------------------------------------------------------------------------------------------
 # Earth Engine, offline (see tests/ee_support): the real client with its shipped algorithm table
 @pytest.fixture(scope="session")

@@ -30,18 +30,6 @@ SUFFIX = "_S2_2021-01-01_2022-01-01"
 
 
 @pytest.fixture(scope="module")
-def demo_dir(sample_dir, tmp_path_factory) -> Path:
-    """The bundled demo scene, or the same scene written by its generator when it is not there."""
-    if (sample_dir / f"SCL_Input{SUFFIX}.tif").exists():
-        return sample_dir
-    from optsar_nb.local.simulate import write_scene
-
-    folder = tmp_path_factory.mktemp("demo")
-    write_scene(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def first_run(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     parameters = {"mission": "S2", "start": "2021-01-01", "end": "2022-01-01", "inputs": str(demo_dir)}

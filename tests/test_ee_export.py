@@ -6,57 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from ee_support.cubes import flanders_aoi
+from ee_support.fake_export import FakeClient
 
 from optsar_nb.ee import export
 from optsar_nb.ee import gaps as ee_gaps
 from optsar_nb.params import GapParams
 
 PARAMS = GapParams(mission="S2", start="2017-08-01", end="2018-12-01", project_title="Flanders test")
-
-
-class FakeTask:
-    def __init__(self, states, message="boom"):
-        self.states, self.message, self.started = list(states), message, False
-
-    def start(self):
-        self.started = True
-
-    def status(self):
-        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        out = {"state": state}
-        if state in ("FAILED", "CANCELLED"):
-            out["error_message"] = self.message
-        return out
-
-
-class FakeClient:
-    def __init__(self, scripts=None, existing=()):
-        self.scripts = scripts or {}  # name -> list of state lists, one per attempt
-        self.existing = set(existing)
-        self.started, self.downloads = [], []
-
-    def exists(self, destination, name):
-        return name in self.existing
-
-    def _task(self, name):
-        attempts = self.scripts.get(name, [["READY", "RUNNING", "COMPLETED"]])
-        n = sum(1 for s in self.started if s[0] == name)
-        return FakeTask(attempts[min(n, len(attempts) - 1)])
-
-    def image_task(self, image, *, name, destination, region, scale):
-        task = self._task(name)
-        self.started.append((name, "image", destination, scale))
-        return task
-
-    def table_task(self, table, *, name, destination):
-        task = self._task(name)
-        self.started.append((name, "table", destination, None))
-        return task
-
-    def download(self, image, path, *, region, scale):
-        self.downloads.append(path)
-        path.write_bytes(b"tif")
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +50,7 @@ def test_failed_task_is_retried_then_succeeds(run):
 
 def test_failing_task_raises_with_the_servers_message(run):
     name = "Gap_Statistics_S2_2017-08-01_2018-12-01"
-    client = FakeClient(scripts={name: [["FAILED"]]})
+    client = FakeClient(scripts={name: [["FAILED"]]}, message="boom")
     with pytest.raises(export.ExportFailed, match="boom"):
         export.export_gaps(run, client=client, sleep=lambda s: None, retries=1)
     assert sum(1 for s in client.started if s[0] == name) == 2
@@ -125,7 +81,7 @@ def test_local_download_writes_image_and_metadata_csv(run, flanders_ee, tmp_path
     dest = export.Destination("local", folder=str(tmp_path))
     report = export.export_gap_inputs(run, destination=dest, client=client, fetch=ev.evaluate)
     assert set(report.values()) == {"done"}
-    assert client.downloads == [tmp_path / "Mask_Input_S2_2017-08-01_2018-12-01.tif"]
+    assert [path for path, _ in client.downloads] == [tmp_path / "Mask_Input_S2_2017-08-01_2018-12-01.tif"]
     table = pd.read_csv(tmp_path / "InputMask_Metadata_S2_2017-08-01_2018-12-01.csv")
     assert list(table.columns) == ["ID", "CollectionTime", "CLOUD_PERCENTAGE_AOI", "PIXEL_COUNT_AOI"]
     assert len(table) == 118

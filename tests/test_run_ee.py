@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from ee_support.cubes import band_array
 from ee_support.evaluator import encode
+from ee_support.fake_export import FakeClient
 
 from optsar_nb import run
 from optsar_nb.errors import InvalidParameter, OptsarError
@@ -58,50 +59,6 @@ def server(flanders_ee):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ee.data, "computeValue", trips)
         yield trips
-
-
-class FakeTask:
-    def __init__(self, states, message):
-        self.states, self.message = list(states), message
-
-    def start(self):
-        pass
-
-    def status(self):
-        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        return {"state": state, **({"error_message": self.message} if state in ("FAILED", "CANCELLED") else {})}
-
-
-class FakeClient:
-    """An export client: each task follows ``scripts[name][attempt]`` (default READY, RUNNING, COMPLETED)."""
-
-    def __init__(self, scripts=None, message="no message"):
-        self.scripts, self.message = scripts or {}, message
-        self.started, self.objects, self.downloads = [], {}, []
-
-    def exists(self, destination, name):
-        return False
-
-    def _task(self, name, kind, obj, destination, scale):
-        attempts = self.scripts.get(name, [["READY", "RUNNING", "COMPLETED"]])
-        n = sum(1 for s in self.started if s[0] == name)
-        self.started.append((name, kind, destination, scale))
-        self.objects[name] = obj
-        return FakeTask(attempts[min(n, len(attempts) - 1)], self.message)
-
-    def image_task(self, image, *, name, destination, region, scale):
-        self.region = region
-        return self._task(name, "image", image, destination, scale)
-
-    def table_task(self, table, *, name, destination):
-        return self._task(name, "table", table, destination, None)
-
-    def download(self, image, path, *, region, scale):
-        self.downloads.append((path, scale))
-        self.objects[path.stem] = image
-        path.parent.mkdir(parents=True, exist_ok=True)  # as the real client's atomic write does
-        path.write_bytes(b"tif")
-        return path
 
 
 def no_sleep(seconds):

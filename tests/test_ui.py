@@ -11,7 +11,6 @@ import base64
 import importlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,18 +32,6 @@ def feature(ring) -> dict:
     """A feature as Leaflet.draw hands it to ipyleaflet."""
     return {"type": "Feature", "properties": {"style": {"color": "#2166ac"}},
             "geometry": {"type": "Polygon", "coordinates": [ring]}}
-
-
-@pytest.fixture(scope="session")
-def demo_dir(sample_dir, tmp_path_factory) -> Path:
-    """The bundled demo scene, or the same scene written by its generator when it is not there."""
-    if (sample_dir / f"SCL_Input{SUFFIX}.tif").exists():
-        return sample_dir
-    from optsar_nb.local.simulate import write_scene
-
-    folder = tmp_path_factory.mktemp("demo")
-    write_scene(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from ee_support.cubes import band_array
 from ee_support.evaluator import encode
+from ee_support.fake_export import FakeClient
 
 from optsar_nb import run
 from optsar_nb.local import gaps as local_gaps
@@ -155,42 +156,11 @@ def test_mask_preview_layer_is_the_days_composite_in_the_legends_colours(server,
 
 
 # --------------------------------------------------------------------------------------------
-class FakeTask:
-    def __init__(self, states, message):
-        self.states, self.message = list(states), message
-
-    def start(self):
-        pass
-
-    def status(self):
-        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        return {"state": state, **({"error_message": self.message} if state == "FAILED" else {})}
-
-
-class FakeClient:
-    def __init__(self, scripts, message="no message"):
-        self.scripts, self.message, self.started = scripts, message, []
-
-    def exists(self, destination, name):
-        return False
-
-    def _task(self, name):
-        attempts = self.scripts.get(name, [["RUNNING", "COMPLETED"]])
-        n = sum(1 for s in self.started if s == name)
-        self.started.append(name)
-        return FakeTask(attempts[min(n, len(attempts) - 1)], self.message)
-
-    def image_task(self, image, *, name, destination, region, scale):
-        return self._task(name)
-
-    def table_task(self, table, *, name, destination):
-        return self._task(name)
-
-
 def export_app(scripts, message="no message", retries=2):
     """An app whose exports go to a fake client; the progress panel is read at every poll."""
     seen = []
-    options = {"client": FakeClient(scripts, message), "retries": retries, "poll_s": 0}
+    options = {"client": FakeClient(scripts, message, default_states=("RUNNING", "COMPLETED")), "retries": retries,
+               "poll_s": 0}
     app = make_app(export_options=options)
     options["sleep"] = lambda s: seen.append((app.progress.label.value, app.progress.bar.value))
     return app, seen
