@@ -71,6 +71,25 @@ def _memmap(folder: Path, name: str, shape, dtype) -> np.memmap:
     return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
+class _Staged:
+    """Read-only array-like view of a staged memory-mapped stack, for ``dask.array.from_array``.
+
+    dask copies whatever it is given that has a ``copy`` method, which for a memmap means the
+    whole stack in memory; this view has none, so dask reads it window by window.
+    """
+
+    def __init__(self, mm: np.ndarray):
+        self.mm, self.shape, self.dtype, self.ndim = mm, mm.shape, mm.dtype, mm.ndim
+
+    def __getitem__(self, key):
+        return np.asarray(self.mm[key])
+
+
+def _lazy(mm: np.ndarray, chunks) -> da.Array:
+    """A dask array over a staged memmap that never copies it whole (name=False: no hashing of the data)."""
+    return da.from_array(_Staged(mm), chunks=chunks, name=False)
+
+
 def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:
     coords = {"time": pd.to_datetime(table["CollectionTime"].to_numpy(), unit="ms"),
               "id": ("time", table["ID"].astype(str).to_numpy()), "y": template.y, "x": template.x}
@@ -259,8 +278,8 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
     da.store([st_d.astype("int8"), obs_d], [mm_st, mm_obs], lock=False)
     donor_cloudy = np.asarray(mm_st[donor_pos] == 0)
-    obs = da.from_array(mm_obs, chunks=(-1, edge, edge))
-    sts = da.from_array(mm_st, chunks=(-1, edge, edge))
+    obs = _lazy(mm_obs, chunks=(-1, edge, edge))
+    sts = _lazy(mm_st, chunks=(-1, edge, edge))
     donor = da.from_array(donor_cloudy, chunks=(edge, edge))
     lap("stage observations")
 
@@ -273,7 +292,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     da.store(wins, mm_win, lock=False)
     means = []
     for mm in mm_win:
-        win = da.from_array(mm, chunks=(-1, edge, edge)).astype("float64")
+        win = _lazy(mm, chunks=(-1, edge, edge)).astype("float64")
         means.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*means)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -291,12 +310,12 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
 
     times = pd.to_datetime(table["CollectionTime"], unit="ms")
     days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
-    pred_raw = da.from_array(mm_pred, chunks=(-1, edge, edge))  # NaN where the model has no prediction
+    pred_raw = _lazy(mm_pred, chunks=(-1, edge, edge))  # NaN where the model has no prediction
     base_sums = _baseline_sums(obs, sts, donor, pred_raw, labels, days).compute()
     lap("baselines")
 
     # B.8 PCA smoothing, in place
-    pred_lazy = xr.DataArray(da.from_array(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
+    pred_lazy = xr.DataArray(_lazy(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
     smoothed = steps.pca_smooth(pred_lazy, params)
     if smoothed is not pred_lazy:
         da.store(smoothed.data, mm_pred, lock=False)
@@ -354,15 +373,15 @@ def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params,
     computed twice for two windows it straddles.
     """
     tiles = (-1, TILE_PX, TILE_PX)
-    pred_da = _stack_like(da.from_array(mm_pred, chunks=tiles), ndvi, table, "NDVI_Pred")
-    obs_da = _stack_like(da.from_array(mm_obs, chunks=tiles), ndvi, table, "NDVI_Obs")
-    st_da = _stack_like(da.from_array(mm_st, chunks=tiles), ndvi, table, "NDVI_Mask")
+    pred_da = _stack_like(_lazy(mm_pred, chunks=tiles), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(_lazy(mm_obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(_lazy(mm_st, chunks=tiles), ndvi, table, "NDVI_Mask")
     filled = steps.gap_fill(obs_da, pred_da, st_da == CLEAR, params, inside)
     write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
     write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
     write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
     write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
-    coef = xr.DataArray(da.from_array(mm_coef[:9], chunks=tiles), dims=("coef", "y", "x"),
+    coef = xr.DataArray(_lazy(mm_coef[:9], chunks=tiles), dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
                         attrs=steps._grid_attrs(ndvi))
     write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
