@@ -6,7 +6,7 @@ from __future__ import annotations
 import ee
 import pytest
 from ee_support.cubes import flanders_aoi
-from ee_support.evaluator import algorithms_in, constants_of, encode
+from ee_support.evaluator import algorithms_in, constants_of, encode, nodes
 
 from optsar_nb.ee import collections as col
 from optsar_nb.ee import gaps as ee_gaps
@@ -20,20 +20,8 @@ def _gap_expr(mission: str, mask: str = "qa") -> dict:
 
 
 def _loaded_ids(expr: dict) -> set:
-    ids = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("functionName") == "ImageCollection.load":
-                ids.add(node["arguments"]["id"]["constantValue"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(expr)
-    return ids
+    return {node["arguments"]["id"]["constantValue"] for node in nodes(expr)
+            if node.get("functionName") == "ImageCollection.load"}
 
 
 @pytest.mark.parametrize("mission", sorted(MISSIONS))

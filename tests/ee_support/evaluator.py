@@ -177,22 +177,21 @@ def implemented_algorithms() -> set[str]:
     return set(_algorithms.REGISTRY)
 
 
+def nodes(expr):
+    """Every dict node of an encoded expression, depth first; constant values are not entered."""
+    if isinstance(expr, dict):
+        yield expr
+        for key, value in expr.items():
+            if key != "constantValue":
+                yield from nodes(value)
+    elif isinstance(expr, list):
+        for value in expr:
+            yield from nodes(value)
+
+
 def algorithms_in(expr: dict) -> set[str]:
     """Every algorithm name an encoded expression invokes."""
-    names: set[str] = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "functionName" in node:
-                names.add(node["functionName"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(expr)
-    return names
+    return {node["functionName"] for node in nodes(expr) if "functionName" in node}
 
 
 def encode(obj) -> dict:
@@ -201,18 +200,4 @@ def encode(obj) -> dict:
 
 def constants_of(expr: dict) -> list:
     """Every constantValue in an encoded expression (for assertions on ids, bits, thresholds)."""
-    out = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "constantValue" in node:
-                out.append(node["constantValue"])
-            for k, v in node.items():
-                if k != "constantValue":
-                    walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(expr)
-    return out
+    return [node["constantValue"] for node in nodes(expr) if "constantValue" in node]
