@@ -12,7 +12,6 @@ size; disk use is about 9 bytes per pixel and pair while the job runs, 17 during
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
-from . import _kernels, _postprocess
+from . import _fused, _kernels, _postprocess
 from . import infill as steps
 from .gaps import aoi_mask, select_period
 from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geotiff
@@ -177,54 +176,6 @@ def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
             for r in range(0, H, edge) for c in range(0, W, edge)]
 
 
-def _with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:
-    """(T, h + 2 depth, w + 2 depth) float32 copy of a block of ``stack`` and its halo; NaN beyond the image."""
-    T, H, W = stack.shape
-    r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
-    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype="float32")
-    out[:, max(r0, 0) - r0 : min(r1, H) - r0, max(c0, 0) - c0 : min(c1, W) - c0] = \
-        stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
-    return out
-
-
-def _blas_single_threaded():
-    """Within: BLAS runs its calls on the calling thread only.
-
-    The fused stage already runs one block per core; BLAS starting its own threads for the
-    regression's matrix products on top oversubscribes the cores (on 2 cores the stage ran
-    no faster with 2 block threads than with 1).
-    """
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def _fit_predict(mm_win, mm_obs, mm_st, donor_cloudy, vv_mean, vh_mean, labels, params, edge, mm_coef, mm_pred,
-                 workers):
-    """The fused B.3-B.7 stage: one task per block computes covariates, fits and predicts.
-
-    The S1 window means come from the staged stack (``mm_win``: vv, vh), so a block reads
-    its halo straight from disk instead of recomputing window means over it; results go
-    straight into the coefficient and prediction stacks. Blocks run on a thread pool (numpy
-    releases the GIL in its loops); each writes a disjoint region.
-    """
-    depth = steps.covariate_halo(params)
-
-    def block(rows, cols):
-        win_vv, win_vh = (_with_halo(w, rows, cols, depth) for w in mm_win)
-        covs = steps.covariate_block(win_vv, win_vh, vv_mean, vh_mean, params)  # halo already removed
-        del win_vv, win_vh
-        o, s, d = mm_obs[:, rows, cols], np.asarray(mm_st[:, rows, cols]), donor_cloudy[rows, cols]
-        train = steps.training_mask(s, labels, d)
-        fit = steps.fit_block(covs, np.where(train, o, np.nan), train, params)
-        mm_pred[:, rows, cols] = steps.predict_block(covs, fit)
-        mm_coef[:, rows, cols] = fit
-
-    H, W = mm_obs.shape[1:]
-    with _blas_single_threaded(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(pool.map(lambda b: block(*b), _blocks(H, W, edge)))
-
-
 def _eval_mask(state, labels, donor_cloudy):
     """(T, y, x) the pixels each pair is scored on: in-sample for train, artificial clouds for
     validation, every clear pixel for test."""
@@ -300,10 +251,13 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block
-    mm_coef, mm_pred = _memmap(work, "coef", (11, H, W), "float64"), _memmap(work, "pred", (T, H, W), "float32")
-    _fit_predict(mm_win, mm_obs, mm_st, donor_cloudy, vv_mean, vh_mean, labels, params, edge, mm_coef, mm_pred,
-                 workers)
+    _memmap(work, "coef", (11, H, W), "float64")
+    mm_pred = _memmap(work, "pred", (T, H, W), "float32")
+    np.save(work / "donor.npy", donor_cloudy)
     del mm_win
+    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "params": params}
+    _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
+    mm_coef = np.load(work / "coef.npy", mmap_mode="r")
     for name in ("win_vv", "win_vh"):  # disk back as soon as the stage is done
         (work / f"{name}.npy").unlink()
     lap("covariates, regression, prediction (B.3-B.7)")

@@ -152,6 +152,9 @@ def aoi_mean(stack: xr.DataArray) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+COVARIATE_SLAB_PIXELS = 1 << 19  # pixels (with halo) of the images one slab of covariate_block holds
+
+
 def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray, vh_mean: np.ndarray,
                     params: InfillParams) -> np.ndarray:
     """B.3 + B.4 on one block: (T, y, x) S1 window means -> (8, T, y', x') smoothed covariates.
@@ -162,24 +165,35 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     constant AOI means are unchanged by a median; the median of ``pixel - mean`` is computed
     as ``median(pixel) - mean`` (a median commutes with a constant shift).
     """
+    h, w = vv_win.shape[-2] - 2 * covariate_halo(params), vv_win.shape[-1] - 2 * covariate_halo(params)
+    T = vv_win.shape[0]
+    out = np.empty((8, T, h, w), dtype="float32")
+    # images are independent: slabs of a few keep the kernels' temporaries small (cache-sized,
+    # and recycled by the allocator instead of mapped afresh)
+    step = max(1, COVARIATE_SLAB_PIXELS // (vv_win.shape[-2] * vv_win.shape[-1]))
+    vv_mean, vh_mean = (np.asarray(m, dtype="float32").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
+    for t in range(0, T, step):
+        sl = slice(t, t + step)
+        _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl])
+    return out
+
+
+def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out: np.ndarray) -> None:
     r_n, r_m = params.neighbourhood_radius_px, params.focal_median_radius_px
     depth, m = covariate_halo(params), int(np.ceil(r_m))
-    h, w = vv_win.shape[-2] - 2 * depth, vv_win.shape[-1] - 2 * depth
+    h, w = out.shape[-2:]
     ring = (slice(None), slice(depth - m, depth + h + m), slice(depth - m, depth + w + m))  # core + median halo
     core = (slice(None), slice(m, m + h), slice(m, m + w))
-    out = np.empty((8, vv_win.shape[0], h, w), dtype="float32")
     for k, (win, mean) in enumerate(((vv_win, vv_mean), (vh_win, vh_mean))):
-        mean = np.asarray(mean, dtype="float32").reshape(-1, 1, 1)
         win = np.asarray(win, dtype="float32")  # covariates are float32 whichever path computed the window means
         # the box mean over the core + median halo: the input's outer r_n pixels are its halo
         nmean = _kernels.box_mean(win, r_n, inset=r_n).astype("float32")
-        pix = win[ring].astype("float32")
+        pix = win[ring]
         out[0 + k] = np.where(np.isfinite(pix[core]), mean, np.nan)
         # the medians read the median halo ``m`` and cover only the core
         out[2 + k] = _kernels.focal_median(pix, r_m, inset=m) - mean
         out[4 + k] = _kernels.focal_median(nmean, r_m, inset=m)
         out[6 + k] = _kernels.focal_median(pix - nmean, r_m, inset=m)
-    return out
 
 
 def covariate_halo(params: InfillParams) -> int:
