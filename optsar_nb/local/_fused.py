@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _postprocess
 from . import infill as steps
 
 
@@ -38,6 +39,8 @@ def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> No
     stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred")})
     stage["donor"] = np.load(folder / "donor.npy")
     stage.update(shared)
+    for name in ("obs", "state"):  # the pairs are the first images (see _pipeline._compact)
+        stage[name] = stage[name][: len(shared["labels"])]
     _BLOCK_STAGE.clear()
     _BLOCK_STAGE.update(stage)
     if single_threaded_blas:  # a worker process: one block per core already
@@ -46,26 +49,39 @@ def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> No
         threadpool_limits(limits=1, user_api="blas")
 
 
-def _fit_predict_block(rows: slice, cols: slice) -> None:
-    """B.3-B.7 on one block of the staged stacks: covariates, fit, prediction, written in place."""
+def _fit_predict_block(rows: slice, cols: slice) -> np.ndarray:
+    """B.3-B.7 on one block of the staged stacks: covariates, fit and prediction, written in place.
+
+    Returns the block's error sums of the two baselines, (2, T, N_SUMS): the per-pixel mean and
+    the linear interpolation of the training observations, scored on the pixels the model is
+    scored on (:func:`~optsar_nb.local.infill.scoring_mask`, where the model predicts).
+    """
     g = _BLOCK_STAGE
-    params = g["params"]
+    params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
     win_vv, win_vh = (_with_halo(g[name], rows, cols, depth) for name in ("win_vv", "win_vh"))
     covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params)  # halo already removed
     del win_vv, win_vh
-    o, s = g["obs"][:, rows, cols], np.asarray(g["state"][:, rows, cols])
-    train = steps.training_mask(s, g["labels"], g["donor"][rows, cols])
-    fit = steps.fit_block(covs, np.where(train, o, np.nan), train, params)
-    g["pred"][:, rows, cols] = steps.predict_block(covs, fit)
+    o, s, donor = np.asarray(g["obs"][:, rows, cols]), np.asarray(g["state"][:, rows, cols]), g["donor"][rows, cols]
+    train = steps.training_mask(s, labels, donor)
+    seen = np.where(train, o, np.nan)
+    fit = steps.fit_block(covs, seen, train, params)
+    pred = steps.predict_block(covs, fit)
+    del covs
+    g["pred"][:, rows, cols] = pred
     g["coef"][:, rows, cols] = fit
+    score = steps.scoring_mask(s, labels, donor) & np.isfinite(pred)
+    baselines = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), o.shape),
+                 _postprocess.interpolation_baseline(seen, g["days"]))
+    return np.stack([_postprocess.error_sums_stack(o, b, score) for b in baselines])
 
 
-def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> None:
+def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> np.ndarray:
     """The fused B.3-B.7 stage: one task per block computes covariates, fits and predicts.
 
     Blocks read the staged S1 window means with their halo (no recomputation over halos) and
-    write straight into the staged coefficient and prediction stacks (disjoint regions). They
+    write straight into the staged coefficient and prediction stacks (disjoint regions); the
+    baselines' error sums (2, T, N_SUMS) are summed over the blocks and returned. Blocks
     run in worker processes: the stage is a long chain of numpy calls on block-sized arrays,
     which threads of one process run at about 1.4 times the speed of one thread (the
     interpreter lock and page faults on the temporaries are shared), processes at about
@@ -77,12 +93,10 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> None:
     if n <= 1:
         _open_block_stage(str(work), shared, False)
         try:
-            for rows, cols in blocks:
-                _fit_predict_block(rows, cols)
+            return sum(_fit_predict_block(rows, cols) for rows, cols in blocks)
         finally:
             _BLOCK_STAGE.clear()
-        return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
                              initargs=(str(work), shared, True)) as pool:
-        list(pool.map(_fit_predict_block, *zip(*blocks)))
+        return sum(pool.map(_fit_predict_block, *zip(*blocks)))

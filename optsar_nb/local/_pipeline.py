@@ -140,8 +140,14 @@ def infill(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(ndvi, state, vv, vh, params, aoi):
-    """B.1-B.5: period, AOI, sparse images, S1 alignment, pairing. Returns the pairs' arrays and table."""
+def _stage_optical(ndvi, state, params, aoi, work):
+    """B.1-B.2 in one pass over the optical inputs.
+
+    The period's clear observations (float32, NaN elsewhere) and states (int8; MISSING outside
+    the AOI and where a clear pixel has no NDVI) are staged to disk, and each image's AOI
+    cloud statistics are then counted on the staged states. Returns the period's NDVI (lazy,
+    for its coordinates), the statistics table, the AOI mask and the two staged stacks.
+    """
     ndvi = select_period(ndvi, params.start, params.end).sortby("time")
     state = select_period(state, params.start, params.end).sortby("time")
     if ndvi.sizes["time"] != state.sizes["time"] or not np.array_equal(ndvi.time.values, state.time.values):
@@ -150,11 +156,26 @@ def _prepare(ndvi, state, vv, vh, params, aoi):
         raise NoImages(f"no optical image between {params.start} and {params.end}: widen the dates")
     inside = aoi_mask(ndvi, aoi) if aoi is not None else None
     st = steps.observed_state(state, ndvi, inside)
-    table = steps.image_cloud_stats(st)
+    N, H, W = st.shape
+    chunks = (-1, _edge(N), _edge(N))
+    mm_obs, mm_st = _memmap(work, "obs", (N, H, W), "float32"), _memmap(work, "state", (N, H, W), "int8")
+    st_d = steps._dask(st, chunks)
+    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, chunks).astype("float32"), np.float32(np.nan))
+    da.store([st_d.astype("int8"), obs_d], [mm_st, mm_obs], lock=False)
+    table = steps.image_cloud_stats(st.copy(data=_lazy(mm_st, chunks)))
+    return ndvi, table, inside, mm_obs, mm_st
+
+
+def _select_pairs(ndvi, table, vv, vh, params, inside):
+    """B.2 (sparse images dropped), B.3 S1 alignment and B.5 pairing.
+
+    Returns the pairs' positions among the period's images, the aligned S1 stacks, the
+    pairs' S1 window weights and their table.
+    """
     keep = steps.drop_sparse_images(table, params)
     if keep.size == 0:
         raise NoImages(f"no optical image has more than {params.min_valid_pixels} valid AOI pixels")
-    ndvi, st, table = ndvi.isel(time=keep), st.isel(time=keep), table.iloc[keep].reset_index(drop=True)
+    table = table.iloc[keep].reset_index(drop=True)
     # S1 a window beyond the period too, so that dates near its ends get full windows
     pad = pd.Timedelta(days=params.s1_window_days)
     s1 = []
@@ -164,47 +185,27 @@ def _prepare(ndvi, state, vv, vh, params, aoi):
         band = band.isel(time=np.flatnonzero(near))
         band = steps.align_s1(band.sortby("time"), ndvi)
         s1.append(band.where(inside) if inside is not None else band)
-    weights = _kernels.window_weights(ndvi.time.values, s1[0].time.values, params.s1_window_days)
+    weights = _kernels.window_weights(ndvi.time.values[keep], s1[0].time.values, params.s1_window_days)
     pairs = steps.pair_images(table, weights.sum(axis=1), params)
     table = table.iloc[pairs].reset_index(drop=True).assign(S1_COUNT=weights.sum(axis=1)[pairs].astype(int))
-    return ndvi.isel(time=pairs), st.isel(time=pairs), s1[0], s1[1], weights[pairs], table, inside
+    return keep[pairs], s1[0], s1[1], weights[pairs], table
+
+
+def _compact(mm: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The staged images at ``positions`` (increasing), moved in place to the front of ``mm``.
+
+    Image ``positions[i] >= i`` is read before anything overwrites it. Returns ``mm[:n]``.
+    """
+    for i, j in enumerate(positions):
+        if i != j:
+            mm[i] = mm[j]
+    return mm[: len(positions)]
 
 
 def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
     """Row-major (rows, cols) slices of the square blocks of an H x W grid."""
     return [(slice(r, min(r + edge, H)), slice(c, min(c + edge, W)))
             for r in range(0, H, edge) for c in range(0, W, edge)]
-
-
-def _eval_mask(state, labels, donor_cloudy):
-    """(T, y, x) the pixels each pair is scored on: in-sample for train, artificial clouds for
-    validation, every clear pixel for test."""
-    lab = np.asarray(labels).reshape(-1, 1, 1)
-    train = steps.training_mask(state, labels, donor_cloudy) & (lab == "train")
-    return train | steps.validation_pixels(state, labels, donor_cloudy) | ((state == CLEAR) & (lab == "test"))
-
-
-def _baseline_sums(obs, st, donor, pred, labels, days):
-    """Per pair, error sums of the two baselines on the model's scoring pixels: (2, T, N_SUMS).
-
-    Scoring pixels are those of :func:`_eval_mask` where the model has a prediction, so that
-    model and baselines are scored on exactly the same pixels.
-    """
-    T = len(labels)
-
-    def block(b_obs, b_st, b_donor, b_pred):
-        train = steps.training_mask(b_st, labels, b_donor[0])
-        seen = np.where(train, b_obs, np.nan)
-        score = _eval_mask(b_st, labels, b_donor[0]) & np.isfinite(b_pred)
-        base = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), b_obs.shape),
-                _postprocess.interpolation_baseline(seen, days))
-        out = np.stack([_postprocess.error_sums_stack(b_obs, b, score) for b in base])
-        return out[None, None]
-
-    parts = da.blockwise(block, "ijbtk", obs, "tij", st, "tij", donor[None], "dij", pred, "tij",
-                         new_axes={"b": 2, "t": T, "k": _postprocess.N_SUMS}, adjust_chunks={"i": 1, "j": 1},
-                         dtype="float64", concatenate=True)
-    return parts.sum(axis=(0, 1))
 
 
 def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, workers):
@@ -216,30 +217,25 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         timings[name] = timings.get(name, 0.0) + now - tic
         tic = now
 
-    ndvi, st, vv, vh, weights, table, inside = _prepare(ndvi, state, vv, vh, params, aoi)
+    ndvi, table, inside, mm_obs, mm_st = _stage_optical(ndvi, state, params, aoi, work)
+    lap("stage observations (B.1-B.2)")
+    sel, vv, vh, weights, table = _select_pairs(ndvi, table, vv, vh, params, inside)
+    ndvi, mm_obs, mm_st = ndvi.isel(time=sel), _compact(mm_obs, sel), _compact(mm_st, sel)
     table, donor_pos = steps.split_pairs(table, params)
     labels = table["SplitLabel"].to_numpy().astype(str)
-    T, H, W = ndvi.sizes["time"], ndvi.sizes["y"], ndvi.sizes["x"]
+    T, H, W = mm_obs.shape
     edge = _edge(T)
-    lap("prepare (B.1-B.2, B.5-B.6 split)")
-
-    # stage 0: observation and state stacks of the pairs, to disk
-    mm_obs, mm_st = _memmap(work, "obs", (T, H, W), "float32"), _memmap(work, "state", (T, H, W), "int8")
-    st_d = steps._dask(st, (-1, edge, edge))
-    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
-    da.store([st_d.astype("int8"), obs_d], [mm_st, mm_obs], lock=False)
     donor_cloudy = np.asarray(mm_st[donor_pos] == 0)
-    obs = _lazy(mm_obs, chunks=(-1, edge, edge))
-    sts = _lazy(mm_st, chunks=(-1, edge, edge))
-    donor = da.from_array(donor_cloudy, chunks=(edge, edge))
-    lap("stage observations")
+    times = pd.to_datetime(table["CollectionTime"], unit="ms")
+    days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
+    lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 window means, staged (the fused stage reads them with its halo), and their AOI means
     # (a global reduction, over the staged float32 values the covariates use)
     mm_win = [_memmap(work, name, (T, H, W), "float32") for name in ("win_vv", "win_vh")]
-    wins = [steps._dask(band, (-1, edge, edge)).map_blocks(  # blocks of the stage's size: bounded temporaries
-        lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
-        chunks=((T,), *obs.chunks[1:]), dtype="float32") for band in (vv, vh)]
+    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+                          chunks=((T,), *s1.chunks[1:]), dtype="float32")
+            for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
     da.store(wins, mm_win, lock=False)
     means = []
     for mm in mm_win:
@@ -250,23 +246,17 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         vv_mean, vh_mean = s_vv / n_vv, s_vh / n_vh
     lap("S1 window means, AOI means (B.3)")
 
-    # B.3-B.7 fused per block
+    # B.3-B.7 fused per block, with the baselines' error sums on the same pixels
     _memmap(work, "coef", (11, H, W), "float64")
     mm_pred = _memmap(work, "pred", (T, H, W), "float32")
     np.save(work / "donor.npy", donor_cloudy)
     del mm_win
-    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "params": params}
-    _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
+    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params}
+    base_sums = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
     mm_coef = np.load(work / "coef.npy", mmap_mode="r")
     for name in ("win_vv", "win_vh"):  # disk back as soon as the stage is done
         (work / f"{name}.npy").unlink()
-    lap("covariates, regression, prediction (B.3-B.7)")
-
-    times = pd.to_datetime(table["CollectionTime"], unit="ms")
-    days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
-    pred_raw = _lazy(mm_pred, chunks=(-1, edge, edge))  # NaN where the model has no prediction
-    base_sums = _baseline_sums(obs, sts, donor, pred_raw, labels, days).compute()
-    lap("baselines")
+    lap("covariates, regression, prediction, baselines (B.3-B.7)")
 
     # B.8 PCA smoothing, in place
     pred_lazy = xr.DataArray(_lazy(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
@@ -286,7 +276,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
         cal = steps.standardize_one(np.asarray(mm_pred[t]), o, used, frac, params)
         mm_pred[t] = cal
-        score = _eval_mask(s[None], labels[t : t + 1], donor_cloudy)[0] & np.isfinite(cal)
+        score = steps.scoring_mask(s[None], labels[t : t + 1], donor_cloudy)[0] & np.isfinite(cal)
         pick = np.flatnonzero(score)
         k = min(pick.size, max(1, SCATTER_SAMPLES // max(1, int((labels == labels[t]).sum()))))
         pick = np.random.default_rng([params.seed, t]).choice(pick, k, replace=False) if pick.size else pick

@@ -297,6 +297,14 @@ def validation_pixels(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.nd
     return (state == CLEAR) & (lab == "validation") & donor_cloudy[None]
 
 
+def scoring_mask(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.ndarray) -> np.ndarray:
+    """(T, y, x) bool: the pixels each pair is scored on: its training samples for train pairs,
+    the artificial clouds for validation pairs, every clear pixel for test pairs."""
+    lab = np.asarray(labels).reshape(-1, 1, 1)
+    train = training_mask(state, labels, donor_cloudy) & (lab == "train")
+    return train | validation_pixels(state, labels, donor_cloudy) | ((state == CLEAR) & (lab == "test"))
+
+
 # ---------------------------------------------------------------------------------------------
 # B.6-B.7 regression and prediction
 def design(cov_block: np.ndarray) -> np.ndarray:
