@@ -40,3 +40,7 @@ class NotEnoughPairs(OptsarError):
 
 class OutputExists(OptsarError, FileExistsError):
     """An output file exists and overwriting was not requested."""
+
+
+class WorkerFailed(OptsarError, RuntimeError):
+    """A worker process of the local engine stopped abruptly (unguarded script, out of memory)."""

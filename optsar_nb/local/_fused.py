@@ -10,15 +10,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import WorkerFailed
 from . import _postprocess
 from . import infill as steps
 
 
-def _with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:
+def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:
     """(T, h + 2 depth, w + 2 depth) float32 copy of a block of ``stack`` and its halo; NaN beyond the image."""
     T, H, W = stack.shape
     r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
@@ -59,7 +61,7 @@ def _fit_predict_block(rows: slice, cols: slice) -> np.ndarray:
     g = _BLOCK_STAGE
     params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
-    win_vv, win_vh = (_with_halo(g[name], rows, cols, depth) for name in ("win_vv", "win_vh"))
+    win_vv, win_vh = (read_with_halo(g[name], rows, cols, depth) for name in ("win_vv", "win_vh"))
     covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params)  # halo already removed
     del win_vv, win_vh
     o, s, donor = np.asarray(g["obs"][:, rows, cols]), np.asarray(g["state"][:, rows, cols]), g["donor"][rows, cols]
@@ -97,6 +99,14 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> np.nda
         finally:
             _BLOCK_STAGE.clear()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
-                             initargs=(str(work), shared, True)) as pool:
-        return sum(pool.map(_fit_predict_block, *zip(*blocks)))
+    try:
+        with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
+                                 initargs=(str(work), shared, True)) as pool:
+            return sum(pool.map(_fit_predict_block, *zip(*blocks)))
+    except BrokenProcessPool as err:
+        raise WorkerFailed(
+            "a worker process of the regression stage stopped abruptly. If this runs from a script, "
+            "put the call under `if __name__ == \"__main__\":` (worker processes import the main "
+            "script again); otherwise the machine may have run out of memory: pass workers=1 "
+            "(or fewer workers) to use less"
+        ) from err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _fused, _kernels, _postprocess
 from . import infill as steps
+from ._fused import read_with_halo
 from .gaps import aoi_mask, select_period
 from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geotiff
 
@@ -320,7 +322,15 @@ def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params,
     pred_da = _stack_like(_lazy(mm_pred, chunks=tiles), ndvi, table, "NDVI_Pred")
     obs_da = _stack_like(_lazy(mm_obs, chunks=tiles), ndvi, table, "NDVI_Obs")
     st_da = _stack_like(_lazy(mm_st, chunks=tiles), ndvi, table, "NDVI_Mask")
-    filled = steps.gap_fill(obs_da, pred_da, st_da == CLEAR, params, inside)
+    inside = np.asarray(inside.values) if inside is not None else None
+
+    def gapfree(block_info=None):
+        _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
+        return _gapfree_block(mm_obs, mm_pred, mm_st, inside, params, rows, cols)
+
+    # named here: dask would otherwise hash the staged stacks the function reads to name it
+    filled = da.map_blocks(gapfree, chunks=pred_da.data.chunks, dtype="float32", name=f"gapfree-{uuid.uuid4().hex}")
+    filled = _stack_like(filled, ndvi, table, "NDVI_gapfree")
     write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
     write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
     write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
@@ -332,6 +342,20 @@ def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params,
     out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
     write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
               overwrite=overwrite)
+
+
+def _gapfree_block(mm_obs, mm_pred, mm_st, inside, params, rows: slice, cols: slice) -> np.ndarray:
+    """B.10 on one block of the staged stacks: the observation where clear, the prediction
+    elsewhere, NaN outside the AOI, then the circular focal median.
+
+    The block is read with the median's halo straight from the staged stacks (NaN beyond the
+    image), as :func:`~optsar_nb.local.infill.gap_fill` does on lazy arrays.
+    """
+    r = int(np.ceil(params.focal_median_radius_px))
+    obs, pred, state = (read_with_halo(m, rows, cols, r) for m in (mm_obs, mm_pred, mm_st))
+    keep = read_with_halo(inside[None], rows, cols, r)[0] == 1 if inside is not None else None
+    fill = _postprocess.fill_image(obs, pred, state == CLEAR, keep)
+    return _kernels.focal_median(fill, params.focal_median_radius_px, inset=r)
 
 
 def _pixel_baselines(series_obs, series_state, labels, donor_px, days):
@@ -380,14 +404,8 @@ def _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params) -
     H, W = mm_pred.shape[1:]
     pick = np.sort(np.random.default_rng(params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
     ys, xs = np.unravel_index(pick, (H, W))
-    r = int(np.ceil(params.focal_median_radius_px))
-    gapfree = []
-    for y, x in zip(ys, xs):  # B.10 on the pixel's own neighbourhood (clipped at the image edge)
-        win = (slice(None), slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
-        fill = _postprocess.fill_image(mm_obs[win], mm_pred[win], mm_st[win] == CLEAR)
-        smooth = _kernels.focal_median(fill, params.focal_median_radius_px)
-        gapfree.append(smooth[:, y - win[1].start, x - win[2].start])
-    gapfree = np.stack(gapfree, axis=1)
+    gapfree = np.stack([_gapfree_block(mm_obs, mm_pred, mm_st, None, params, slice(y, y + 1), slice(x, x + 1))[:, 0, 0]
+                        for y, x in zip(ys, xs)], axis=1)
     series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
     series_st = np.asarray(mm_st[:, ys, xs])
     _, interp = _pixel_baselines(series_obs, series_st, labels, donor_cloudy[ys, xs], days)

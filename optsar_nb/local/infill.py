@@ -18,6 +18,8 @@ block with the full time axis, and AOI-wide quantities are explicit global reduc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -461,7 +463,21 @@ def image_mae(obs: xr.DataArray, pred: xr.DataArray, clear: xr.DataArray) -> np.
 
 
 from ._infill_inputs import load_flanders, load_netcdf_inputs, load_seed_inputs  # noqa: E402
-from ._pipeline import InfillRun, infill, load_model, predict_from_model  # noqa: E402  (uses the steps above)
+
+# the whole job and the saved model live in _pipeline, which uses the steps above: imported on
+# first use (PEP 562), so that this module and _pipeline can be imported in either order
+_PIPELINE_NAMES = ("InfillRun", "infill", "load_model", "predict_from_model")
+if TYPE_CHECKING:
+    from ._pipeline import InfillRun, infill, load_model, predict_from_model
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        from . import _pipeline
+
+        return getattr(_pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COEFFICIENT_BANDS", "COVARIATES", "align_s1", "aoi_mean", "cloud_mask", "covariates", "drop_sparse_images",
