@@ -324,6 +324,75 @@ def test_infill_does_not_depend_on_chunking(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(runs[0].metadata, runs[1].metadata)
 
 
+def _read_outputs(run) -> dict[str, np.ndarray]:
+    import rasterio
+
+    out = {}
+    for name in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", "NDVI_Model"):
+        with rasterio.open(run.paths[name]) as src:
+            out[name] = src.read()
+    return out
+
+
+def test_worker_processes_give_the_same_outputs_as_one_process(tmp_path, monkeypatch):
+    """The fused stage's blocks run in worker processes or here: the files are identical."""
+    from optsar_nb.local import _pipeline
+
+    monkeypatch.setattr(_pipeline, "_edge", lambda n: 13)  # 12 blocks
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    runs = [inf.infill(ndvi, state, vv, vh, _params(), tmp_path / str(n), report=False, workers=n) for n in (1, 2)]
+    one, two = (_read_outputs(r) for r in runs)
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+    pd.testing.assert_frame_equal(runs[0].metrics, runs[1].metrics)
+    # the gap-free stack the job writes equals the B.10 step function applied to its own outputs
+    clear = one["NDVI_Mask"] == 1
+    like = lambda a: ndvi.copy(data=a)  # noqa: E731
+    expected = inf.gap_fill(like(one["NDVI_Obs"]), like(one["NDVI_Pred"]), like(clear), _params()).values
+    np.testing.assert_array_equal(one["NDVI_gapfree"], expected)
+
+
+def test_dropped_images_leave_the_others_in_order(tmp_path):
+    """An image without valid pixels and one without S1 in its window are left out; every other
+    image keeps its own observations, mask and ID (the staged stacks are compacted in place)."""
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    st = state.values.copy()
+    st[5] = -1  # no valid pixel: dropped as sparse (B.2)
+    state = state.copy(data=st)
+    t20 = pd.Timestamp(ndvi.time.values[20])
+    far = np.abs(pd.DatetimeIndex(vv.time.values) - t20) > pd.Timedelta(days=12)
+    vv, vh = vv.isel(time=np.flatnonzero(far)), vh.isel(time=np.flatnonzero(far))  # image 20 has no pair (B.5)
+    run = inf.infill(ndvi, state, vv, vh, _params(), tmp_path, report=False)
+    kept = [i for i in range(ndvi.sizes["time"]) if i not in (5, 20)]
+    assert list(run.metadata["ID"]) == [f"n{i}" for i in kept]
+    out = _read_outputs(run)
+    np.testing.assert_array_equal(out["NDVI_Mask"], st[kept])
+    expected_obs = np.where(st[kept] == 1, ndvi.values[kept], np.nan)
+    np.testing.assert_array_equal(out["NDVI_Obs"], expected_obs)
+
+
+def test_unguarded_script_gets_a_clear_error(tmp_path):
+    """Worker processes import the main script again: a script without the __main__ guard is told so."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_infill import _params, synthetic_scene
+        from optsar_nb.local import _pipeline, infill as inf
+        _pipeline._edge = lambda n: 13
+        ndvi, state, vv, vh, _ = synthetic_scene(H=26, W=26, T=30)
+        inf.infill(ndvi, state, vv, vh, _params(), {str(tmp_path / "out")!r}, report=False, workers=2)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "WorkerFailed" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+
+
 def test_infill_outputs_and_model_reload(tmp_path):
     import rasterio
 
