@@ -181,8 +181,7 @@ def interpolation_baseline(train_obs: np.ndarray, days: np.ndarray) -> np.ndarra
     pi, ni = np.clip(prev_i, 0, T - 1), np.clip(next_i, 0, T - 1)
     v_prev = np.take_along_axis(train_obs, pi, 0)
     v_next = np.take_along_axis(train_obs, ni, 0)
-    t_prev = np.take_along_axis(np.broadcast_to(t, train_obs.shape), pi, 0)
-    t_next = np.take_along_axis(np.broadcast_to(t, train_obs.shape), ni, 0)
+    t_prev, t_next = np.take(t.ravel(), pi), np.take(t.ravel(), ni)  # the dates are every pixel's
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(t_next > t_prev, (t - t_prev) / (t_next - t_prev), 0.0)
         both = v_prev + frac * (v_next - v_prev)

@@ -35,12 +35,12 @@ PERFECT_FIT_SCALE = 1e-9  # residual scale (NDVI units) below which a fit is exa
 BATCH_BYTES = 64 * 2**20  # size of one (pixels, time, 9) float64 temporary: bounds a batch's memory
 
 
-def _solve(X: np.ndarray, y: np.ndarray, w: np.ndarray, rcond: float) -> tuple[np.ndarray, np.ndarray]:
+def _solve(Xw: np.ndarray, y: np.ndarray, rcond: float) -> tuple[np.ndarray, np.ndarray]:
     """Minimum-norm weighted least squares of many pixels at once.
 
-    X (P, T, K), y (P, T), w (P, T) 0/1 -> coefficients (P, K), rank (P,).
+    Xw (P, T, K) the design with the rows of zero weight zeroed (weights are 0/1, so
+    ``Xw^T Xw = X^T W X`` and ``Xw^T y = X^T W y``), y (P, T) -> coefficients (P, K), rank (P,).
     """
-    Xw = X * w[..., None]
     gram = np.matmul(Xw.transpose(0, 2, 1), Xw)
     rhs = np.einsum("ptk,pt->pk", Xw, y)
     d = np.sqrt(np.maximum(np.einsum("pkk->pk", gram), 0.0))
@@ -72,12 +72,15 @@ def talwar_irls(
     tuning: float,
     rcond: float,
     max_iterations: int,
+    overwrite_X: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust regression of every pixel: see the module docstring for the exact algorithm.
 
-    Inputs: X (P, T, K) design (column 0 the constant), y (P, T) response, valid (P, T) bool
-    (samples that may be used; NaN elsewhere is ignored). Outputs: coefficients (P, K) float64
-    (NaN where fewer than K valid samples), rank (P,) int of the final solve, iterations (P,).
+    Inputs: X (P, T, K) float64 design (column 0 the constant), y (P, T) response, valid (P, T)
+    bool (samples that may be used; NaN elsewhere is ignored). With ``overwrite_X`` the rows of
+    unusable samples are zeroed in X itself instead of in a copy. Outputs: coefficients (P, K)
+    float64 (NaN where fewer than K valid samples), rank (P,) int of the final solve,
+    iterations (P,).
     """
     P, T, K = X.shape
     coef = np.full((P, K), np.nan)
@@ -86,15 +89,18 @@ def talwar_irls(
     batch = max(64, BATCH_BYTES // max(1, T * K * 8))
     for start in range(0, P, batch):
         sl = slice(start, start + batch)
-        c, r, it = _irls_batch(X[sl], y[sl], valid[sl], tuning, rcond, max_iterations)
+        c, r, it = _irls_batch(X[sl], y[sl], valid[sl], tuning, rcond, max_iterations, overwrite_X)
         coef[sl], rank[sl], iters[sl] = c, r, it
     return coef, rank, iters
 
 
-def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
+def _irls_batch(X, y, valid, tuning, rcond, max_iterations, overwrite_X):
     P, T, K = X.shape
     valid = valid & np.isfinite(y) & np.isfinite(X).all(axis=-1)
-    X = np.where(valid[..., None], X, 0.0).astype("float64", copy=False)
+    if overwrite_X and X.dtype == np.float64:
+        X[~valid] = 0.0
+    else:
+        X = np.where(valid[..., None], X, 0.0).astype("float64", copy=False)
     y = np.where(valid, y, 0.0).astype("float64", copy=False)
     coef = np.full((P, K), np.nan)
     rank = np.zeros(P, dtype=np.int16)
@@ -104,7 +110,8 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
         return coef, rank, iters
     Xo, yo, vo = (X, y, valid) if ok.size == P else (X[ok], y[ok], valid[ok])
     w = vo.astype("float64")
-    beta, rk = _solve(Xo, yo, w, rcond)
+    beta, rk = _solve(Xo, yo, rcond)  # X is already zero where the weight (validity) is 0
+    scratch = None  # the weighted design of full-size solves, allocated once
     active = np.arange(ok.size)  # pixels still iterating (indices into ok)
     n_iter = np.zeros(ok.size, dtype=np.int16)
     for _ in range(max_iterations):
@@ -123,9 +130,12 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations):
             break
         w[moving] = w_new[go]
         if moving.size == ok.size:
-            beta, rk = _solve(Xo, yo, w, rcond)
+            scratch = np.multiply(Xo, w[..., None], out=scratch)
+            beta, rk = _solve(scratch, yo, rcond)
         else:
-            beta[moving], rk[moving] = _solve(Xo[moving], yo[moving], w[moving], rcond)
+            Xm = Xo[moving]  # a gathered copy: weighted in place
+            Xm *= w[moving][..., None]
+            beta[moving], rk[moving] = _solve(Xm, yo[moving], rcond)
         n_iter[moving] += 1
         active = moving
     coef[ok], rank[ok], iters[ok] = beta, rk, n_iter

@@ -337,11 +337,12 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
         X = design(covs[:, used, px].reshape(cov_block.shape[0], len(used), 1, -1))
         y_b = y[used, px].T.astype("float64")
         valid_b = valid[used, px].T
-        coef, rank, _ = _regression.talwar_irls(X, y_b, valid_b, tuning=params.talwar_tuning,
-                                                rcond=params.lstsq_rcond, max_iterations=params.irls_max_iterations)
+        n_train = (valid_b & np.isfinite(y_b) & np.isfinite(X).all(axis=-1)).sum(axis=1)
+        coef, rank, _ = _regression.talwar_irls(X, y_b, valid_b, tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
+                                                max_iterations=params.irls_max_iterations, overwrite_X=True)
         out[:9, px] = coef.T
         out[9, px] = rank
-        out[10, px] = (valid_b & np.isfinite(y_b) & np.isfinite(X).all(axis=-1)).sum(axis=1)
+        out[10, px] = n_train
     return out.reshape(11, h, w)
 
 
