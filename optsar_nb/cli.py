@@ -62,7 +62,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
     params = InfillParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask, seed=args.seed)
     aoi = load_aoi(args.aoi, max_area_km2=params.max_aoi_km2) if args.aoi else None
     ndvi, state, vv, vh = open_infill_inputs(args, params)
-    run = infill(ndvi, state, vv, vh, params, args.out, aoi=aoi, overwrite=args.overwrite)
+    run = infill(ndvi, state, vv, vh, params, args.out, aoi=aoi, overwrite=args.overwrite, workers=args.workers,
+                 work_dir=args.work_dir)
     print(f"gap-free NDVI for {params.mission} {params.start} to {params.end} written:")
     _print_paths(run.paths)
     _print_validation(run)
@@ -157,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--aoi", help="AOI: GeoJSON or shapefile (default: the whole stack)")
     inf.add_argument("--out", required=True, help="output folder")
     inf.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    inf.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
+    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~17 bytes per "
+                                        "pixel and image")
     inf.set_defaults(func=cmd_infill)
 
     from .batch import add_batch_parser

@@ -44,3 +44,7 @@ class OutputExists(OptsarError, FileExistsError):
 
 class WorkerFailed(OptsarError, RuntimeError):
     """A worker process of the local engine stopped abruptly (unguarded script, out of memory)."""
+
+
+class InsufficientDisk(OptsarError, OSError):
+    """The temporary folder of a local job cannot hold its staged stacks."""

@@ -51,3 +51,36 @@ def test_demo_prints_outputs_and_truth_mae(tmp_path, capsys):
     # a second run keeps the first run's files and says how to replace them
     assert main(["demo", "--out", str(out), "--no-notebooks"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, monkeypatch):
+    """The staging need is checked first: a clear error naming the sizes and --work-dir, nothing left behind."""
+    import shutil
+
+    from optsar_nb.local import _pipeline
+
+    free = 10**6
+    monkeypatch.setattr(_pipeline.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    sample = ROOT / "data" / "sample"
+    args = ["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01"]
+    work = tmp_path / "scratch"
+    assert main([*args, "--out", str(tmp_path / "out"), "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err
+    # 74 images of 80 x 80 px x 17 bytes (+ 88 bytes per pixel for the coefficients)
+    assert "about 8.6 MB of temporary stacks (74 images of 80 x 80 px)" in err and "1.0 MB free" in err
+    assert "--work-dir" in err
+    assert list(work.iterdir()) == [] and list((tmp_path / "out").iterdir()) == []
+
+
+def test_infill_stages_in_the_work_dir(tmp_path, monkeypatch):
+    from optsar_nb.local import _pipeline
+
+    used = []
+    mkdtemp = _pipeline.tempfile.mkdtemp
+    monkeypatch.setattr(_pipeline.tempfile, "mkdtemp", lambda **kw: used.append(kw["dir"]) or mkdtemp(**kw))
+    sample = ROOT / "data" / "sample"
+    work = tmp_path / "scratch"
+    assert main(["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01", "--workers", "1",
+                 "--out", str(tmp_path / "out"), "--work-dir", str(work)]) == 0
+    assert used == [work] and list(work.iterdir()) == []  # staged there, removed afterwards
+    assert (tmp_path / "out" / "NDVI_gapfree_S2_2021-01-01_2022-01-01.tif").exists()

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import NoImages, StackMismatch
+from ..errors import InsufficientDisk, NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
@@ -118,6 +118,7 @@ def infill(
     overwrite: bool = False,
     report: bool = True,
     workers: int | None = None,
+    work_dir: str | Path | None = None,
 ) -> InfillRun:
     """Run docs/method.md part B and write its outputs into ``out_dir``.
 
@@ -127,19 +128,58 @@ def infill(
     ``NDVI_Pred`` (the calibrated prediction), ``NDVI_Obs`` (clear observations) with one band per
     pair ID, ``NDVI_Model`` (the coefficient image), ``Output_Metadata`` CSV and, with
     ``report``, the accuracy report. Existing files are refused unless ``overwrite``.
+
+    ``workers``: cores to use (default: all). ``work_dir``: where the job stages its temporary
+    stacks (default: ``out_dir``); it needs about STAGING_BYTES_PER_SAMPLE bytes per pixel and
+    image while the regression runs, which is checked before any work starts.
     """
     out_dir = Path(out_dir)
     paths = output_paths(out_dir, params, report=report)
     if not overwrite:
         refuse_existing(paths.values())
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".infill-work-", dir=out_dir))
+    work_parent = Path(work_dir) if work_dir is not None else out_dir
+    work_parent.mkdir(parents=True, exist_ok=True)
+    check_disk_space(select_period(ndvi, params.start, params.end).shape, work_parent, out_dir)
+    work = Path(tempfile.mkdtemp(prefix=".infill-work-", dir=work_parent))
     try:
         with dask.config.set(scheduler="threads", num_workers=workers):
             return _run(ndvi, state, vv, vh, params, paths, work, aoi=aoi, overwrite=overwrite, report=report,
                         workers=workers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Temporary disk per pixel and image while the regression runs: observations (float32), states
+# (int8), the two S1 window means (float32) and the predictions (float32); afterwards the window
+# means are deleted (9 bytes). The coefficient image adds 88 bytes per pixel.
+STAGING_BYTES_PER_SAMPLE = 17
+# Output bytes per pixel and image before compression (three float32 stacks and the int8 mask);
+# deflate typically brings the float stacks to ~70 %.
+OUTPUT_BYTES_PER_SAMPLE = 13
+
+
+def check_disk_space(shape: tuple[int, int, int], work_dir: Path, out_dir: Path) -> None:
+    """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input.
+
+    Counts every image of the period (an upper bound: sparse and unpaired images are dropped
+    later). The message gives the sizes and the fix, instead of a full disk an hour in.
+    """
+    n, h, w = shape
+    staging = n * h * w * STAGING_BYTES_PER_SAMPLE + 88 * h * w
+    outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
+    free = shutil.disk_usage(work_dir).free
+    if staging > free:
+        raise InsufficientDisk(
+            f"the infilling stages about {_size(staging)} of temporary stacks ({n} images of {h} x {w} px) "
+            f"in {work_dir}, which has {_size(free)} free. Pass work_dir= (CLI: --work-dir) on a disk with "
+            f"more space, or shorten the period or the AOI. The outputs in {out_dir} need up to "
+            f"{_size(outputs)} more (less after compression)."
+        )
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
 
 
 def _stage_optical(ndvi, state, params, aoi, work):
