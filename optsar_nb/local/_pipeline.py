@@ -1,13 +1,23 @@
 """The whole infilling job (docs/method.md part B) at scale, and the saved model.
 
-Stages and why they are staged: the prediction stack feeds three global reductions in turn
-(PCA means, PCA covariance, per-image standardization quantiles), so it is computed once and
-kept in a temporary memory-mapped file beside the outputs instead of in memory or recomputed.
-The observation and state stacks are staged the same way so that the per-image steps (B.9,
-B.10) read one contiguous image at a time. The S1 window means are staged too (computed once,
-then read with their halo by the fused covariates + regression stage, instead of re-reading and
-re-averaging S1 over every block's halo). Peak memory is then a few blocks, whatever the scene
-size; disk use is about 9 bytes per pixel and pair while the job runs, 17 during B.3-B.7.
+Passes over the data, in order:
+1. the optical inputs are read once: clear observations and states staged to disk, per-image
+   cloud statistics counted on the staged states; sparse and unpaired images are then dropped
+   by compacting the staged stacks in place;
+2. S1 is read once: window means staged, their AOI means reduced;
+3. the fused stage (``_fused``), in worker processes, block by block: covariates with their
+   halo, robust regression, prediction and the two baselines' error sums;
+4. PCA smoothing (two global reductions, then the reconstruction, in place);
+5. standardization and scores, image by image;
+6. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
+
+Why staged: the prediction stack feeds three global reductions in turn (PCA means, PCA
+covariance, per-image standardization quantiles), so it is computed once and kept in a
+temporary memory-mapped file instead of in memory or recomputed; the observations and states
+are staged so that per-image steps read one contiguous image at a time; the S1 window means so
+that the fused stage reads them with their halo instead of re-reading and re-averaging S1 over
+every block's halo. Peak memory is then a few blocks per core, whatever the scene size; disk
+use is STAGING_BYTES_PER_SAMPLE (17) bytes per pixel and image during the fused stage, 9 after.
 """
 
 from __future__ import annotations
