@@ -243,6 +243,28 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
     return keep[pairs], s1[0], s1[1], weights[pairs], table
 
 
+def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.ndarray, np.ndarray]:
+    """B.3: the pairs' S1 window means staged as ``win_vv`` and ``win_vh``; returns their AOI means.
+
+    The AOI means are a global reduction over the staged float32 values, the values the
+    covariates use. Nothing here keeps the staged files mapped once it returns, so deleting
+    them gives their disk back at once.
+    """
+    T = shape[0]
+    staged = [_memmap(work, name, shape, "float32") for name in ("win_vv", "win_vh")]
+    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+                          chunks=((T,), *s1.chunks[1:]), dtype="float32")
+            for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
+    da.store(wins, staged, lock=False)
+    sums = []
+    for mm in staged:
+        win = _lazy(mm, chunks=(-1, edge, edge)).astype("float64")
+        sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
+    (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return s_vv / n_vv, s_vh / n_vh
+
+
 def _compact(mm: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """The staged images at ``positions`` (increasing), moved in place to the front of ``mm``.
 
@@ -283,26 +305,13 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 window means, staged (the fused stage reads them with its halo), and their AOI means
-    # (a global reduction, over the staged float32 values the covariates use)
-    mm_win = [_memmap(work, name, (T, H, W), "float32") for name in ("win_vv", "win_vh")]
-    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
-                          chunks=((T,), *s1.chunks[1:]), dtype="float32")
-            for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
-    da.store(wins, mm_win, lock=False)
-    means = []
-    for mm in mm_win:
-        win = _lazy(mm, chunks=(-1, edge, edge)).astype("float64")
-        means.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
-    (s_vv, n_vv), (s_vh, n_vh) = da.compute(*means)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vv_mean, vh_mean = s_vv / n_vv, s_vh / n_vh
+    vv_mean, vh_mean = _stage_window_means(vv, vh, weights, params, work, (T, H, W), edge)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block, with the baselines' error sums on the same pixels
     _memmap(work, "coef", (11, H, W), "float64")
     mm_pred = _memmap(work, "pred", (T, H, W), "float32")
     np.save(work / "donor.npy", donor_cloudy)
-    del mm_win
     shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params}
     base_sums = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
     mm_coef = np.load(work / "coef.npy", mmap_mode="r")
