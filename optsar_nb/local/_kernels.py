@@ -218,9 +218,9 @@ def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarra
     holds no valid value. Each window's images are summed in time order, so the result does
     not depend on the block shape (a matrix product's summation order could).
     """
-    s1 = np.asarray(s1, dtype="float64")
+    s1 = np.asarray(s1)
     valid = np.isfinite(s1) & (s1 >= min_db)
-    values = np.where(valid, s1, 0.0)
+    values = np.where(valid, s1, s1.dtype.type(0))  # input precision; sums accumulate in float64
     out = np.full((weights.shape[0], *s1.shape[1:]), np.nan)
     done: dict[bytes, int] = {}  # optical dates a few days apart often share their S1 window: reuse it
     for i, row in enumerate(weights):  # one optical date at a time, vectorised over pixels
@@ -234,7 +234,7 @@ def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarra
         done[key] = i
         if sel[-1] - sel[0] + 1 == sel.size:  # consecutive images (time-sorted S1): views, no copies
             sel = slice(sel[0], sel[-1] + 1)
-        total, count = values[sel].sum(axis=0), valid[sel].sum(axis=0)
+        total, count = values[sel].sum(axis=0, dtype="float64"), valid[sel].sum(axis=0, dtype="int16")
         with np.errstate(invalid="ignore", divide="ignore"):
             out[i] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
