@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("cases", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--fraction", type=float, default=None, help="fraction of rows (default 1; case 3: 0.125)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "optsar_bench_scenes"))
-    parser.add_argument("--workers", type=int, default=2, help="threads (default 2, the target machine's cores)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="cores: regression worker processes, threads elsewhere (default 2, the target machine's)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -1,4 +1,4 @@
-"""The fused B.3-B.7 stage of the infilling job: covariates, fit and prediction, block by block.
+"""The fused B.3-B.7 stage of the infilling job: covariates, fit, prediction and baselines, block by block.
 
 Each block reads the staged S1 window means with their halo and writes its coefficients and
 predictions into the staged stacks (see ``_pipeline``). Its own module so that worker
