@@ -312,9 +312,14 @@ def scoring_mask(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.ndarray
 def design(cov_block: np.ndarray) -> np.ndarray:
     """(8, T, y, x) covariates -> (P = y*x, T, 9) float64 design with the constant first."""
     n_cov, T = cov_block.shape[:2]
-    X = np.empty((cov_block.shape[2] * cov_block.shape[3], T, n_cov + 1))
+    return _with_constant(cov_block.reshape(n_cov, T, -1).transpose(2, 1, 0))
+
+
+def _with_constant(covs: np.ndarray) -> np.ndarray:
+    """(P, T, 8) covariates -> (P, T, 9) float64 design, the constant first."""
+    X = np.empty((*covs.shape[:2], covs.shape[2] + 1))
     X[..., 0] = 1.0
-    X[..., 1:] = cov_block.reshape(n_cov, T, -1).transpose(2, 1, 0)
+    X[..., 1:] = covs
     return X
 
 
@@ -323,7 +328,7 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
 
     The (pixels, T, 9) float64 design is built one regression batch of pixels at a time, so a
     block's memory is its covariates, not 2.25 times their size: blocks can be large and
-    their halo cheap.
+    their halo cheap. Each pixel's design holds only its usable samples, in time order.
     """
     T, h, w = obs.shape
     used = np.flatnonzero(train.reshape(T, -1).any(axis=1))  # test pairs etc. cannot influence the fit
@@ -341,9 +346,7 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
         # each pixel's usable samples first, in time order, and the rest (about half: clouds)
         # dropped: the regression sees only rows that can count
         keep = np.argsort(~usable, axis=1, kind="stable")[:, : max(int(n_train.max(initial=0)), 1)]
-        X = np.empty((*keep.shape, c_b.shape[0] + 1))
-        X[..., 0] = 1.0
-        X[..., 1:] = np.take_along_axis(c_b.transpose(2, 1, 0), keep[..., None], axis=1)
+        X = _with_constant(np.take_along_axis(c_b.transpose(2, 1, 0), keep[..., None], axis=1))
         coef, rank, _ = _regression.talwar_irls(X, np.take_along_axis(y_b, keep, axis=1).astype("float64"),
                                                 np.take_along_axis(usable, keep, axis=1),
                                                 tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
