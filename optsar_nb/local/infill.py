@@ -167,8 +167,8 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     constant AOI means are unchanged by a median; the median of ``pixel - mean`` is computed
     as ``median(pixel) - mean`` (a median commutes with a constant shift).
     """
-    h, w = vv_win.shape[-2] - 2 * covariate_halo(params), vv_win.shape[-1] - 2 * covariate_halo(params)
-    T = vv_win.shape[0]
+    depth = covariate_halo(params)
+    T, h, w = vv_win.shape[0], vv_win.shape[-2] - 2 * depth, vv_win.shape[-1] - 2 * depth
     out = np.empty((8, T, h, w), dtype="float32")
     # images are independent: slabs of a few keep the kernels' temporaries small (cache-sized,
     # and recycled by the allocator instead of mapped afresh)
