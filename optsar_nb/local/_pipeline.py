@@ -48,7 +48,7 @@ from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geot
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
-BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fit/predict stage (one per thread)
+BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
 # Per pixel and pair in that stage: window means with their halo, covariates, box-mean and
 # median temporaries, observations, prediction (about 40 measured, plus margin for the halo of
 # small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
@@ -176,7 +176,7 @@ def check_disk_space(shape: tuple[int, int, int], work_dir: Path, out_dir: Path)
     later). The message gives the sizes and the fix, instead of a full disk an hour in.
     """
     n, h, w = shape
-    staging = n * h * w * STAGING_BYTES_PER_SAMPLE + 88 * h * w
+    staging = n * h * w * STAGING_BYTES_PER_SAMPLE + 11 * 8 * h * w  # + the float64 coefficient image
     outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
     free = shutil.disk_usage(work_dir).free
     if staging > free:
