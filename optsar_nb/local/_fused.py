@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerFailed
-from . import _postprocess
+from . import fusion
 from . import infill as steps
 
 
@@ -38,7 +38,7 @@ def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> No
     """Worker initializer: map the staged stacks (outputs writable) and keep the shared inputs."""
     folder = Path(work)
     stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("win_vv", "win_vh", "obs", "state")}
-    stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred")})
+    stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred", "nmean")})
     stage["donor"] = np.load(folder / "donor.npy")
     stage.update(shared)
     for name in ("obs", "state"):  # the pairs are the first images (see _pipeline._compact)
@@ -51,12 +51,12 @@ def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> No
         threadpool_limits(limits=1, user_api="blas")
 
 
-def _fit_predict_block(rows: slice, cols: slice) -> np.ndarray:
+def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
     """B.3-B.7 on one block of the staged stacks: covariates, fit and prediction, written in place.
 
-    Returns the block's error sums of the two baselines, (2, T, N_SUMS): the per-pixel mean and
-    the linear interpolation of the training observations, scored on the pixels the model is
-    scored on (:func:`~optsar_nb.local.infill.scoring_mask`, where the model predicts).
+    Also stages the smoothed neighbourhood means (``VV_Nmean``, ``VH_Nmean``) the fusion reads,
+    and returns a seeded sample (``row_fraction``) of the block's leave-out rows for fitting the
+    fusion weights (:func:`~optsar_nb.local.fusion.leave_out_rows`).
     """
     g = _BLOCK_STAGE
     params, labels = g["params"], g["labels"]
@@ -66,24 +66,26 @@ def _fit_predict_block(rows: slice, cols: slice) -> np.ndarray:
     del win_vv, win_vh
     o, s, donor = np.asarray(g["obs"][:, rows, cols]), np.asarray(g["state"][:, rows, cols]), g["donor"][rows, cols]
     train = steps.training_mask(s, labels, donor)
-    seen = np.where(train, o, np.nan)
-    fit = steps.fit_block(covs, seen, train, params)
-    pred = steps.predict_block(covs, fit)
-    del covs
-    g["pred"][:, rows, cols] = pred
+    fit = steps.fit_block(covs, np.where(train, o, np.nan), train, params)
+    g["pred"][:, rows, cols] = steps.predict_block(covs, fit)
     g["coef"][:, rows, cols] = fit
-    score = steps.scoring_mask(s, labels, donor) & np.isfinite(pred)
-    baselines = (np.broadcast_to(_postprocess.pixel_mean_baseline(seen), o.shape),
-                 _postprocess.interpolation_baseline(seen, g["days"]))
-    return np.stack([_postprocess.error_sums_stack(o, b, score) for b in baselines])
+    nmean = covs[list(steps.FUSION_COVARIATE_INDEX)]
+    del covs
+    g["nmean"][:, :, rows, cols] = nmean
+    T = o.shape[0]
+    sample = fusion.leave_out_rows(o.reshape(T, -1), train.reshape(T, -1), nmean.reshape(nmean.shape[0], T, -1),
+                                   g["days"])
+    keep = np.random.default_rng([params.seed, rows.start, cols.start]).random(len(sample["resid"]))
+    keep = keep < g["row_fraction"]
+    return {k: sample[k][keep] for k in ("bin", "resid", "dep")}
 
 
-def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> np.ndarray:
+def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> dict[str, np.ndarray]:
     """The fused B.3-B.7 stage: one task per block computes covariates, fits and predicts.
 
     Blocks read the staged S1 window means with their halo (no recomputation over halos) and
-    write straight into the staged coefficient and prediction stacks (disjoint regions); the
-    baselines' error sums (2, T, N_SUMS) are summed over the blocks and returned. Blocks
+    write straight into the staged coefficient, prediction and neighbourhood-mean stacks
+    (disjoint regions); their samples of leave-out rows are concatenated and returned. Blocks
     run in worker processes: the stage is a long chain of numpy calls on block-sized arrays,
     which threads of one process run at about 1.4 times the speed of one thread (the
     interpreter lock and page faults on the temporaries are shared), processes at about
@@ -95,14 +97,14 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> np.nda
     if n <= 1:
         _open_block_stage(str(work), shared, False)
         try:
-            return sum(_fit_predict_block(rows, cols) for rows, cols in blocks)
+            return _concat([_fit_predict_block(rows, cols) for rows, cols in blocks])
         finally:
             _BLOCK_STAGE.clear()
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
                                  initargs=(str(work), shared, True)) as pool:
-            return sum(pool.map(_fit_predict_block, *zip(*blocks)))
+            return _concat(list(pool.map(_fit_predict_block, *zip(*blocks))))
     except BrokenProcessPool as err:
         raise WorkerFailed(
             "a worker process of the regression stage stopped abruptly. If this runs from a script, "
@@ -110,3 +112,7 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> np.nda
             "script again); otherwise the machine may have run out of memory: pass workers=1 "
             "(or fewer workers) to use less"
         ) from err
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -6,10 +6,13 @@ Passes over the data, in order:
    by compacting the staged stacks in place;
 2. S1 is read once: window means staged, their AOI means reduced;
 3. the fused stage (``_fused``), in worker processes, block by block: covariates with their
-   halo, robust regression, prediction and the two baselines' error sums;
+   halo, robust regression, prediction, the fusion's S1 covariates staged and a sample of its
+   leave-out rows, from which the fusion weights are fitted;
 4. PCA smoothing (two global reductions, then the reconstruction, in place);
-5. standardization and scores, image by image;
-6. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
+5. standardization and per-image MAE, image by image;
+6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
+   standard errors' calibration, every estimate's errors by gap length;
+7. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
 
 Why staged: the prediction stack feeds three global reductions in turn (PCA means, PCA
 covariance, per-image standardization quantiles), so it is computed once and kept in a
@@ -17,7 +20,7 @@ temporary memory-mapped file instead of in memory or recomputed; the observation
 are staged so that per-image steps read one contiguous image at a time; the S1 window means so
 that the fused stage reads them with their halo instead of re-reading and re-averaging S1 over
 every block's halo. Peak memory is then a few blocks per core, whatever the scene size; disk
-use is STAGING_BYTES_PER_SAMPLE (17) bytes per pixel and image during the fused stage, 9 after.
+use is STAGING_BYTES_PER_SAMPLE (25) bytes per pixel and image during the fused stage, 17 after.
 """
 
 from __future__ import annotations
@@ -40,21 +43,22 @@ from ..errors import InsufficientDisk, NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
-from . import _fused, _kernels, _postprocess
+from . import _accuracy, _fused, _kernels, _postprocess, fusion
 from . import infill as steps
-from ._fused import read_with_halo
 from .gaps import aoi_mask, select_period
 from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
+METRICS_FILE = "Infill_Metrics"  # accuracy of every estimate by split and gap length
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
 # Per pixel and pair in that stage: window means with their halo, covariates, box-mean and
 # median temporaries, observations, prediction (about 40 measured, plus margin for the halo of
 # small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
 # pixels (``_regression.BATCH_BYTES``), a fixed cost whatever the block size.
 BYTES_PER_SAMPLE = 64
-SCATTER_SAMPLES = 4000  # points per split kept for the observed-vs-predicted scatter
+SCATTER_SAMPLES = 4000  # about this many scored points are kept for the observed-vs-estimated scatter
+FUSION_ROWS = 1_000_000  # leave-out rows sampled (over the AOI) to fit the fusion weights
 SERIES_PIXELS = 4  # pixels whose time series the report plots
 
 
@@ -65,13 +69,19 @@ class InfillRun:
     params: InfillParams
     paths: dict[str, Path]
     metadata: pd.DataFrame  # Output_Metadata plus S1_COUNT and the effective cloud fraction
-    metrics: pd.DataFrame  # rows (split, method): n, MAE, RMSE, R2, bias
+    metrics: pd.DataFrame  # rows (split, method): n, MAE, RMSE, R2, bias (SE_coverage), all gap lengths
     donor_id: str
-    samples: dict[str, np.ndarray]  # split -> (n, 4): obs, model, pixel mean, interpolation
+    samples: dict[str, np.ndarray]  # split -> (n, 5): obs, model, fusion, pixel mean, interpolation
     series: dict[str, np.ndarray]  # pixel series for the report's time-series figure
     timings: dict[str, float] = field(default_factory=dict)
     rank_deficient_pixels: int = 0
-    underdetermined_pixels: int = 0
+    underdetermined_pixels: int = 0  # AOI pixels with fewer samples than coefficients
+    guarded_pixels: int = 0  # AOI pixels with enough for a solve but fewer than params.min_train_samples
+    model_pixels: int = 0  # AOI pixels with a per-pixel model
+    prediction_out_of_range: tuple[int, int] = (0, 0)  # calibrated predictions outside [-1, 1], of all
+    metrics_by_gap: pd.DataFrame | None = None  # rows (split, method, gap_bin); also Infill_Metrics CSV
+    fusion_weights: np.ndarray | None = None  # (gap bins, S1 covariates) weights of the S1 correction
+    standard_errors: dict[str, np.ndarray] = field(default_factory=dict)  # estimate -> SE per SE bin
 
 
 def _edge(n_time: int) -> int:
@@ -109,8 +119,9 @@ def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) ->
 
 def output_paths(out_dir: Path, params: InfillParams, *, report: bool) -> dict[str, Path]:
     paths = {name: out_dir / file_name(name, params.suffix, ".tif")
-             for name in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", MODEL_FILE)}
+             for name in ("NDVI_gapfree", "NDVI_gapfree_SE", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", MODEL_FILE)}
     paths["metadata"] = out_dir / file_name(INFILL_METADATA_FILE, params.suffix, ".csv")
+    paths["metrics"] = out_dir / file_name(METRICS_FILE, params.suffix, ".csv")
     if report:
         paths["report"] = out_dir / file_name(REPORT_FILE, params.suffix, ".md")
     return paths
@@ -161,12 +172,12 @@ def infill(
 
 
 # Temporary disk per pixel and image while the regression runs: observations (float32), states
-# (int8), the two S1 window means (float32) and the predictions (float32); afterwards the window
-# means are deleted (9 bytes). The coefficient image adds 88 bytes per pixel.
-STAGING_BYTES_PER_SAMPLE = 17
-# Output bytes per pixel and image before compression (three float32 stacks and the int8 mask);
+# (int8), the two S1 window means, the predictions and the fusion's two covariates (float32);
+# afterwards the window means are deleted (17 bytes). The coefficient image adds 88 bytes per pixel.
+STAGING_BYTES_PER_SAMPLE = 25
+# Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
-OUTPUT_BYTES_PER_SAMPLE = 13
+OUTPUT_BYTES_PER_SAMPLE = 17
 
 
 def check_disk_space(shape: tuple[int, int, int], work_dir: Path, out_dir: Path) -> None:
@@ -308,16 +319,21 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     vv_mean, vh_mean = _stage_window_means(vv, vh, weights, params, work, (T, H, W), edge)
     lap("S1 window means, AOI means (B.3)")
 
-    # B.3-B.7 fused per block, with the baselines' error sums on the same pixels
+    # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
     _memmap(work, "coef", (11, H, W), "float64")
     mm_pred = _memmap(work, "pred", (T, H, W), "float32")
+    _memmap(work, "nmean", (len(steps.FUSION_COVARIATES), T, H, W), "float32")
     np.save(work / "donor.npy", donor_cloudy)
-    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params}
-    base_sums = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
+    n_train_images = int(np.isin(labels, ("train", "validation")).sum())
+    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params,
+              "row_fraction": min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W))}
+    leave_out = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
     mm_coef = np.load(work / "coef.npy", mmap_mode="r")
+    mm_nmean = np.load(work / "nmean.npy", mmap_mode="r")
     for name in ("win_vv", "win_vh"):  # disk back as soon as the stage is done
         (work / f"{name}.npy").unlink()
-    lap("covariates, regression, prediction, baselines (B.3-B.7)")
+    fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
+    lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
 
     # B.8 PCA smoothing, in place
     pred_lazy = xr.DataArray(_lazy(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
@@ -326,7 +342,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         da.store(smoothed.data, mm_pred, lock=False)
     lap("PCA smoothing (B.8)")
 
-    # B.9 standardization, MAE and scores, image by image
+    # B.9 standardization and the per-image MAE
     def one_image(t):
         s, o = np.asarray(mm_st[t]), np.asarray(mm_obs[t])
         used = s == CLEAR
@@ -337,30 +353,39 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
         cal = steps.standardize_one(np.asarray(mm_pred[t]), o, used, frac, params)
         mm_pred[t] = cal
-        score = steps.scoring_mask(s[None], labels[t : t + 1], donor_cloudy)[0] & np.isfinite(cal)
-        pick = np.flatnonzero(score)
-        k = min(pick.size, max(1, SCATTER_SAMPLES // max(1, int((labels == labels[t]).sum()))))
-        pick = np.random.default_rng([params.seed, t]).choice(pick, k, replace=False) if pick.size else pick
-        return frac, _postprocess.mae(o, cal, s == CLEAR), _postprocess.error_sums(o, cal, score), pick
+        return frac, _postprocess.mae(o, cal, s == CLEAR)
 
     with ThreadPoolExecutor(max_workers=workers or 2) as pool:
         results = list(pool.map(one_image, range(T)))
-    model_sums = np.array([r[2] for r in results])
-    samples = _scatter_samples([r[3] for r in results], labels, mm_obs, mm_pred, mm_st, donor_cloudy, days)
+    table = table.assign(MAE=[r[1] for r in results], Cloud_cover_used=[100 * r[0] for r in results])
     lap("standardization, MAE (B.9-B.10)")
 
-    table = table.assign(MAE=[r[1] for r in results], Cloud_cover_used=[100 * r[0] for r in results])
-    metrics = _metrics_table(model_sums, base_sums, labels)
-    coef_ok = np.isfinite(mm_coef[0])
-    in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
-    rank_deficient = int((coef_ok & (mm_coef[9] < 9)).sum())
-    underdetermined = int((~coef_ok & in_aoi).sum())
+    # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
+    stage = _accuracy.Stage(obs=mm_obs, state=mm_st, pred=mm_pred, nmean=mm_nmean,
+                            alpha=_memmap(work, "alpha", (H, W), "float32"), donor=donor_cloudy, labels=labels,
+                            days=days, weights=fusion_weights, params=params,
+                            sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
+    scores = _accuracy.score(stage, _blocks(H, W, edge), workers)
+    se = _accuracy.standard_errors(scores)
+    metrics_by_gap = _accuracy.metrics_tables(scores, se, labels)
+    lap("fusion, standard errors, accuracy by gap length (C)")
 
-    series = _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params)
-    run = InfillRun(params=params, paths=paths, metadata=table, metrics=metrics, donor_id=str(table["ID"][donor_pos]),
-                    samples=samples, series=series, timings=timings, rank_deficient_pixels=rank_deficient,
-                    underdetermined_pixels=underdetermined)
-    _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params, paths, overwrite)
+    in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
+    n_train = np.asarray(mm_coef[10])
+    coef_ok = np.isfinite(mm_coef[0])
+    series = _series(stage, table, params)
+    overall = metrics_by_gap[metrics_by_gap.gap_bin == "all"].drop(columns="gap_bin").reset_index(drop=True)
+    run = InfillRun(params=params, paths=paths, metadata=table, metrics=overall, metrics_by_gap=metrics_by_gap,
+                    donor_id=str(table["ID"][donor_pos]),
+                    samples=_split_samples(scores["samples"]), series=series, timings=timings,
+                    rank_deficient_pixels=int((coef_ok & (mm_coef[9] < 9)).sum()),
+                    underdetermined_pixels=int((~coef_ok & in_aoi & (n_train < 9)).sum()),
+                    guarded_pixels=int((~coef_ok & in_aoi & (n_train >= 9)).sum()),
+                    model_pixels=int((coef_ok & in_aoi).sum()),
+                    prediction_out_of_range=(int(scores["out_of_range"][0]), int(scores["out_of_range"][1])),
+                    fusion_weights=fusion_weights, standard_errors=se)
+    _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overwrite)
+    write_csv(metrics_by_gap, paths["metrics"], overwrite=overwrite)
     lap("write outputs")
     if report:
         from ..report import write_report
@@ -370,27 +395,32 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     return run
 
 
-def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params, paths, overwrite):
-    """The four stacks, the coefficient image and the metadata CSV.
+def _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overwrite):
+    """The stacks, the coefficient image and the metadata CSV.
 
     The staged stacks are chunked by the files' tiles: the gap fill's focal median then runs
     on blocks that are the writer's windows (or whole multiples of them), so no block is
     computed twice for two windows it straddles.
     """
     tiles = (-1, TILE_PX, TILE_PX)
-    pred_da = _stack_like(_lazy(mm_pred, chunks=tiles), ndvi, table, "NDVI_Pred")
-    obs_da = _stack_like(_lazy(mm_obs, chunks=tiles), ndvi, table, "NDVI_Obs")
-    st_da = _stack_like(_lazy(mm_st, chunks=tiles), ndvi, table, "NDVI_Mask")
+    pred_da = _stack_like(_lazy(stage.pred, chunks=tiles), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(_lazy(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(_lazy(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
     inside = np.asarray(inside.values) if inside is not None else None
 
-    def gapfree(block_info=None):
-        _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
-        return _gapfree_block(mm_obs, mm_pred, mm_st, inside, params, rows, cols)
+    def blockwise(fn, name):
+        def one(block_info=None):
+            _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
+            return fn(rows, cols)
 
-    # named here: dask would otherwise hash the staged stacks the function reads to name it
-    filled = da.map_blocks(gapfree, chunks=pred_da.data.chunks, dtype="float32", name=f"gapfree-{uuid.uuid4().hex}")
-    filled = _stack_like(filled, ndvi, table, "NDVI_gapfree")
-    write_geotiff(filled, paths["NDVI_gapfree"], overwrite=overwrite)
+        # named here: dask would otherwise hash the staged stacks the function reads to name it
+        out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
+        return _stack_like(out, ndvi, table, name)
+
+    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_block(stage, inside, r, c), "NDVI_gapfree"),
+                  paths["NDVI_gapfree"], overwrite=overwrite)
+    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_se_block(stage, se, inside, r, c), "NDVI_gapfree_SE"),
+                  paths["NDVI_gapfree_SE"], overwrite=overwrite)
     write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
     write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
     write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
@@ -403,74 +433,29 @@ def _write_outputs(ndvi, table, mm_obs, mm_st, mm_pred, mm_coef, inside, params,
               overwrite=overwrite)
 
 
-def _gapfree_block(mm_obs, mm_pred, mm_st, inside, params, rows: slice, cols: slice) -> np.ndarray:
-    """B.10 on one block of the staged stacks: the observation where clear, the prediction
-    elsewhere, NaN outside the AOI, then the circular focal median.
-
-    The block is read with the median's halo straight from the staged stacks (NaN beyond the
-    image), as :func:`~optsar_nb.local.infill.gap_fill` does on lazy arrays.
-    """
-    r = int(np.ceil(params.focal_median_radius_px))
-    obs, pred, state = (read_with_halo(m, rows, cols, r) for m in (mm_obs, mm_pred, mm_st))
-    keep = read_with_halo(inside[None], rows, cols, r)[0] == 1 if inside is not None else None
-    fill = _postprocess.fill_image(obs, pred, state == CLEAR, keep)
-    return _kernels.focal_median(fill, params.focal_median_radius_px, inset=r)
+def _split_samples(samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Per scored split, (n, 1 + len(ESTIMATES)) sampled values: the observation, then each estimate."""
+    n_splits = len(_accuracy.SCORED_SPLITS)
+    return {split: samples[samples[:, i] == 1][:, n_splits:] for i, split in enumerate(_accuracy.SCORED_SPLITS)}
 
 
-def _pixel_baselines(series_obs, series_state, labels, donor_px, days):
-    """Both baselines for single pixels: series (T, n) -> two (T, n) arrays."""
-    train = steps.training_mask(series_state[:, :, None], labels, donor_px[:, None])[:, :, 0]
-    seen = np.where(train, series_obs, np.nan)
-    pm = np.broadcast_to(_postprocess.pixel_mean_baseline(seen[:, :, None])[:, 0], series_obs.shape)
-    return pm, _postprocess.interpolation_baseline(seen[:, :, None], days)[:, :, 0]
-
-
-def _scatter_samples(picks, labels, mm_obs, mm_pred, mm_st, donor_cloudy, days) -> dict[str, np.ndarray]:
-    """Per split, (n, 4) arrays of obs, model, pixel-mean and interpolation values at sampled scoring pixels."""
-    H, W = mm_obs.shape[1:]
-    out = {}
-    for split in steps.SPLIT_LABELS:
-        rows = [(t, i) for t, p in enumerate(picks) if labels[t] == split for i in p]
-        if not rows:
-            out[split] = np.empty((0, 4))
-            continue
-        t_idx = np.array([r[0] for r in rows])
-        flat = np.array([r[1] for r in rows])
-        ys, xs = np.unravel_index(flat, (H, W))
-        series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
-        series_st = np.asarray(mm_st[:, ys, xs])
-        pm, ip = _pixel_baselines(series_obs, series_st, labels, donor_cloudy[ys, xs], days)
-        cols = np.arange(len(rows))
-        out[split] = np.stack([series_obs[t_idx, cols], np.asarray(mm_pred[t_idx, ys, xs], dtype="float64"),
-                               pm[t_idx, cols], ip[t_idx, cols]], axis=1)
-    return out
-
-
-def _metrics_table(model_sums, base_sums, labels) -> pd.DataFrame:
-    rows = []
-    for split in steps.SPLIT_LABELS:
-        sel = labels == split
-        for method, sums in (("model", model_sums), ("pixel_mean", base_sums[0]), ("interpolation", base_sums[1])):
-            rows.append({"split": split, "method": method, **_postprocess.metrics_from_sums(sums[sel].sum(axis=0))})
-    return pd.DataFrame(rows)
-
-
-def _series(mm_obs, mm_pred, mm_st, days, table, donor_cloudy, labels, params) -> dict[str, np.ndarray]:
+def _series(stage, table, params) -> dict[str, np.ndarray]:
     """Time series of a few pixels with finite predictions (seeded choice) for the report."""
-    ok = np.flatnonzero(np.isfinite(mm_pred[0]).ravel())
+    ok = np.flatnonzero(np.isfinite(stage.pred[0]).ravel())
     if ok.size == 0:
         return {}
-    H, W = mm_pred.shape[1:]
+    H, W = stage.pred.shape[1:]
     pick = np.sort(np.random.default_rng(params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
     ys, xs = np.unravel_index(pick, (H, W))
-    gapfree = np.stack([_gapfree_block(mm_obs, mm_pred, mm_st, None, params, slice(y, y + 1), slice(x, x + 1))[:, 0, 0]
-                        for y, x in zip(ys, xs)], axis=1)
-    series_obs = np.asarray(mm_obs[:, ys, xs], dtype="float64")
-    series_st = np.asarray(mm_st[:, ys, xs])
-    _, interp = _pixel_baselines(series_obs, series_st, labels, donor_cloudy[ys, xs], days)
-    return {"days": np.asarray(days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
-            "pred": np.asarray(mm_pred[:, ys, xs], dtype="float64"), "gapfree": gapfree, "interpolation": interp,
-            "labels": labels, "artificial": donor_cloudy[ys, xs], "start": params.start}
+    one = [(slice(y, y + 1), slice(x, x + 1)) for y, x in zip(ys, xs)]
+    gapfree = np.stack([_accuracy.gapfree_block(stage, None, r, c)[:, 0, 0] for r, c in one], axis=1)
+    series_obs = np.asarray(stage.obs[:, ys, xs], dtype="float64")
+    series_st = np.asarray(stage.state[:, ys, xs])
+    train = steps.training_mask(series_st, stage.labels, stage.donor[ys, xs][None])
+    interp = _postprocess.interpolation_baseline(np.where(train, series_obs, np.nan), stage.days)
+    return {"days": np.asarray(stage.days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
+            "pred": np.asarray(stage.pred[:, ys, xs], dtype="float64"), "gapfree": gapfree, "interpolation": interp,
+            "labels": stage.labels, "artificial": stage.donor[ys, xs], "start": params.start}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ from .stack import align_to, metadata_of
 COVARIATES = ("VV_mean", "VH_mean", "VV_diff", "VH_diff", "VV_Nmean", "VH_Nmean", "VV_Ndiff", "VH_Ndiff")
 COEFFICIENT_BANDS = ("constant", *COVARIATES)
 SPLIT_LABELS = ("train", "validation", "test")
+# the covariates the fusion (docs/method.md part C) reads: the smoothed neighbourhood means
+FUSION_COVARIATES = ("VV_Nmean", "VH_Nmean")
+FUSION_COVARIATE_INDEX = tuple(COVARIATES.index(c) for c in FUSION_COVARIATES)
 
 
 def _grid_attrs(a: xr.DataArray) -> dict:
@@ -326,6 +329,8 @@ def _with_constant(covs: np.ndarray) -> np.ndarray:
 def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params: InfillParams) -> np.ndarray:
     """Robust regression of one block: returns (11, y, x): 9 coefficients, rank, training count.
 
+    Coefficients are NaN where a pixel has fewer than ``params.min_train_samples`` usable samples.
+
     The (pixels, T, 9) float64 design is built one regression batch of pixels at a time, so a
     block's memory is its covariates, not 2.25 times their size: blocks can be large and
     their halo cheap. Each pixel's design holds only its usable samples, in time order.
@@ -351,6 +356,7 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
                                                 np.take_along_axis(usable, keep, axis=1),
                                                 tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
                                                 max_iterations=params.irls_max_iterations, overwrite_X=True)
+        coef[n_train < params.min_train_samples] = np.nan  # guard rail: too few samples, no model
         out[:9, px] = coef.T
         out[9, px] = rank
         out[10, px] = n_train

@@ -1,0 +1,188 @@
+"""Scoring of the infilling job and the gap-free product's blocks (docs/method.md part C).
+
+After the S1 predictions are calibrated (B.9), one pass over spatial blocks of the staged
+stacks computes, per block: each pixel's reliability of the S1 correction (staged), the
+leave-out errors that calibrate the standard error, and the errors of every estimate (S1
+model, fusion, per-pixel mean, linear interpolation) on the same validation and test pixels,
+per bin of distance to the nearest clear training observation. The sums are AOI-wide
+reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
+:func:`gapfree_se_block`) are computed from the same staged stacks when the outputs are written.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..missions import CLEAR
+from ..params import InfillParams
+from . import _kernels, _postprocess, fusion
+from . import infill as steps
+from ._fused import read_with_halo
+
+ESTIMATES = ("model", "fusion", "pixel_mean", "interpolation")
+SCORED_SPLITS = ("validation", "test")
+WITH_SE = ("model", "fusion")  # estimates that carry a standard error
+SCATTER_SAMPLES = 4000  # points per split kept for the observed-vs-estimated scatter
+
+
+@dataclass
+class Stage:
+    """The staged stacks and the quantities every block needs."""
+
+    obs: np.ndarray  # (T, H, W) clear observations, NaN elsewhere
+    state: np.ndarray  # (T, H, W) CLEAR / CLOUDY / MISSING
+    pred: np.ndarray  # (T, H, W) calibrated S1 predictions
+    nmean: np.ndarray  # (2, T, H, W) the fusion's S1 covariates
+    alpha: np.ndarray  # (H, W) per-pixel reliability of the S1 correction (written by the scoring pass)
+    donor: np.ndarray  # (H, W) the artificial clouds
+    labels: np.ndarray  # (T,) split labels
+    days: np.ndarray  # (T,) days since the start
+    weights: np.ndarray  # (len(GAP_BINS), 2) fusion weights
+    params: InfillParams
+    sample_fraction: float = 1.0  # share of the scored pixels kept for the scatter figure
+
+
+def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    """The scoring pass on one block; writes the block's reliability into ``stage.alpha``."""
+    s3, donor = np.asarray(stage.state[:, rows, cols]), stage.donor[rows, cols]
+    T = s3.shape[0]
+    o = np.asarray(stage.obs[:, rows, cols], dtype="float64").reshape(T, -1)
+    s = s3.reshape(T, -1)
+    N = s.shape[1]
+    nm = np.asarray(stage.nmean[:, :, rows, cols], dtype="float64").reshape(-1, T, N)
+    train = steps.training_mask(s3, stage.labels, donor).reshape(T, N)
+    leave_out = fusion.leave_out_rows(o, train, nm, stage.days)
+    alpha = fusion.pixel_reliability(leave_out, stage.weights, N, stage.params.fusion_prior_samples)
+    stage.alpha[rows, cols] = alpha.reshape(stage.alpha[rows, cols].shape)
+    w = stage.weights[leave_out["bin"]]
+    c = alpha[leave_out["pixel"]] * np.einsum("nk,nk->n", leave_out["dep"][:, :-1], w[:, :-1])
+    c += w[:, -1] * leave_out["dep"][:, -1]
+    calibration = fusion.abs_error_histogram(leave_out["resid"] - c, leave_out["se_bin"], fusion.N_SE_BINS)
+
+    fused, dist, two = fusion.fused(o, train, nm, stage.days, stage.weights, alpha)
+    interp = fusion.fused(o, train, nm, stage.days, np.zeros_like(stage.weights), alpha)[0]
+    pm = np.broadcast_to(_postprocess.pixel_mean_baseline(np.where(train, o, np.nan)), o.shape)
+    pred = np.asarray(stage.pred[:, rows, cols], dtype="float64").reshape(T, -1)
+    model = np.where(np.isfinite(pred), pred, fused)  # pixels without a model: the fusion
+    est = {"model": model, "fusion": fused, "pixel_mean": pm, "interpolation": interp}
+    lab = stage.labels[:, None]
+    score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | ((s == CLEAR) & (lab == "test"))
+    score &= np.isfinite(interp)
+    gbin, sbin = fusion.gap_bin(dist, two), fusion.se_bin(dist, two)
+    sums = np.stack([np.stack([_postprocess.error_sums_stack(o, est[k], score & (gbin == b))
+                               for b in range(len(fusion.GAP_BINS))]) for k in ESTIMATES])
+    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(score & (lab == split), est[k] - o, np.nan), sbin,
+                                                          fusion.N_SE_BINS) for split in SCORED_SPLITS])
+                     for k in WITH_SE])
+    in_aoi = np.isfinite(pred)
+    out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
+    t_idx, p_idx = np.nonzero(score)
+    rng = np.random.default_rng([stage.params.seed, rows.start, cols.start])
+    pick = rng.random(t_idx.size) < stage.sample_fraction
+    samples = np.column_stack([stage.labels[t_idx[pick]] == split for split in SCORED_SPLITS] +
+                              [o[t_idx[pick], p_idx[pick]]] + [est[k][t_idx[pick], p_idx[pick]] for k in ESTIMATES])
+    return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "samples": samples}
+
+
+def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
+    """The scoring pass over all blocks (threads: the work is in numpy); per-block results reduced."""
+    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
+        parts = list(pool.map(lambda b: score_block(stage, *b), blocks))
+    out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range")}
+    out["samples"] = np.concatenate([p["samples"] for p in parts])
+    return out
+
+
+def standard_errors(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per estimate with a standard error, its SE per SE bin.
+
+    The fusion's is calibrated on its leave-out errors of the training observations; the S1
+    model's (no leave-out exists for it) on its validation errors, so that its validation
+    coverage is 68 % by construction and its test coverage is the check.
+    """
+    return {"fusion": fusion.se_scale(scores["calibration"]),
+            "model": fusion.se_scale(scores["hist"][WITH_SE.index("model"), SCORED_SPLITS.index("validation")])}
+
+
+def metrics_tables(scores: dict[str, np.ndarray], se: dict[str, np.ndarray],
+                   labels: np.ndarray) -> pd.DataFrame:
+    """Rows (split, method, gap_bin) with n, MAE, RMSE, R2, bias and, for estimates with an SE,
+    the share of errors within 1 SE; gap_bin "all" sums the bins."""
+    se_to_gap = np.array([fusion.gap_bin(np.array([d]), np.array([two]))[0] for d, two in _se_bin_probes()])
+    rows = []
+    for split in SCORED_SPLITS:
+        sel = labels == split
+        for i, method in enumerate(ESTIMATES):
+            per_bin = scores["sums"][i][:, sel].sum(axis=1)  # (bins, N_SUMS)
+            for b, name in enumerate((*fusion.GAP_BINS, "all")):
+                sums = per_bin.sum(axis=0) if name == "all" else per_bin[b]
+                row = {"split": split, "method": method, "gap_bin": name, **_postprocess.metrics_from_sums(sums)}
+                if method in WITH_SE:
+                    h = scores["hist"][WITH_SE.index(method), SCORED_SPLITS.index(split)]
+                    keep = np.ones(len(se_to_gap), bool) if name == "all" else se_to_gap == b
+                    covered, total = fusion.coverage(np.where(keep[:, None], h, 0), se[method])
+                    row["SE_coverage"] = covered / total if total else np.nan
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _se_bin_probes():
+    """One (distance, two-sided) point inside each SE bin, in SE bin order."""
+    two = (0.0, *fusion.SE_EDGES_TWO_SIDED)
+    one = (0.0, *fusion.SE_EDGES_ONE_SIDED)
+    return [(d + 0.5, True) for d in two] + [(d + 0.5, False) for d in one]
+
+
+# ---------------------------------------------------------------------------------------------
+# the product's blocks
+def _product_inputs(stage: Stage, rows: slice, cols: slice, depth: int):
+    o = read_with_halo(stage.obs, rows, cols, depth).astype("float64")
+    st = read_with_halo(stage.state, rows, cols, depth)
+    nm = np.stack([read_with_halo(stage.nmean[k], rows, cols, depth) for k in range(stage.nmean.shape[0])])
+    alpha = read_with_halo(stage.alpha[None], rows, cols, depth)[0]
+    T, h, w = o.shape
+    clear = (st == CLEAR) & np.isfinite(o)
+    est, dist, two = fusion.fused(o.reshape(T, -1), clear.reshape(T, -1), nm.reshape(2, T, -1).astype("float64"),
+                                  stage.days, stage.weights, np.nan_to_num(alpha.ravel(), nan=1.0))
+    return o, clear, est.reshape(T, h, w), dist.reshape(T, h, w), two.reshape(T, h, w)
+
+
+def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray:
+    """NDVI_gapfree on one block: the clear observation where there is one, else the method's
+    estimate ("fusion": the fused estimate; "paper": the calibrated S1 prediction, the fused
+    estimate where a pixel has no model, then the B.10 focal median); NaN outside the AOI;
+    never outside [-1, 1]."""
+    p = stage.params
+    depth = int(np.ceil(p.focal_median_radius_px)) if p.method == "paper" else 0
+    o, clear, est, _, _ = _product_inputs(stage, rows, cols, depth)
+    if p.method == "paper":
+        pred = read_with_halo(stage.pred, rows, cols, depth)
+        est = np.where(np.isfinite(pred), pred, est)
+    keep = read_with_halo(inside[None], rows, cols, depth)[0] == 1 if inside is not None else None
+    fill = _postprocess.fill_image(o, est, clear, keep)
+    if p.method == "paper":
+        fill = _kernels.focal_median(fill, p.focal_median_radius_px, inset=depth)
+    return np.clip(fill, -1.0, 1.0)
+
+
+def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray | None,
+                     rows: slice, cols: slice) -> np.ndarray:
+    """NDVI_gapfree_SE on one block: 0 where the clear observation is kept, else the standard
+    error of the estimate by distance to the nearest clear observation; NaN outside the AOI."""
+    o, clear, est, dist, two = _product_inputs(stage, rows, cols, 0)
+    sb = fusion.se_bin(dist, two)
+    table = se["fusion"]
+    if stage.params.method == "paper":
+        has_model = np.isfinite(np.asarray(stage.pred[:, rows, cols]))
+        table = np.where(has_model[..., None], se["model"], se["fusion"])  # (T, h, w, bins)
+        out = np.take_along_axis(table, np.clip(sb, 0, None)[..., None], -1)[..., 0]
+    else:
+        out = table[np.clip(sb, 0, None)]
+    out = np.where(sb < 0, np.nan, np.where(clear, 0.0, out))
+    if inside is not None:
+        out = np.where(inside[rows, cols][None] == 1, out, np.nan)
+    return out.astype("float32")
