@@ -300,7 +300,9 @@ def synthetic_scene(H=40, W=36, T=48, S=60, seed=0):
 
 
 def _params():
-    return InfillParams(start="2021-01-01", end="2022-01-01", neighbourhood_radius_px=3)
+    # one sample per coefficient: the small synthetic scene's ~17 clear training samples per
+    # pixel keep a model (the default guard rail is tested on it in test_guard_rail_*)
+    return InfillParams(start="2021-01-01", end="2022-01-01", neighbourhood_radius_px=3, min_samples_per_coefficient=1)
 
 
 def test_infill_does_not_depend_on_chunking(tmp_path, monkeypatch):
@@ -328,7 +330,7 @@ def _read_outputs(run) -> dict[str, np.ndarray]:
     import rasterio
 
     out = {}
-    for name in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", "NDVI_Model"):
+    for name in ("NDVI_gapfree", "NDVI_gapfree_SE", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", "NDVI_Model"):
         with rasterio.open(run.paths[name]) as src:
             out[name] = src.read()
     return out
@@ -345,11 +347,24 @@ def test_worker_processes_give_the_same_outputs_as_one_process(tmp_path, monkeyp
     for name in one:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
     pd.testing.assert_frame_equal(runs[0].metrics, runs[1].metrics)
-    # the gap-free stack the job writes equals the B.10 step function applied to its own outputs
-    clear = one["NDVI_Mask"] == 1
+    assert np.isfinite(one["NDVI_gapfree_SE"]).all() and (one["NDVI_gapfree_SE"][one["NDVI_Mask"] == 1] == 0).all()
+
+
+def test_paper_gapfree_equals_the_b10_step(tmp_path):
+    """With method="paper", the gap-free stack the job writes equals the B.10 step function applied
+    to its own outputs wherever the focal median saw predictions only (elsewhere the fusion fills)."""
+    from scipy.ndimage import minimum_filter
+
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    p = _params().replace(method="paper")
+    out = _read_outputs(inf.infill(ndvi, state, vv, vh, p, tmp_path, report=False))
+    clear = out["NDVI_Mask"] == 1
     like = lambda a: ndvi.copy(data=a)  # noqa: E731
-    expected = inf.gap_fill(like(one["NDVI_Obs"]), like(one["NDVI_Pred"]), like(clear), _params()).values
-    np.testing.assert_array_equal(one["NDVI_gapfree"], expected)
+    expected = inf.gap_fill(like(out["NDVI_Obs"]), like(out["NDVI_Pred"]), like(clear), p).values
+    inner = minimum_filter(np.isfinite(out["NDVI_Pred"]).astype(np.uint8), size=(1, 3, 3), mode="constant", cval=1)
+    assert inner.mean() > 0.7
+    np.testing.assert_array_equal(out["NDVI_gapfree"][inner == 1], expected[inner == 1])
+    assert np.isfinite(out["NDVI_gapfree"]).all()  # pixels without a model are filled too
 
 
 def test_dropped_images_leave_the_others_in_order(tmp_path):
@@ -410,9 +425,10 @@ def test_infill_outputs_and_model_reload(tmp_path):
     st = state.values
     # observation where clear (up to the final focal median), a prediction close to the truth elsewhere
     cloudy = st == 0
-    no_model = np.isnan(coef_file[0])  # fewer than 9 training samples: no prediction there
-    assert no_model.sum() == run.underdetermined_pixels < 0.05 * no_model.size
-    assert np.isfinite(gapfree[:, ~no_model]).all()
+    no_model = np.isnan(coef_file[0])  # fewer than p.min_train_samples training samples: no model there
+    assert no_model.sum() == run.underdetermined_pixels + run.guarded_pixels < 0.05 * no_model.size
+    assert run.model_pixels == (~no_model).sum()
+    assert np.isfinite(gapfree).all() and (np.abs(gapfree) <= 1).all()
     under = cloudy & ~no_model
     climatology = np.broadcast_to(np.nanmean(np.where(st == 1, ndvi.values, np.nan), axis=0), st.shape)
     err_model = np.abs(gapfree[under] - truth[under]).mean()
@@ -463,3 +479,31 @@ def test_demo_scene_mae_under_clouds(sample_dir, tmp_path):
     assert err.mean() < 0.05
     m = run.metrics.set_index(["split", "method"])["MAE"]
     assert m["validation", "model"] < m["validation", "pixel_mean"]
+
+
+def test_guard_rail_too_few_samples_means_no_model_and_a_filled_valid_product(tmp_path):
+    """The synthetic scene has ~17 clear training samples per pixel, fewer than the default 27
+    (3 per coefficient): those pixels get no model, are counted, and the fusion fills them;
+    nothing written leaves [-1, 1], and the report says so."""
+    import rasterio
+
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    p = _params().replace(min_samples_per_coefficient=3.0, method="paper")
+    assert p.min_train_samples == 27
+    run = inf.infill(ndvi, state, vv, vh, p, tmp_path)
+    with rasterio.open(run.paths["NDVI_Model"]) as m:
+        coef = m.read()
+    with rasterio.open(run.paths["NDVI_gapfree"]) as g:
+        gapfree = g.read()
+    # an independent count of each pixel's clear training samples
+    meta = run.metadata
+    st = state.values
+    donor = st[int(np.flatnonzero(meta["ID"] == run.donor_id)[0])] == 0
+    n = inf.training_mask(st, meta["SplitLabel"].to_numpy(), donor).sum(axis=0)
+    np.testing.assert_array_equal(np.isnan(coef[0]), n < 27)
+    assert run.guarded_pixels == ((n >= 9) & (n < 27)).sum() > 0
+    assert run.underdetermined_pixels == (n < 9).sum()
+    assert np.isfinite(gapfree).all() and np.nanmax(np.abs(gapfree)) <= 1
+    text = " ".join(run.paths["report"].read_text().split())
+    assert f"{run.guarded_pixels:,} pixels had fewer than 27 clear training samples" in text
+    assert "Calibrated S1 predictions outside the physical NDVI range [-1, 1]:" in text

@@ -184,11 +184,16 @@ def training_collection(design: ee.ImageCollection, donor: ee.Image) -> ee.Image
 def robust_regression(training: ee.ImageCollection, params: InfillParams) -> ee.Image:
     """B.6: pixelwise robust regression of NDVI on the nine inputs; bands ``COEFFICIENT_BANDS``.
 
+    Masked where a pixel has fewer than ``params.min_train_samples`` training samples.
+
     ``beta`` is the Talwar tuning constant of the parameters (not left to the server's default).
     """
     reducer = ee.Reducer.robustLinearRegression(len(COEFFICIENT_BANDS), 1, params.talwar_tuning)
     fit = training.reduce(reducer)
-    return fit.select("coefficients").arrayProject([0]).arrayFlatten([list(COEFFICIENT_BANDS)])
+    coefficients = fit.select("coefficients").arrayProject([0]).arrayFlatten([list(COEFFICIENT_BANDS)])
+    # guard rail: no model where a pixel has fewer than params.min_train_samples samples
+    samples = training.select(col.NDVI_BAND).count()
+    return coefficients.updateMask(samples.gte(params.min_train_samples))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The fused gap-free NDVI (docs/method.md part C) against hand-made series and per-pixel loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optsar_nb.local import fusion
+
+
+def _loop_fused(obs, anchor, s1, days, weights, alpha):
+    """An independent per-pixel, per-date loop of the fused estimate (docs/method.md part C)."""
+    T, N = obs.shape
+    out = np.full((T, N), np.nan)
+    for n in range(N):
+        idx = [i for i in range(T) if anchor[i, n]]
+        if not idx:
+            continue
+        mean = np.mean([obs[i, n] for i in idx])
+        for t in range(T):
+            before = [i for i in idx if i < t]
+            after = [i for i in idx if i > t]
+            p, q = (before[-1] if before else None), (after[0] if after else None)
+
+            def line(v, p=p, q=q, t=t):
+                if p is not None and q is not None:
+                    return v[p] + (days[t] - days[p]) / (days[q] - days[p]) * (v[q] - v[p])
+                return v[p] if p is not None else v[q]
+
+            interp = line(obs[:, n])
+            if p is not None and q is not None:
+                dist = min(days[t] - days[p], days[q] - days[t])
+                b = 0 if dist <= 10 else 1 if dist <= 20 else 2 if dist <= 40 else 3
+            else:
+                b = 4
+            dep = [s1[k, t, n] - line(s1[k, :, n]) for k in range(s1.shape[0])]
+            out[t, n] = interp + alpha[n] * np.dot(weights[b, :-1], dep) + weights[b, -1] * (mean - interp)
+    return out
+
+
+def _series(seed=0, T=40, N=30, K=2):
+    rng = np.random.default_rng(seed)
+    days = np.sort(rng.choice(np.arange(0, 365), T, replace=False)).astype(float)
+    obs = rng.normal(0.5, 0.2, (T, N))
+    anchor = rng.random((T, N)) < 0.4
+    anchor[:, 0] = False  # a pixel without any clear view
+    s1 = rng.normal(-12, 2, (K, T, N))
+    return days, obs, anchor, s1
+
+
+def test_fused_equals_a_per_pixel_loop():
+    days, obs, anchor, s1 = _series()
+    weights = np.array([[0.02, -0.01, 0.1], [0.03, 0.01, 0.2], [0.05, -0.02, 0.3], [0.01, 0.02, 0.5],
+                        [0.04, 0.0, 0.6]])
+    alpha = np.linspace(0, 2, obs.shape[1])
+    est, dist, two = fusion.fused(obs, anchor, s1, days, weights, alpha)
+    np.testing.assert_allclose(est, _loop_fused(obs, anchor, s1, days, weights, alpha), rtol=0, atol=1e-12)
+    assert np.isnan(est[:, 0]).all() and np.isnan(dist[:, 0]).all()
+
+
+def test_zero_weights_are_linear_interpolation_and_noise_learns_zero_weights():
+    """With no S1 information the fusion is exactly linear interpolation; S1 that is pure noise
+    gets S1 weights near 0 from the leave-out fit, so the estimate stays within 1 % of it."""
+    days, obs, anchor, s1 = _series(1, T=60, N=400)
+    interp = fusion.fused(obs, anchor, s1, days, np.zeros((5, 3)), np.ones(obs.shape[1]))[0]
+    # the project's interpolation baseline, an independent implementation
+    from optsar_nb.local._postprocess import interpolation_baseline
+
+    baseline = interpolation_baseline(np.where(anchor, obs, np.nan), days)
+    hidden = ~anchor & np.isfinite(baseline)
+    np.testing.assert_allclose(interp[hidden], baseline[hidden], rtol=0, atol=1e-6)
+    # a smooth truth, noise-only S1: the learned S1 weights are tiny
+    truth = 0.5 + 0.3 * np.sin(2 * np.pi * days / 365)[:, None] + np.zeros_like(obs)
+    rows = fusion.leave_out_rows(truth, anchor, s1, days)
+    w = fusion.fit_weights(rows["bin"], rows["resid"], rows["dep"])
+    assert np.abs(w[:, :2]).max() < 5e-3  # NDVI per dB
+    ones = np.ones(obs.shape[1])
+    est = fusion.fused(truth, anchor, s1, days, np.column_stack([w[:, :2], np.zeros(5)]), ones)[0]
+    line = fusion.fused(truth, anchor, s1, days, np.zeros((5, 3)), ones)[0]
+    err_f, err_i = np.abs(est - truth)[hidden].mean(), np.abs(line - truth)[hidden].mean()
+    assert err_f <= 1.01 * err_i
+
+
+def test_s1_that_tracks_ndvi_is_learned_and_beats_interpolation():
+    """NDVI departures from the line that S1 sees (plus noise) are recovered: weights near the
+    true slope, and the fused estimate beats interpolation on hidden dates."""
+    rng = np.random.default_rng(2)
+    T, N = 60, 300
+    days = np.arange(T) * 6.0
+    event = rng.normal(0, 0.1, (T, N))  # what happens between clear views
+    truth = 0.5 + event
+    s1 = np.stack([event / 0.02 + rng.normal(0, 1, (T, N)), rng.normal(0, 1, (T, N))])  # VV sees it, 0.02 NDVI/dB
+    anchor = rng.random((T, N)) < 0.3
+    rows = fusion.leave_out_rows(truth, anchor, s1, days)
+    w = fusion.fit_weights(rows["bin"], rows["resid"], rows["dep"])
+    populated = np.bincount(rows["bin"], minlength=5) >= fusion.MIN_ROWS_PER_BIN
+    np.testing.assert_allclose(w[populated, 0], 0.02, atol=0.004)
+    alpha = fusion.pixel_reliability(rows, w, N, 30.0)
+    est = fusion.fused(truth, anchor, s1, days, w, alpha)[0]
+    interp = fusion.fused(truth, anchor, s1, days, np.zeros_like(w), alpha)[0]
+    hidden = ~anchor & np.isfinite(interp)
+    assert np.abs(est - truth)[hidden].mean() < 0.6 * np.abs(interp - truth)[hidden].mean()
+
+
+def test_gap_bins_on_a_hand_made_series():
+    """Clear views on days 0, 8, 50 and 120; distances and bins of every other day by hand."""
+    days = np.array([0, 4, 8, 20, 30, 50, 70, 85, 120, 130], dtype=float)
+    anchor = np.isin(days, [0, 8, 50, 120])[:, None]
+    prev, nxt = fusion.anchor_positions(anchor)
+    dist, two = fusion.anchor_distance(prev, nxt, days)
+    bins = fusion.gap_bin(dist, two)[:, 0]
+    # day 4: 4 from 0 and 8 -> <=10; 20: 12 from 8 -> 10-20; 30: 20 from 50 -> 10-20 (edge inclusive);
+    # 70: 20 from 50 -> 10-20; 85: 35 from 120 -> 20-40; 130: after the last -> one-sided
+    expected = {4: 0, 20: 1, 30: 1, 70: 1, 85: 2, 130: 4}
+    for d, b in expected.items():
+        assert bins[days == d][0] == b, d
+    np.testing.assert_array_equal(dist[:, 0][np.isin(days, list(expected))], [4, 12, 20, 20, 35, 10])
+    # at a clear view the neighbours count, not the view itself: day 8 is 8 days from day 0
+    assert dist[days == 8, 0][0] == 8
+    # a gap of more than 40 days to both sides
+    far = np.array([0, 45, 90], dtype=float)
+    a = np.array([True, False, True])[:, None]
+    assert fusion.gap_bin(*fusion.anchor_distance(*fusion.anchor_positions(a), far))[1, 0] == 3
+
+
+def test_standard_error_is_calibrated_on_known_noise():
+    """Errors that are normal with an SD growing with distance: the SE of each bin is the SD
+    (within the histogram step), and about 68 % of fresh errors fall within 1 SE."""
+    rng = np.random.default_rng(3)
+    n = 200_000
+    dist = rng.uniform(0, 80, n)
+    two = rng.random(n) < 0.8
+    sd = 0.02 + 0.002 * dist
+    bins = fusion.se_bin(dist, two)
+    hist = fusion.abs_error_histogram(rng.normal(0, sd), bins, fusion.N_SE_BINS)
+    se = fusion.se_scale(hist)
+    fresh = fusion.abs_error_histogram(rng.normal(0, sd), bins, fusion.N_SE_BINS)
+    covered, total = fusion.coverage(fresh, se)
+    assert covered / total == pytest.approx(0.6827, abs=0.01)
+    # bin (5, 10] two-sided: SD between 0.03 and 0.04 -> its SE in between
+    assert 0.03 <= se[1] <= 0.04 + fusion.HIST_STEP
+    assert (np.diff(se[:8]) >= 0).all()
