@@ -71,9 +71,16 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 
 def _print_validation(run) -> None:
+    from .report import verdict
+
     m = run.metrics.set_index(["split", "method"])["MAE"]
-    print(f"  validation MAE (artificial clouds): model {m['validation', 'model']:.4f}, per-pixel mean "
-          f"{m['validation', 'pixel_mean']:.4f}, interpolation {m['validation', 'interpolation']:.4f}")
+    print(f"  validation MAE (artificial clouds): fusion {m['validation', 'fusion']:.4f}, S1 regression "
+          f"{m['validation', 'model']:.4f}, per-pixel mean {m['validation', 'pixel_mean']:.4f}, interpolation "
+          f"{m['validation', 'interpolation']:.4f}")
+    sentence, warning = verdict(run.metrics, run.params.method)
+    print(f"  {sentence}")
+    if warning:
+        print(f"  {warning.strip('> ').replace('**', '')}")
 
 
 def demo_truth_mae(result) -> float:

@@ -346,7 +346,8 @@ class InfillResult:
 
     ``observed`` (clear observations), ``predicted`` (calibrated prediction), ``gapfree``, ``mask``
     (1 clear, 0 cloudy, -1 missing) have one image per optical-SAR pair; ``vv``/``vh`` are the S1
-    inputs; ``metadata`` the Output_Metadata table; ``metrics`` MAE/RMSE/R2/bias per split and method.
+    inputs; ``metadata`` the Output_Metadata table; ``metrics`` MAE/RMSE/R2/bias per split and method;
+    ``metrics_by_gap`` the same per bin of distance to the nearest clear training view.
     """
 
     params: InfillParams
@@ -361,6 +362,7 @@ class InfillResult:
     vh: xr.DataArray | None = None
     metadata: pd.DataFrame | None = None
     metrics: pd.DataFrame | None = None
+    metrics_by_gap: pd.DataFrame | None = None
     n_images: int = 0
     dates: list[str] | None = None  # EE: the pairs' dates
     tasks: list = field(default_factory=list)  # EE: export reports, output name -> skipped/done/started
@@ -371,11 +373,30 @@ class InfillResult:
 
     @property
     def accuracy(self) -> pd.DataFrame:
-        """MAE (NDVI units) per split (rows) for the S1 model and the two baselines (columns)."""
+        """MAE (NDVI units) per split (rows) for every estimate: fusion, S1 model, the two baselines."""
         if self.metrics is None:
             raise OptsarError("this run has no local accuracy table (Earth Engine runs export it instead)")
         table = self.metrics.pivot(index="split", columns="method", values="MAE")
-        return table.reindex(index=["train", "validation", "test"], columns=["model", "pixel_mean", "interpolation"])
+        return table.reindex(index=["validation", "test"], columns=["fusion", "model", "pixel_mean", "interpolation"])
+
+    @property
+    def accuracy_by_gap(self) -> pd.DataFrame:
+        """MAE per (split, days to the nearest clear training view) (rows) and estimate (columns)."""
+        if self.metrics_by_gap is None:
+            raise OptsarError("this run has no local accuracy table (Earth Engine runs export it instead)")
+        t = self.metrics_by_gap
+        table = t.pivot_table(index=["split", "gap_bin"], columns="method", values="MAE", sort=False)
+        n = t[t.method == "fusion"].set_index(["split", "gap_bin"])["n"]
+        return table[["fusion", "model", "pixel_mean", "interpolation"]].assign(n=n)
+
+    @property
+    def verdict(self) -> str:
+        """One sentence naming the best estimate on validation, and a warning when the product loses to a baseline."""
+        from .report import verdict
+
+        if self.metrics is None:
+            return "Accuracy is computed by the local engine (Earth Engine runs export their inputs for it)."
+        return " ".join(part for part in verdict(self.metrics, self.params.method) if part)
 
 
 def run_infill(
@@ -418,7 +439,7 @@ def run_infill(
               for kind, name in (("observed", "NDVI_Obs"), ("predicted", "NDVI_Pred"), ("gapfree", "NDVI_gapfree"),
                                  ("mask", "NDVI_Mask"))}
     return InfillResult(params=params, engine=engine, aoi=aoi_obj, paths=done.paths, vv=vv, vh=vh,
-                        metadata=pd.read_csv(meta), metrics=done.metrics,
+                        metadata=pd.read_csv(meta), metrics=done.metrics, metrics_by_gap=done.metrics_by_gap,
                         n_images=select_period(ndvi, params.start, params.end).sizes["time"], **stacks)
 
 

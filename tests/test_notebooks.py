@@ -156,8 +156,15 @@ def test_infill_notebook_numbers_equal_its_files(infill_run):
     i = int(np.flatnonzero(table.MAE.to_numpy() > 0)[0])
     ok = clear[i] & np.isfinite(pred[i])
     assert table.MAE[i] == pytest.approx(np.abs(obs[i][ok] - pred[i][ok]).mean(), rel=1e-3)
-    accuracy = next(c for c in nb.cells if c.source.startswith("infill.accuracy"))
-    assert "validation" in accuracy.outputs[0].data["text/plain"]
+    # the accuracy cell: the verdict, the tables (numbers of Infill_Metrics) and the figure by gap length
+    accuracy = next(c for c in nb.cells if c.source.startswith("print(infill.verdict)"))
+    printed = "".join(o.get("text", "") for o in accuracy.outputs)
+    assert printed.startswith("Best on validation")
+    tables = [o.data["text/plain"] for o in accuracy.outputs if "text/plain" in o.get("data", {})]
+    metrics = pd.read_csv(out_dir / f"Infill_Metrics{SUFFIX}.csv")
+    fusion_val = metrics.query("split == 'validation' and method == 'fusion' and gap_bin == 'all'").MAE.iloc[0]
+    assert f"{fusion_val:.4f}".rstrip("0") in tables[0] and "one-sided" in tables[1]
+    assert any("image/png" in o.get("data", {}) for o in accuracy.outputs)
 
 
 def test_papermill_runs_are_independent_of_the_notebook_folder(gaps_run):

@@ -15,6 +15,7 @@ donor on both engines), and the per-image steps are written per pair id.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,7 +336,16 @@ def _bands(images: list, ids: list[str]) -> ee.Image:
 
 
 def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None) -> InfillRun:
-    """Build part B for an AOI and parameters (one server round trip: the pair check)."""
+    """Build part B for an AOI and parameters (one server round trip: the pair check).
+
+    NDVI_gapfree is the paper's fill (``method="paper"``); the fusion of part C runs on the local
+    engine only, on the inputs this engine exports (``export.export_infill_inputs``).
+    """
+    if params.method != "paper":
+        warnings.warn(
+            f'method="{params.method}" is not available on Earth Engine yet: NDVI_gapfree will hold the paper\'s '
+            'fill (the calibrated S1 prediction under clouds). For the fused, more accurate product and its '
+            "standard error, export the inputs and run the local engine on them.", UserWarning, stacklevel=2)
     region = col.region_of(aoi)
     optical = observations(region, params)
     windows = s1_window_mean(optical, region, params)
