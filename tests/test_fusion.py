@@ -53,9 +53,14 @@ def test_fused_equals_a_per_pixel_loop():
     weights = np.array([[0.02, -0.01, 0.1], [0.03, 0.01, 0.2], [0.05, -0.02, 0.3], [0.01, 0.02, 0.5],
                         [0.04, 0.0, 0.6]])
     alpha = np.linspace(0, 2, obs.shape[1])
-    est, dist, two = fusion.fused(obs, anchor, s1, days, weights, alpha)
+    est, _, dist, gbin, sbin = fusion.fused(obs, anchor, s1, days, weights, alpha)
     np.testing.assert_allclose(est, _loop_fused(obs, anchor, s1, days, weights, alpha), rtol=0, atol=1e-12)
     assert np.isnan(est[:, 0]).all() and np.isnan(dist[:, 0]).all()
+    # the compiled bins are the documented ones
+    before = np.cumsum(anchor, axis=0) - anchor  # clear views strictly before each date
+    two = (before > 0) & (anchor.sum(axis=0) - before - anchor > 0)
+    np.testing.assert_array_equal(gbin, fusion.gap_bin(dist, two))
+    np.testing.assert_array_equal(sbin, fusion.se_bin(dist, two))
 
 
 def test_zero_weights_are_linear_interpolation_and_noise_learns_zero_weights():
@@ -96,8 +101,7 @@ def test_s1_that_tracks_ndvi_is_learned_and_beats_interpolation():
     populated = np.bincount(rows["bin"], minlength=5) >= fusion.MIN_ROWS_PER_BIN
     np.testing.assert_allclose(w[populated, 0], 0.02, atol=0.004)
     alpha = fusion.pixel_reliability(rows, w, N, 30.0)
-    est = fusion.fused(truth, anchor, s1, days, w, alpha)[0]
-    interp = fusion.fused(truth, anchor, s1, days, np.zeros_like(w), alpha)[0]
+    est, interp = fusion.fused(truth, anchor, s1, days, w, alpha)[:2]
     hidden = ~anchor & np.isfinite(interp)
     assert np.abs(est - truth)[hidden].mean() < 0.6 * np.abs(interp - truth)[hidden].mean()
 
@@ -106,9 +110,9 @@ def test_gap_bins_on_a_hand_made_series():
     """Clear views on days 0, 8, 50 and 120; distances and bins of every other day by hand."""
     days = np.array([0, 4, 8, 20, 30, 50, 70, 85, 120, 130], dtype=float)
     anchor = np.isin(days, [0, 8, 50, 120])[:, None]
-    prev, nxt = fusion.anchor_positions(anchor)
-    dist, two = fusion.anchor_distance(prev, nxt, days)
-    bins = fusion.gap_bin(dist, two)[:, 0]
+    no_s1 = np.zeros((2, *anchor.shape))
+    _, _, dist, bins, _ = fusion.fused(np.zeros(anchor.shape), anchor, no_s1, days, np.zeros((5, 3)), 1.0)
+    bins = bins[:, 0]
     # day 4: 4 from 0 and 8 -> <=10; 20: 12 from 8 -> 10-20; 30: 20 from 50 -> 10-20 (edge inclusive);
     # 70: 20 from 50 -> 10-20; 85: 35 from 120 -> 20-40; 130: after the last -> one-sided
     expected = {4: 0, 20: 1, 30: 1, 70: 1, 85: 2, 130: 4}
@@ -120,7 +124,7 @@ def test_gap_bins_on_a_hand_made_series():
     # a gap of more than 40 days to both sides
     far = np.array([0, 45, 90], dtype=float)
     a = np.array([True, False, True])[:, None]
-    assert fusion.gap_bin(*fusion.anchor_distance(*fusion.anchor_positions(a), far))[1, 0] == 3
+    assert fusion.fused(np.zeros((3, 1)), a, np.zeros((2, 3, 1)), far, np.zeros((5, 3)), 1.0)[3][1, 0] == 3
 
 
 def test_standard_error_is_calibrated_on_known_noise():
@@ -140,3 +144,36 @@ def test_standard_error_is_calibrated_on_known_noise():
     # bin (5, 10] two-sided: SD between 0.03 and 0.04 -> its SE in between
     assert 0.03 <= se[1] <= 0.04 + fusion.HIST_STEP
     assert (np.diff(se[:8]) >= 0).all()
+
+
+def test_leave_out_rows_equal_a_per_pixel_loop():
+    """Each training observation predicted from its skip-th training neighbours, by hand."""
+    days, obs, anchor, s1 = _series(4, T=30, N=12)
+    rows = fusion.leave_out_rows(obs, anchor, s1, days)
+    expected = []
+    for n in range(obs.shape[1]):
+        idx = np.flatnonzero(anchor[:, n])
+        for skip in fusion.LEAVE_OUT_SKIPS:
+            for j, t in enumerate(idx):
+                p = idx[j - skip] if j - skip >= 0 else None
+                q = idx[j + skip] if j + skip < len(idx) else None
+                if p is None and q is None:
+                    continue
+                between = set(idx[(j - skip + 1 if p is not None else 0):(j + skip if q is not None else len(idx))])
+                others = [obs[i, n] for i in idx if i not in between]
+                if not others:
+                    continue
+
+                def line(v, p=p, q=q, t=t):
+                    if p is not None and q is not None:
+                        return v[p] + (days[t] - days[p]) / (days[q] - days[p]) * (v[q] - v[p])
+                    return v[p] if p is not None else v[q]
+
+                est = line(obs[:, n])
+                dep = [s1[k, t, n] - line(s1[k, :, n]) for k in range(2)]
+                expected.append((n, t, obs[t, n] - est, *dep, np.mean(others) - est))
+    got = np.column_stack([rows["pixel"], rows["resid"], rows["dep"]])
+    key = lambda a: np.lexsort(np.round(a[:, ::-1], 9).T)  # noqa: E731
+    want = np.array([(n, r, *d) for n, _, r, *d in expected])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[key(got)], want[key(want)], rtol=0, atol=1e-9)

@@ -11,7 +11,6 @@ reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ import pandas as pd
 
 from ..missions import CLEAR
 from ..params import InfillParams
-from . import _kernels, _postprocess, fusion
+from . import _fused, _kernels, _postprocess, fusion
 from . import infill as steps
 from ._fused import read_with_halo
 
@@ -38,6 +37,8 @@ class Stage:
     pred: np.ndarray  # (T, H, W) calibrated S1 predictions
     nmean: np.ndarray  # (2, T, H, W) the fusion's S1 covariates
     alpha: np.ndarray  # (H, W) per-pixel reliability of the S1 correction (written by the scoring pass)
+    fused: np.ndarray  # (T, H, W) the fused estimate from every clear view (written by the scoring pass)
+    se_bin: np.ndarray  # (T, H, W) int8 its standard-error bin, -1 without clear view (written by the scoring pass)
     donor: np.ndarray  # (H, W) the artificial clouds
     labels: np.ndarray  # (T,) split labels
     days: np.ndarray  # (T,) days since the start
@@ -47,13 +48,14 @@ class Stage:
 
 
 def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]:
-    """The scoring pass on one block; writes the block's reliability into ``stage.alpha``."""
+    """The scoring pass on one block; writes the block's reliability into ``stage.alpha`` and the
+    product's fused estimate (from every clear view) into ``stage.fused``."""
     s3, donor = np.asarray(stage.state[:, rows, cols]), stage.donor[rows, cols]
     T = s3.shape[0]
     o = np.asarray(stage.obs[:, rows, cols], dtype="float64").reshape(T, -1)
     s = s3.reshape(T, -1)
     N = s.shape[1]
-    nm = np.asarray(stage.nmean[:, :, rows, cols], dtype="float64").reshape(-1, T, N)
+    nm = np.asarray(stage.nmean[:, :, rows, cols]).reshape(-1, T, N)
     train = steps.training_mask(s3, stage.labels, donor).reshape(T, N)
     leave_out = fusion.leave_out_rows(o, train, nm, stage.days)
     alpha = fusion.pixel_reliability(leave_out, stage.weights, N, stage.params.fusion_prior_samples)
@@ -63,35 +65,54 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     c += w[:, -1] * leave_out["dep"][:, -1]
     calibration = fusion.abs_error_histogram(leave_out["resid"] - c, leave_out["se_bin"], fusion.N_SE_BINS)
 
-    fused, dist, two = fusion.fused(o, train, nm, stage.days, stage.weights, alpha)
-    interp = fusion.fused(o, train, nm, stage.days, np.zeros_like(stage.weights), alpha)[0]
-    pm = np.broadcast_to(_postprocess.pixel_mean_baseline(np.where(train, o, np.nan)), o.shape)
-    pred = np.asarray(stage.pred[:, rows, cols], dtype="float64").reshape(T, -1)
-    model = np.where(np.isfinite(pred), pred, fused)  # pixels without a model: the fusion
-    est = {"model": model, "fusion": fused, "pixel_mean": pm, "interpolation": interp}
-    lab = stage.labels[:, None]
-    score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | ((s == CLEAR) & (lab == "test"))
+    test = (s == CLEAR) & (stage.labels[:, None] == "test")
+    score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | test
+    fused, interp, _, gbin, sbin = fusion.fused(o, train, nm, stage.days, stage.weights, alpha, where=score)
     score &= np.isfinite(interp)
-    gbin, sbin = fusion.gap_bin(dist, two), fusion.se_bin(dist, two)
-    sums = np.stack([np.stack([_postprocess.error_sums_stack(o, est[k], score & (gbin == b))
-                               for b in range(len(fusion.GAP_BINS))]) for k in ESTIMATES])
-    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(score & (lab == split), est[k] - o, np.nan), sbin,
-                                                          fusion.N_SE_BINS) for split in SCORED_SPLITS])
+    # every estimate at the scored points (validation and test), on the same points
+    t, n = np.nonzero(score)
+    pm = _postprocess.pixel_mean_baseline(np.where(train, o, np.nan))
+    pred = np.asarray(stage.pred[:, rows, cols]).reshape(T, -1)
+    p_pred = pred[t, n]
+    est = {"model": np.where(np.isfinite(p_pred), p_pred, fused[t, n]),  # pixels without a model: the fusion
+           "fusion": fused[t, n], "pixel_mean": pm[n], "interpolation": interp[t, n]}
+    y, split = o[t, n], stage.labels[t]
+    gbin, sbin = gbin[t, n], sbin[t, n]
+    sums = fusion.binned_error_sums(y, np.stack([est[k] for k in ESTIMATES]), t, gbin, T, len(fusion.GAP_BINS))
+    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(split == sp, est[k] - y, np.nan), sbin,
+                                                          fusion.N_SE_BINS) for sp in SCORED_SPLITS])
                      for k in WITH_SE])
     in_aoi = np.isfinite(pred)
     out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
-    t_idx, p_idx = np.nonzero(score)
-    rng = np.random.default_rng([stage.params.seed, rows.start, cols.start])
-    pick = rng.random(t_idx.size) < stage.sample_fraction
-    samples = np.column_stack([stage.labels[t_idx[pick]] == split for split in SCORED_SPLITS] +
-                              [o[t_idx[pick], p_idx[pick]]] + [est[k][t_idx[pick], p_idx[pick]] for k in ESTIMATES])
+    clear = (s == CLEAR) & np.isfinite(o)
+    product, _, _, _, product_se_bin = fusion.fused(o, clear, nm, stage.days, stage.weights, alpha, where=~clear)
+    shape = stage.fused[:, rows, cols].shape
+    stage.fused[:, rows, cols] = product.reshape(shape)
+    stage.se_bin[:, rows, cols] = product_se_bin.reshape(shape)
+    pick = np.random.default_rng([stage.params.seed, rows.start, cols.start]).random(t.size) < stage.sample_fraction
+    samples = np.column_stack([split[pick] == sp for sp in SCORED_SPLITS] + [y[pick]] +
+                              [est[k][pick] for k in ESTIMATES])
     return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "samples": samples}
 
 
-def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
-    """The scoring pass over all blocks (threads: the work is in numpy); per-block results reduced."""
-    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
-        parts = list(pool.map(lambda b: score_block(stage, *b), blocks))
+STAGED = ("obs", "state", "pred", "nmean", "alpha", "fused", "se_bin")
+
+
+def _score_task(rows: slice, cols: slice) -> dict[str, np.ndarray]:
+    """:func:`score_block` in a worker process of :func:`~optsar_nb.local._fused.run_blocks`."""
+    g = _fused._BLOCK_STAGE
+    stage = Stage(**{name: g[name] for name in STAGED}, donor=g["donor"], labels=g["labels"], days=g["days"],
+                  weights=g["weights"], params=g["params"], sample_fraction=g["sample_fraction"])
+    return score_block(stage, rows, cols)
+
+
+def score(work, shared: dict, blocks, workers: int | None) -> dict[str, np.ndarray]:
+    """The scoring pass over all blocks, in worker processes; per-block results reduced.
+
+    ``work`` holds the staged stacks STAGED (and ``donor``); ``shared``: labels, days, weights,
+    params and sample_fraction.
+    """
+    parts = _fused.run_blocks(_score_task, work, blocks, shared, workers, ("alpha", "fused", "se_bin"))
     out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range")}
     out["samples"] = np.concatenate([p["samples"] for p in parts])
     return out
@@ -117,7 +138,7 @@ def metrics_tables(scores: dict[str, np.ndarray], se: dict[str, np.ndarray],
     for split in SCORED_SPLITS:
         sel = labels == split
         for i, method in enumerate(ESTIMATES):
-            per_bin = scores["sums"][i][:, sel].sum(axis=1)  # (bins, N_SUMS)
+            per_bin = scores["sums"][i][sel].sum(axis=0)  # (bins, N_SUMS)
             for b, name in enumerate((*fusion.GAP_BINS, "all")):
                 sums = per_bin.sum(axis=0) if name == "all" else per_bin[b]
                 row = {"split": split, "method": method, "gap_bin": name, **_postprocess.metrics_from_sums(sums)}
@@ -140,15 +161,9 @@ def _se_bin_probes():
 # ---------------------------------------------------------------------------------------------
 # the product's blocks
 def _product_inputs(stage: Stage, rows: slice, cols: slice, depth: int):
-    o = read_with_halo(stage.obs, rows, cols, depth).astype("float64")
-    st = read_with_halo(stage.state, rows, cols, depth)
-    nm = np.stack([read_with_halo(stage.nmean[k], rows, cols, depth) for k in range(stage.nmean.shape[0])])
-    alpha = read_with_halo(stage.alpha[None], rows, cols, depth)[0]
-    T, h, w = o.shape
-    clear = (st == CLEAR) & np.isfinite(o)
-    est, dist, two = fusion.fused(o.reshape(T, -1), clear.reshape(T, -1), nm.reshape(2, T, -1).astype("float64"),
-                                  stage.days, stage.weights, np.nan_to_num(alpha.ravel(), nan=1.0))
-    return o, clear, est.reshape(T, h, w), dist.reshape(T, h, w), two.reshape(T, h, w)
+    o = read_with_halo(stage.obs, rows, cols, depth)
+    clear = (read_with_halo(stage.state, rows, cols, depth) == CLEAR) & np.isfinite(o)
+    return o, clear, read_with_halo(stage.fused, rows, cols, depth)
 
 
 def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray:
@@ -158,7 +173,7 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
     never outside [-1, 1]."""
     p = stage.params
     depth = int(np.ceil(p.focal_median_radius_px)) if p.method == "paper" else 0
-    o, clear, est, _, _ = _product_inputs(stage, rows, cols, depth)
+    o, clear, est = _product_inputs(stage, rows, cols, depth)
     if p.method == "paper":
         pred = read_with_halo(stage.pred, rows, cols, depth)
         est = np.where(np.isfinite(pred), pred, est)
@@ -173,8 +188,9 @@ def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray
                      rows: slice, cols: slice) -> np.ndarray:
     """NDVI_gapfree_SE on one block: 0 where the clear observation is kept, else the standard
     error of the estimate by distance to the nearest clear observation; NaN outside the AOI."""
-    o, clear, est, dist, two = _product_inputs(stage, rows, cols, 0)
-    sb = fusion.se_bin(dist, two)
+    st, o = np.asarray(stage.state[:, rows, cols]), np.asarray(stage.obs[:, rows, cols])
+    clear = (st == CLEAR) & np.isfinite(o)
+    sb = np.asarray(stage.se_bin[:, rows, cols]).astype(np.int64)
     table = se["fusion"]
     if stage.params.method == "paper":
         has_model = np.isfinite(np.asarray(stage.pred[:, rows, cols]))

@@ -116,26 +116,8 @@ def mae(obs: np.ndarray, pred: np.ndarray, clear: np.ndarray) -> float:
 N_SUMS = 6
 
 
-def error_sums(obs: np.ndarray, pred: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """The N_SUMS accumulators of the accuracy metrics over ``where`` (finite pairs only)."""
-    ok = where & np.isfinite(obs) & np.isfinite(pred)
-    y = obs[ok].astype("float64")
-    e = pred[ok].astype("float64") - y
-    return np.array([ok.sum(), e.sum(), np.abs(e).sum(), (e * e).sum(), y.sum(), (y * y).sum()])
-
-
-def error_sums_stack(obs: np.ndarray, pred: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """:func:`error_sums` of every image of (T, y, x) stacks at once: (T, N_SUMS)."""
-    ok = where & np.isfinite(obs) & np.isfinite(pred)
-    y = np.where(ok, obs, 0.0).astype("float64", copy=False)
-    e = np.where(ok, pred.astype("float64") - y, 0.0)
-    axes = tuple(range(1, obs.ndim))
-    return np.stack([ok.sum(axis=axes), e.sum(axis=axes), np.abs(e).sum(axis=axes), (e * e).sum(axis=axes),
-                     y.sum(axis=axes), (y * y).sum(axis=axes)], axis=1).astype("float64")
-
-
 def metrics_from_sums(s: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, R^2 (1 - SS_res / SS_tot), bias (mean pred - obs) and n from :func:`error_sums`."""
+    """MAE, RMSE, R^2 (1 - SS_res / SS_tot), bias (mean pred - obs) and n from the N_SUMS error sums."""
     n, se, sae, see, sy, syy = (float(v) for v in s)
     if n == 0:
         return {"n": 0, "MAE": np.nan, "RMSE": np.nan, "R2": np.nan, "bias": np.nan}

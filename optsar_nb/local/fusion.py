@@ -29,57 +29,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _fusion_kernels as _kernels
+from ._fusion_kernels import GAP_EDGES, SE_EDGES_ONE_SIDED, SE_EDGES_TWO_SIDED
+
 GAP_BINS = ("<=10", "10-20", "20-40", ">40", "one-sided")  # days to the nearest clear training view
-GAP_EDGES = (10.0, 20.0, 40.0)
 # standard-error bins: finer than GAP_BINS and nested in them (two-sided, then one-sided)
-SE_EDGES_TWO_SIDED = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
-SE_EDGES_ONE_SIDED = (20.0, 60.0)
 N_SE_BINS = len(SE_EDGES_TWO_SIDED) + 1 + len(SE_EDGES_ONE_SIDED) + 1
 LEAVE_OUT_SKIPS = (1, 2, 3)
 HIST_STEP = 0.0025  # NDVI units per bin of the absolute-error histograms
 HIST_BINS = 801  # 0 to 2 in HIST_STEP, the last bin holds everything above
 SE_QUANTILE = 0.6827  # share of a normal population within one standard deviation
 MIN_ROWS_PER_BIN = 200  # fewer leave-out samples in a distance bin: its S1 weights stay 0
-
-
-def anchor_positions(anchor: np.ndarray, skip: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(T, N) time indices of the ``skip``-th anchor strictly before and strictly after each date; -1 if none."""
-    T = anchor.shape[0]
-    count = anchor.sum(axis=0)
-    order = np.argsort(~anchor, axis=0, kind="stable")  # each pixel's anchor positions first, in time order
-    upto = np.cumsum(anchor, axis=0)
-    before = upto - anchor
-    j_prev, j_next = before - skip, upto + skip - 1
-    prev = np.where(j_prev >= 0, np.take_along_axis(order, np.clip(j_prev, 0, T - 1), 0), -1)
-    nxt = np.where(j_next < count, np.take_along_axis(order, np.clip(j_next, 0, T - 1), 0), -1)
-    return prev, nxt
-
-
-def interpolate(values: np.ndarray, prev: np.ndarray, nxt: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """Linear interpolation in time of (..., T, N) ``values`` between the anchors ``prev`` and ``nxt``.
-
-    The nearest anchor is held where only one exists; NaN where there is none.
-    """
-    T = prev.shape[0]
-    t = np.asarray(days, dtype="float64")[:, None]
-    p, n = np.clip(prev, 0, T - 1), np.clip(nxt, 0, T - 1)
-    v_p = np.take_along_axis(values, np.broadcast_to(p, values.shape), -2)
-    v_n = np.take_along_axis(values, np.broadcast_to(n, values.shape), -2)
-    t_p, t_n = days[p], days[n]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(t_n > t_p, (t - t_p) / (t_n - t_p), 0.0)
-    both = v_p + frac * (v_n - v_p)
-    return np.where((prev >= 0) & (nxt >= 0), both, np.where(prev >= 0, v_p, np.where(nxt >= 0, v_n, np.nan)))
-
-
-def anchor_distance(prev: np.ndarray, nxt: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Days to the nearest anchor (NaN with none) and whether there are anchors on both sides."""
-    T = prev.shape[0]
-    t = np.asarray(days, dtype="float64")[:, None]
-    d_p = np.where(prev >= 0, t - days[np.clip(prev, 0, T - 1)], np.inf)
-    d_n = np.where(nxt >= 0, days[np.clip(nxt, 0, T - 1)] - t, np.inf)
-    d = np.minimum(d_p, d_n)
-    return np.where(np.isfinite(d), d, np.nan), (prev >= 0) & (nxt >= 0)
 
 
 def gap_bin(distance: np.ndarray, two_sided: np.ndarray) -> np.ndarray:
@@ -96,59 +56,37 @@ def se_bin(distance: np.ndarray, two_sided: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(distance), -1, np.where(two_sided, two, one))
 
 
-def departures(s1: np.ndarray, prev: np.ndarray, nxt: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """(K, T, N) S1 covariates minus their interpolation between the anchor dates."""
-    return s1 - interpolate(s1, prev, nxt, days)
+def _float(a: np.ndarray) -> np.ndarray:
+    """float32 or float64 as given (the staged covariates are float32), anything else as float64."""
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype("float64")
 
 
-def correction(weights: np.ndarray, dep: np.ndarray, mean_gap: np.ndarray, bins: np.ndarray,
-               alpha) -> np.ndarray:
-    """(T, N) correction of the interpolation: alpha * w_S1 . S1 departures + w_mean * (pixel mean - interpolation).
-
-    ``weights`` (len(GAP_BINS), K + 1): K S1 weights, then the climatology weight. An
-    undefined S1 departure contributes 0; NaN without a bin.
-    """
-    w = np.asarray(weights, dtype="float64")[np.clip(bins, 0, None)]  # (T, N, K + 1)
-    s1 = np.einsum("tnk,ktn->tn", w[..., :-1], np.nan_to_num(dep))
-    s1 = np.where(np.isfinite(dep).all(axis=0), s1, 0.0)
-    return np.where(bins >= 0, np.asarray(alpha) * s1 + w[..., -1] * mean_gap, np.nan)
+def _pixel_major(a: np.ndarray) -> np.ndarray:
+    """A (..., T, N) array as a contiguous (..., N, T) copy: each pixel's series in one run of memory."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
 def leave_out_rows(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: np.ndarray,
                    skips=LEAVE_OUT_SKIPS) -> dict[str, np.ndarray]:
     """Leave-out samples of the training observations, for learning the weights.
 
-    ``obs`` (T, N) NDVI, ``train`` (T, N) the training observations, ``s1`` (K, T, N). Returns
-    rows: ``bin`` (GAP_BINS index), ``resid`` = obs - interpolation, ``dep`` (n, K + 1): the S1
-    departures and the pixel's mean of the training observations left in (all but those
-    between the two anchors) minus the interpolation, ``se_bin`` and ``pixel`` (column index
-    in the block).
+    ``obs`` (T, N) NDVI, ``train`` (T, N) the training observations, ``s1`` (K, T, N). Each
+    training observation j of a pixel is predicted from its training observations j - skip and
+    j + skip (or the one that exists). Returns rows: ``bin`` (GAP_BINS index), ``resid`` = obs -
+    interpolation, ``dep`` (n, K + 1): the S1 departures and the pixel's mean of the training
+    observations left in (all but those strictly between the two anchors) minus the
+    interpolation, ``se_bin`` and ``pixel`` (column index in the block).
     """
-    seen = np.where(train, obs, np.nan)
-    T = obs.shape[0]
-    # sums and counts of the observations up to each date, with a leading 0 (position -1)
-    csum = np.concatenate([np.zeros((1, obs.shape[1])), np.cumsum(np.nan_to_num(seen), axis=0)])
-    ccount = np.concatenate([np.zeros((1, obs.shape[1])), np.cumsum(train, axis=0)])
-    rows = {k: [] for k in ("bin", "resid", "dep", "se_bin", "pixel")}
-    pixel = np.broadcast_to(np.arange(obs.shape[1]), obs.shape)
-    for skip in skips:
-        prev, nxt = anchor_positions(train, skip)
-        est = interpolate(seen, prev, nxt, days)
-        dep = departures(s1, prev, nxt, days)
-        dist, two = anchor_distance(prev, nxt, days)
-        # the observations strictly between the anchors are the ones left out
-        lo, hi = prev + 1, np.where(nxt >= 0, nxt, T)
-        out_sum = csum[-1] - (np.take_along_axis(csum, hi, 0) - np.take_along_axis(csum, lo, 0))
-        out_n = ccount[-1] - (np.take_along_axis(ccount, hi, 0) - np.take_along_axis(ccount, lo, 0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_others = np.where(out_n > 0, out_sum / out_n, np.nan)
-        keep = train & np.isfinite(est) & np.isfinite(dep).all(axis=0) & np.isfinite(mean_others)
-        rows["bin"].append(gap_bin(dist, two)[keep])
-        rows["se_bin"].append(se_bin(dist, two)[keep])
-        rows["resid"].append((obs - est)[keep])
-        rows["dep"].append(np.column_stack([dep[:, keep].T, (mean_others - est)[keep]]))
-        rows["pixel"].append(pixel[keep])
-    return {k: np.concatenate(v) for k, v in rows.items()}
+    obs, train = np.asarray(obs, dtype="float64"), np.asarray(train, dtype=bool)
+    s1 = _float(s1)
+    size = int(train.sum()) * len(skips)
+    pixel, resid = np.empty(size, np.int64), np.empty(size)
+    bins, dep = np.empty((2, size), np.int64), np.empty((size, s1.shape[0] + 1))
+    n = _kernels.leave_out_rows(_pixel_major(obs), _pixel_major(train), _pixel_major(s1),
+                                np.asarray(days, dtype="float64"), np.asarray(skips, np.int64), pixel, resid,
+                                bins, dep)
+    return {"bin": bins[0, :n], "se_bin": bins[1, :n], "resid": resid[:n], "dep": dep[:n], "pixel": pixel[:n]}
 
 
 def fit_weights(bins: np.ndarray, resid: np.ndarray, dep: np.ndarray, *, iterations: int = 30) -> np.ndarray:
@@ -179,13 +117,8 @@ def pixel_reliability(rows: dict[str, np.ndarray], weights: np.ndarray, n_pixels
     of the residual ``r`` after the climatology term, shrunk towards 1 with the weight of
     ``prior_samples`` samples and clipped to [0, 2]; 1 for a pixel without samples.
     """
-    w = weights[rows["bin"]]
-    c = np.einsum("nk,nk->n", rows["dep"][:, :-1], w[:, :-1])
-    r = rows["resid"] - w[:, -1] * rows["dep"][:, -1]
-    px = rows["pixel"]
-    scc = np.bincount(px, c * c, n_pixels)
-    scr = np.bincount(px, c * r, n_pixels)
-    n = np.bincount(px, None, n_pixels)
+    scc, scr, n = _kernels.reliability_sums(rows["dep"], rows["resid"], rows["bin"], rows["pixel"],
+                                            np.asarray(weights, dtype="float64"), n_pixels)
     with np.errstate(invalid="ignore", divide="ignore"):
         own = np.where(scc > 0, scr / scc, 1.0)
     prior = prior_samples / np.maximum(n, 1)
@@ -193,27 +126,45 @@ def pixel_reliability(rows: dict[str, np.ndarray], weights: np.ndarray, n_pixels
 
 
 def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray, weights: np.ndarray,
-          alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The fused estimate at every date from the anchors (clear views) of each pixel.
+          alpha, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fused estimate from the anchors (clear views) of each pixel, at the dates ``where``.
 
-    Returns (T, N) estimate (NaN for a pixel without anchors), distance to the nearest anchor
-    (days) and the two-sided flag. At an anchor's own date the estimate ignores that anchor.
+    ``obs`` (T, N), ``anchor`` (T, N) bool, ``s1`` (K, T, N), ``weights`` (len(GAP_BINS), K + 1):
+    K S1 weights then the climatology weight, ``alpha`` (N,) the pixels' reliability of the S1
+    correction, ``where`` (T, N) the positions to estimate (default: all). Returns (T, N): the
+    estimate and the linear interpolation it corrects (NaN outside ``where`` and for a pixel
+    without anchors), the distance to the nearest anchor (days, NaN without), its GAP_BINS index
+    and its SE bin (:func:`gap_bin`, :func:`se_bin`; -1 without anchors). At an anchor's own date
+    the estimate ignores that anchor; an undefined S1 departure contributes 0.
     """
-    prev, nxt = anchor_positions(anchor)
-    seen = np.where(anchor, obs, np.nan)
-    est = interpolate(seen, prev, nxt, days)
-    dist, two = anchor_distance(prev, nxt, days)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(seen, axis=0) / anchor.sum(axis=0)
-    est = est + correction(weights, departures(s1, prev, nxt, days), mean - est, gap_bin(dist, two), alpha)
-    return est, dist, two
+    T, N = obs.shape
+    where = np.ones((T, N), bool) if where is None else np.asarray(where, dtype=bool)
+    alpha = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, dtype="float64"), (N,)))
+    out, bins = np.empty((3, N, T)), np.empty((2, N, T), np.int8)
+    _kernels.fused(_pixel_major(np.asarray(obs, dtype="float64")), _pixel_major(np.asarray(anchor, dtype=bool)),
+                   _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(weights, dtype="float64"),
+                   alpha, _pixel_major(where), out, bins)
+    return out[0].T, out[1].T, out[2].T, bins[0].T, bins[1].T
+
+
+def binned_error_sums(obs: np.ndarray, est: np.ndarray, t: np.ndarray, bins: np.ndarray, n_time: int,
+                      n_bins: int) -> np.ndarray:
+    """(E, n_time, n_bins, N_SUMS) error sums (n, e, |e|, e^2, y, y^2; e = est - obs) of E estimates
+    at scored points, per date and bin.
+
+    ``obs``, ``t`` (date index) and ``bins`` are 1-D over the points, ``est`` (E, points);
+    points with a NaN or a bin of -1 are left out.
+    """
+    return _kernels.error_sums(np.asarray(obs, dtype="float64"), np.asarray(est, dtype="float64"),
+                               np.asarray(t, np.int64), np.asarray(bins, np.int64), n_time, n_bins)
 
 
 def abs_error_histogram(err: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
     """(n_bins, HIST_BINS) counts of |err| per bin (rows with bin -1 or NaN error are left out)."""
     ok = (bins >= 0) & np.isfinite(err)
     h = np.minimum((np.abs(err[ok]) / HIST_STEP).astype("int64"), HIST_BINS - 1)
-    return np.bincount(bins[ok] * HIST_BINS + h, minlength=n_bins * HIST_BINS).reshape(n_bins, HIST_BINS)
+    key = bins[ok].astype(np.int64) * HIST_BINS + h
+    return np.bincount(key, minlength=n_bins * HIST_BINS).reshape(n_bins, HIST_BINS)
 
 
 def se_scale(hist: np.ndarray) -> np.ndarray:

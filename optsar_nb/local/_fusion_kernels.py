@@ -1,0 +1,199 @@
+"""Compiled per-pixel loops of the fusion (``fusion.py``): one pass over each pixel's time series.
+
+Arrays are pixel-major here, (N, T) and (K, N, T), so that a pixel's series is contiguous.
+
+Both are sequential in time per pixel (the nearest clear views before and after each date), which
+numpy can only express with several full-size gathers per quantity; compiled, a block costs about
+one read of its stacks. ``cache=True``: worker processes load the compiled code from disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# days to the nearest clear view: the reported gap bins and the finer standard-error bins
+GAP_EDGES = (10.0, 20.0, 40.0)
+SE_EDGES_TWO_SIDED = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
+SE_EDGES_ONE_SIDED = (20.0, 60.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _bins(distance, two_sided):
+    """(gap bin, SE bin) of a distance: see ``fusion.gap_bin`` and ``fusion.se_bin``. The edges
+    are module constants, which the compiler folds into the code."""
+    if two_sided:
+        b = 0
+        for e in GAP_EDGES:
+            b += distance > e
+        sb = 0
+        for e in SE_EDGES_TWO_SIDED:
+            sb += distance > e
+        return b, sb
+    sb = len(SE_EDGES_TWO_SIDED) + 1
+    for e in SE_EDGES_ONE_SIDED:
+        sb += distance > e
+    return len(GAP_EDGES) + 1, sb
+
+
+@njit(cache=True, error_model="numpy")
+def fused(obs, anchor, s1, days, weights, alpha, where, out, bins):
+    """out[0] estimate, out[1] interpolation (NaN outside ``where``), out[2] distance; bins[0] gap bin,
+    bins[1] SE bin (-1 without anchors)."""
+    N, T = obs.shape
+    K = s1.shape[0]
+    idx = np.empty(T, np.int64)
+    for n in range(N):
+        m = 0
+        total = 0.0
+        for t in range(T):
+            if anchor[n, t]:
+                idx[m] = t
+                total += obs[n, t]
+                m += 1
+        mean = total / m if m > 0 else np.nan
+        j = 0  # idx[j] is the first anchor after t (or j == m)
+        for t in range(T):
+            while j < m and idx[j] <= t:
+                j += 1
+            p = idx[j - 1] if j > 0 and idx[j - 1] < t else (idx[j - 2] if j > 1 else -1)
+            q = idx[j] if j < m else -1
+            out[0, n, t] = np.nan
+            out[1, n, t] = np.nan
+            if p < 0 and q < 0:
+                out[2, n, t] = np.nan
+                bins[0, n, t] = -1
+                bins[1, n, t] = -1
+                continue
+            both = p >= 0 and q >= 0
+            if both:
+                dist = min(days[t] - days[p], days[q] - days[t])
+            elif p >= 0:
+                dist = days[t] - days[p]
+            else:
+                dist = days[q] - days[t]
+            out[2, n, t] = dist
+            b, sb = _bins(dist, both)
+            bins[0, n, t] = b
+            bins[1, n, t] = sb
+            if not where[n, t]:
+                continue
+            frac = (days[t] - days[p]) / (days[q] - days[p]) if both else 0.0
+            if both:
+                interp = obs[n, p] + frac * (obs[n, q] - obs[n, p])
+            elif p >= 0:
+                interp = obs[n, p]
+            else:
+                interp = obs[n, q]
+            s1_term = 0.0
+            for k in range(K):
+                if both:
+                    line = s1[k, n, p] + frac * (s1[k, n, q] - s1[k, n, p])
+                elif p >= 0:
+                    line = s1[k, n, p]
+                else:
+                    line = s1[k, n, q]
+                d = s1[k, n, t] - line
+                if not np.isfinite(d):
+                    s1_term = 0.0
+                    break
+                s1_term += weights[b, k] * d
+            out[0, n, t] = interp + alpha[n] * s1_term + weights[b, K] * (mean - interp)
+            out[1, n, t] = interp
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def leave_out_rows(obs, train, s1, days, skips, pixel, resid, bins, dep):
+    """Fill the leave-out rows (see ``fusion.leave_out_rows``); returns how many were written."""
+    N, T = obs.shape
+    K = s1.shape[0]
+    idx = np.empty(T, np.int64)
+    csum = np.empty(T + 1)
+    r = 0
+    for n in range(N):
+        m = 0
+        csum[0] = 0.0
+        for t in range(T):
+            if train[n, t]:
+                idx[m] = t
+                csum[m + 1] = csum[m] + obs[n, t]
+                m += 1
+        for skip in skips:
+            for j in range(m):
+                has_p, has_q = j - skip >= 0, j + skip < m
+                if not (has_p or has_q):
+                    continue
+                lo = j - skip + 1 if has_p else 0
+                hi = j + skip if has_q else m
+                left_in = m - (hi - lo)
+                if left_in <= 0:
+                    continue
+                t = idx[j]
+                p = idx[j - skip] if has_p else -1
+                q = idx[j + skip] if has_q else -1
+                frac = (days[t] - days[p]) / (days[q] - days[p]) if has_p and has_q else 0.0
+                if has_p and has_q:
+                    est = obs[n, p] + frac * (obs[n, q] - obs[n, p])
+                    d = min(days[t] - days[p], days[q] - days[t])
+                elif has_p:
+                    est, d = obs[n, p], days[t] - days[p]
+                else:
+                    est, d = obs[n, q], days[q] - days[t]
+                ok = np.isfinite(est)
+                for k in range(K):
+                    if has_p and has_q:
+                        line = s1[k, n, p] + frac * (s1[k, n, q] - s1[k, n, p])
+                    elif has_p:
+                        line = s1[k, n, p]
+                    else:
+                        line = s1[k, n, q]
+                    dep[r, k] = s1[k, n, t] - line
+                    ok = ok and np.isfinite(dep[r, k])
+                if not ok:
+                    continue
+                dep[r, K] = (csum[m] - (csum[hi] - csum[lo])) / left_in - est
+                pixel[r], resid[r] = n, obs[n, t] - est
+                bins[0, r], bins[1, r] = _bins(d, has_p and has_q)
+                r += 1
+    return r
+
+
+@njit(cache=True, error_model="numpy")
+def error_sums(obs, est, t, bins, n_time, n_bins):
+    """(E, n_time, n_bins, 6) sums n, e, |e|, e^2, y, y^2 (e = est - obs) of E estimates at scored points."""
+    E, m = est.shape
+    out = np.zeros((E, n_time, n_bins, 6))
+    for i in range(m):
+        b, y = bins[i], obs[i]
+        if b < 0 or not np.isfinite(y):
+            continue
+        for k in range(E):
+            e = est[k, i] - y
+            if not np.isfinite(e):
+                continue
+            s = out[k, t[i], b]
+            s[0] += 1.0
+            s[1] += e
+            s[2] += abs(e)
+            s[3] += e * e
+            s[4] += y
+            s[5] += y * y
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def reliability_sums(dep, resid, bins, pixel, weights, n_pixels):
+    """Per pixel: sum c c, sum c r and n (see ``fusion.pixel_reliability``)."""
+    out = np.zeros((3, n_pixels))
+    K = dep.shape[1] - 1
+    for i in range(len(resid)):
+        b = bins[i]
+        c = 0.0
+        for k in range(K):
+            c += weights[b, k] * dep[i, k]
+        r = resid[i] - weights[b, K] * dep[i, K]
+        out[0, pixel[i]] += c * c
+        out[1, pixel[i]] += c * r
+        out[2, pixel[i]] += 1.0
+    return out
