@@ -100,7 +100,7 @@ def test_s1_that_tracks_ndvi_is_learned_and_beats_interpolation():
     w = fusion.fit_weights(rows["bin"], rows["resid"], rows["dep"])
     populated = np.bincount(rows["bin"], minlength=5) >= fusion.MIN_ROWS_PER_BIN
     np.testing.assert_allclose(w[populated, 0], 0.02, atol=0.004)
-    alpha = fusion.pixel_reliability(rows, w, N, 30.0)
+    alpha = fusion.pixel_reliability(truth, anchor, s1, days, w, 30.0)[0]
     est, interp = fusion.fused(truth, anchor, s1, days, w, alpha)[:2]
     hidden = ~anchor & np.isfinite(interp)
     assert np.abs(est - truth)[hidden].mean() < 0.6 * np.abs(interp - truth)[hidden].mean()
@@ -177,3 +177,22 @@ def test_leave_out_rows_equal_a_per_pixel_loop():
     want = np.array([(n, r, *d) for n, _, r, *d in expected])
     assert got.shape == want.shape
     np.testing.assert_allclose(got[key(got)], want[key(want)], rtol=0, atol=1e-9)
+
+
+def test_pixel_reliability_and_its_error_histogram_from_the_leave_out_rows():
+    """The compiled per-pixel pass equals the documented formula applied to the leave-out rows."""
+    days, obs, anchor, s1 = _series(5, T=50, N=40)
+    weights = np.array([[0.02, -0.01, 0.1], [0.03, 0.01, 0.2], [0.05, -0.02, 0.3], [0.01, 0.02, 0.5],
+                        [0.04, 0.0, 0.6]])
+    alpha, hist = fusion.pixel_reliability(obs, anchor, s1, days, weights, 30.0)
+    rows = fusion.leave_out_rows(obs, anchor, s1, days)
+    w = weights[rows["bin"]]
+    c = np.einsum("nk,nk->n", rows["dep"][:, :2], w[:, :2])
+    r = rows["resid"] - w[:, 2] * rows["dep"][:, 2]
+    for px in range(obs.shape[1]):
+        mine = rows["pixel"] == px
+        own = (c[mine] * r[mine]).sum() / (c[mine] ** 2).sum() if mine.any() else 1.0
+        prior = 30.0 / max(mine.sum(), 1)
+        assert alpha[px] == pytest.approx(np.clip((own + prior) / (1 + prior), 0, 2), abs=1e-12)
+    err = r - alpha[rows["pixel"]] * c
+    np.testing.assert_array_equal(hist, fusion.abs_error_histogram(err, rows["se_bin"], fusion.N_SE_BINS))

@@ -11,6 +11,8 @@ reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +20,7 @@ import pandas as pd
 
 from ..missions import CLEAR
 from ..params import InfillParams
-from . import _fused, _kernels, _postprocess, fusion
+from . import _kernels, _postprocess, fusion
 from . import infill as steps
 from ._fused import read_with_halo
 
@@ -57,13 +59,9 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     N = s.shape[1]
     nm = np.asarray(stage.nmean[:, :, rows, cols]).reshape(-1, T, N)
     train = steps.training_mask(s3, stage.labels, donor).reshape(T, N)
-    leave_out = fusion.leave_out_rows(o, train, nm, stage.days)
-    alpha = fusion.pixel_reliability(leave_out, stage.weights, N, stage.params.fusion_prior_samples)
+    alpha, calibration = fusion.pixel_reliability(o, train, nm, stage.days, stage.weights,
+                                                  stage.params.fusion_prior_samples)
     stage.alpha[rows, cols] = alpha.reshape(stage.alpha[rows, cols].shape)
-    w = stage.weights[leave_out["bin"]]
-    c = alpha[leave_out["pixel"]] * np.einsum("nk,nk->n", leave_out["dep"][:, :-1], w[:, :-1])
-    c += w[:, -1] * leave_out["dep"][:, -1]
-    calibration = fusion.abs_error_histogram(leave_out["resid"] - c, leave_out["se_bin"], fusion.N_SE_BINS)
 
     test = (s == CLEAR) & (stage.labels[:, None] == "test")
     score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | test
@@ -95,24 +93,14 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "samples": samples}
 
 
-STAGED = ("obs", "state", "pred", "nmean", "alpha", "fused", "se_bin")
+def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
+    """The scoring pass over all blocks; per-block results reduced.
 
-
-def _score_task(rows: slice, cols: slice) -> dict[str, np.ndarray]:
-    """:func:`score_block` in a worker process of :func:`~optsar_nb.local._fused.run_blocks`."""
-    g = _fused._BLOCK_STAGE
-    stage = Stage(**{name: g[name] for name in STAGED}, donor=g["donor"], labels=g["labels"], days=g["days"],
-                  weights=g["weights"], params=g["params"], sample_fraction=g["sample_fraction"])
-    return score_block(stage, rows, cols)
-
-
-def score(work, shared: dict, blocks, workers: int | None) -> dict[str, np.ndarray]:
-    """The scoring pass over all blocks, in worker processes; per-block results reduced.
-
-    ``work`` holds the staged stacks STAGED (and ``donor``); ``shared``: labels, days, weights,
-    params and sample_fraction.
+    Threads, not processes: the work is in compiled loops that release the interpreter lock
+    and in numpy, and worker processes would cost more to start than the pass takes.
     """
-    parts = _fused.run_blocks(_score_task, work, blocks, shared, workers, ("alpha", "fused", "se_bin"))
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        parts = list(pool.map(lambda b: score_block(stage, *b), blocks))
     out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range")}
     out["samples"] = np.concatenate([p["samples"] for p in parts])
     return out
@@ -160,45 +148,40 @@ def _se_bin_probes():
 
 # ---------------------------------------------------------------------------------------------
 # the product's blocks
-def _product_inputs(stage: Stage, rows: slice, cols: slice, depth: int):
-    o = read_with_halo(stage.obs, rows, cols, depth)
-    clear = (read_with_halo(stage.state, rows, cols, depth) == CLEAR) & np.isfinite(o)
-    return o, clear, read_with_halo(stage.fused, rows, cols, depth)
-
-
 def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray:
     """NDVI_gapfree on one block: the clear observation where there is one, else the method's
     estimate ("fusion": the fused estimate; "paper": the calibrated S1 prediction, the fused
     estimate where a pixel has no model, then the B.10 focal median); NaN outside the AOI;
     never outside [-1, 1]."""
     p = stage.params
-    depth = int(np.ceil(p.focal_median_radius_px)) if p.method == "paper" else 0
-    o, clear, est = _product_inputs(stage, rows, cols, depth)
-    if p.method == "paper":
-        pred = read_with_halo(stage.pred, rows, cols, depth)
-        est = np.where(np.isfinite(pred), pred, est)
-    keep = read_with_halo(inside[None], rows, cols, depth)[0] == 1 if inside is not None else None
-    fill = _postprocess.fill_image(o, est, clear, keep)
-    if p.method == "paper":
+    if p.method == "paper":  # the focal median reads a halo (NaN beyond the image)
+        depth = int(np.ceil(p.focal_median_radius_px))
+        o, state, fused, pred = (read_with_halo(a, rows, cols, depth) for a in (stage.obs, stage.state, stage.fused,
+                                                                                stage.pred))
+        est = np.where(np.isfinite(pred), pred, fused)
+        keep = read_with_halo(inside[None], rows, cols, depth)[0] == 1 if inside is not None else None
+        fill = _postprocess.fill_image(o, est, (state == CLEAR) & np.isfinite(o), keep)
         fill = _kernels.focal_median(fill, p.focal_median_radius_px, inset=depth)
-    return np.clip(fill, -1.0, 1.0)
+    else:
+        o = np.asarray(stage.obs[:, rows, cols])
+        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o, stage.fused[:, rows, cols])
+        if inside is not None:
+            fill[:, inside[rows, cols] != 1] = np.nan
+    return np.clip(fill, -1.0, 1.0, out=fill)
 
 
 def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray | None,
                      rows: slice, cols: slice) -> np.ndarray:
     """NDVI_gapfree_SE on one block: 0 where the clear observation is kept, else the standard
     error of the estimate by distance to the nearest clear observation; NaN outside the AOI."""
-    st, o = np.asarray(stage.state[:, rows, cols]), np.asarray(stage.obs[:, rows, cols])
-    clear = (st == CLEAR) & np.isfinite(o)
-    sb = np.asarray(stage.se_bin[:, rows, cols]).astype(np.int64)
-    table = se["fusion"]
-    if stage.params.method == "paper":
-        has_model = np.isfinite(np.asarray(stage.pred[:, rows, cols]))
-        table = np.where(has_model[..., None], se["model"], se["fusion"])  # (T, h, w, bins)
-        out = np.take_along_axis(table, np.clip(sb, 0, None)[..., None], -1)[..., 0]
-    else:
-        out = table[np.clip(sb, 0, None)]
-    out = np.where(sb < 0, np.nan, np.where(clear, 0.0, out))
+    def lookup(table):  # SE bin -1 (no clear view) -> NaN
+        return np.concatenate([[np.nan], table]).astype("float32")[sb + 1]
+
+    sb = np.asarray(stage.se_bin[:, rows, cols]).astype(np.intp)
+    out = lookup(se["fusion"])
+    if stage.params.method == "paper":  # the S1 regression's own SE where it predicts
+        out = np.where(np.isfinite(stage.pred[:, rows, cols]), lookup(se["model"]), out)
+    out[(stage.state[:, rows, cols] == CLEAR) & np.isfinite(stage.obs[:, rows, cols])] = 0.0
     if inside is not None:
-        out = np.where(inside[rows, cols][None] == 1, out, np.nan)
-    return out.astype("float32")
+        out[:, inside[rows, cols] != 1] = np.nan
+    return out

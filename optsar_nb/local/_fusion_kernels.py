@@ -36,7 +36,7 @@ def _bins(distance, two_sided):
     return len(GAP_EDGES) + 1, sb
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def fused(obs, anchor, s1, days, weights, alpha, where, out, bins):
     """out[0] estimate, out[1] interpolation (NaN outside ``where``), out[2] distance; bins[0] gap bin,
     bins[1] SE bin (-1 without anchors)."""
@@ -103,63 +103,112 @@ def fused(obs, anchor, s1, days, weights, alpha, where, out, bins):
     return out
 
 
-@njit(cache=True, error_model="numpy")
-def leave_out_rows(obs, train, s1, days, skips, pixel, resid, bins, dep):
-    """Fill the leave-out rows (see ``fusion.leave_out_rows``); returns how many were written."""
-    N, T = obs.shape
+@njit(cache=True, error_model="numpy", nogil=True)
+def _pixel_rows(n, obs, train, s1, days, skips, idx, csum, resid, bins, dep):
+    """The leave-out rows of pixel ``n`` (see ``fusion.leave_out_rows``) into the buffers; returns their count."""
+    T = obs.shape[1]
     K = s1.shape[0]
-    idx = np.empty(T, np.int64)
-    csum = np.empty(T + 1)
+    m = 0
+    csum[0] = 0.0
+    for t in range(T):
+        if train[n, t]:
+            idx[m] = t
+            csum[m + 1] = csum[m] + obs[n, t]
+            m += 1
     r = 0
-    for n in range(N):
-        m = 0
-        csum[0] = 0.0
-        for t in range(T):
-            if train[n, t]:
-                idx[m] = t
-                csum[m + 1] = csum[m] + obs[n, t]
-                m += 1
-        for skip in skips:
-            for j in range(m):
-                has_p, has_q = j - skip >= 0, j + skip < m
-                if not (has_p or has_q):
-                    continue
-                lo = j - skip + 1 if has_p else 0
-                hi = j + skip if has_q else m
-                left_in = m - (hi - lo)
-                if left_in <= 0:
-                    continue
-                t = idx[j]
-                p = idx[j - skip] if has_p else -1
-                q = idx[j + skip] if has_q else -1
-                frac = (days[t] - days[p]) / (days[q] - days[p]) if has_p and has_q else 0.0
+    for skip in skips:
+        for j in range(m):
+            has_p, has_q = j - skip >= 0, j + skip < m
+            if not (has_p or has_q):
+                continue
+            lo = j - skip + 1 if has_p else 0
+            hi = j + skip if has_q else m
+            left_in = m - (hi - lo)
+            if left_in <= 0:
+                continue
+            t = idx[j]
+            p = idx[j - skip] if has_p else -1
+            q = idx[j + skip] if has_q else -1
+            frac = (days[t] - days[p]) / (days[q] - days[p]) if has_p and has_q else 0.0
+            if has_p and has_q:
+                est = obs[n, p] + frac * (obs[n, q] - obs[n, p])
+                d = min(days[t] - days[p], days[q] - days[t])
+            elif has_p:
+                est, d = obs[n, p], days[t] - days[p]
+            else:
+                est, d = obs[n, q], days[q] - days[t]
+            ok = np.isfinite(est)
+            for k in range(K):
                 if has_p and has_q:
-                    est = obs[n, p] + frac * (obs[n, q] - obs[n, p])
-                    d = min(days[t] - days[p], days[q] - days[t])
+                    line = s1[k, n, p] + frac * (s1[k, n, q] - s1[k, n, p])
                 elif has_p:
-                    est, d = obs[n, p], days[t] - days[p]
+                    line = s1[k, n, p]
                 else:
-                    est, d = obs[n, q], days[q] - days[t]
-                ok = np.isfinite(est)
-                for k in range(K):
-                    if has_p and has_q:
-                        line = s1[k, n, p] + frac * (s1[k, n, q] - s1[k, n, p])
-                    elif has_p:
-                        line = s1[k, n, p]
-                    else:
-                        line = s1[k, n, q]
-                    dep[r, k] = s1[k, n, t] - line
-                    ok = ok and np.isfinite(dep[r, k])
-                if not ok:
-                    continue
-                dep[r, K] = (csum[m] - (csum[hi] - csum[lo])) / left_in - est
-                pixel[r], resid[r] = n, obs[n, t] - est
-                bins[0, r], bins[1, r] = _bins(d, has_p and has_q)
-                r += 1
+                    line = s1[k, n, q]
+                dep[r, k] = s1[k, n, t] - line
+                ok = ok and np.isfinite(dep[r, k])
+            if not ok:
+                continue
+            dep[r, K] = (csum[m] - (csum[hi] - csum[lo])) / left_in - est
+            resid[r] = obs[n, t] - est
+            bins[0, r], bins[1, r] = _bins(d, has_p and has_q)
+            r += 1
     return r
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
+def leave_out_rows(obs, train, s1, days, skips, pixel, resid, bins, dep):
+    """Fill the leave-out rows of every pixel (see ``fusion.leave_out_rows``); returns how many were written."""
+    N, T = obs.shape
+    K = s1.shape[0]
+    idx, csum = np.empty(T, np.int64), np.empty(T + 1)
+    b_resid, b_bins, b_dep = np.empty(T * len(skips)), np.empty((2, T * len(skips)), np.int64), \
+        np.empty((T * len(skips), K + 1))
+    r = 0
+    for n in range(N):
+        c = _pixel_rows(n, obs, train, s1, days, skips, idx, csum, b_resid, b_bins, b_dep)
+        for i in range(c):
+            pixel[r], resid[r] = n, b_resid[i]
+            bins[0, r], bins[1, r] = b_bins[0, i], b_bins[1, i]
+            dep[r] = b_dep[i]
+            r += 1
+    return r
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def reliability(obs, train, s1, days, skips, weights, prior_samples, hist_step, alpha, hist):
+    """Per pixel, from its own leave-out rows: ``alpha`` (see ``fusion.pixel_reliability``), and the
+    histogram (SE bin x |error| in ``hist_step``) of the fused estimate's leave-out errors."""
+    N, T = obs.shape
+    K = s1.shape[0]
+    n_hist = hist.shape[1]
+    idx, csum = np.empty(T, np.int64), np.empty(T + 1)
+    resid, bins, dep = np.empty(T * len(skips)), np.empty((2, T * len(skips)), np.int64), \
+        np.empty((T * len(skips), K + 1))
+    for n in range(N):
+        c = _pixel_rows(n, obs, train, s1, days, skips, idx, csum, resid, bins, dep)
+        scc = scr = 0.0
+        for i in range(c):
+            b = bins[0, i]
+            s = 0.0
+            for k in range(K):
+                s += weights[b, k] * dep[i, k]
+            scc += s * s
+            scr += s * (resid[i] - weights[b, K] * dep[i, K])
+        own = scr / scc if scc > 0 else 1.0
+        prior = prior_samples / max(c, 1)
+        a = min(max((own + prior) / (1.0 + prior), 0.0), 2.0)
+        alpha[n] = a
+        for i in range(c):
+            b = bins[0, i]
+            e = resid[i] - weights[b, K] * dep[i, K]
+            for k in range(K):
+                e -= a * weights[b, k] * dep[i, k]
+            h = min(int(abs(e) / hist_step), n_hist - 1)
+            hist[bins[1, i], h] += 1
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
 def error_sums(obs, est, t, bins, n_time, n_bins):
     """(E, n_time, n_bins, 6) sums n, e, |e|, e^2, y, y^2 (e = est - obs) of E estimates at scored points."""
     E, m = est.shape
@@ -179,21 +228,4 @@ def error_sums(obs, est, t, bins, n_time, n_bins):
             s[3] += e * e
             s[4] += y
             s[5] += y * y
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def reliability_sums(dep, resid, bins, pixel, weights, n_pixels):
-    """Per pixel: sum c c, sum c r and n (see ``fusion.pixel_reliability``)."""
-    out = np.zeros((3, n_pixels))
-    K = dep.shape[1] - 1
-    for i in range(len(resid)):
-        b = bins[i]
-        c = 0.0
-        for k in range(K):
-            c += weights[b, k] * dep[i, k]
-        r = resid[i] - weights[b, K] * dep[i, K]
-        out[0, pixel[i]] += c * c
-        out[1, pixel[i]] += c * r
-        out[2, pixel[i]] += 1.0
     return out

@@ -361,16 +361,13 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     lap("standardization, MAE (B.9-B.10)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
-    _memmap(work, "alpha", (H, W), "float32")
-    _memmap(work, "fused", (T, H, W), "float32")
-    _memmap(work, "se_bin", (T, H, W), "int8")
-    shared = {"labels": labels, "days": days, "weights": fusion_weights, "params": params,
-              "sample_fraction": min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1))}
-    scores = _accuracy.score(work, shared, _blocks(H, W, edge), workers)
     stage = _accuracy.Stage(obs=mm_obs, state=mm_st, pred=mm_pred, nmean=mm_nmean, donor=donor_cloudy,
-                            alpha=np.load(work / "alpha.npy", mmap_mode="r"),
-                            fused=np.load(work / "fused.npy", mmap_mode="r"),
-                            se_bin=np.load(work / "se_bin.npy", mmap_mode="r"), **shared)
+                            alpha=_memmap(work, "alpha", (H, W), "float32"),
+                            fused=_memmap(work, "fused", (T, H, W), "float32"),
+                            se_bin=_memmap(work, "se_bin", (T, H, W), "int8"), labels=labels, days=days,
+                            weights=fusion_weights, params=params,
+                            sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
+    scores = _accuracy.score(stage, _blocks(H, W, edge), workers)
     se = _accuracy.standard_errors(scores)
     metrics_by_gap = _accuracy.metrics_tables(scores, se, labels)
     lap("fusion, standard errors, accuracy by gap length (C)")

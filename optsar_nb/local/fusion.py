@@ -109,20 +109,21 @@ def fit_weights(bins: np.ndarray, resid: np.ndarray, dep: np.ndarray, *, iterati
     return out
 
 
-def pixel_reliability(rows: dict[str, np.ndarray], weights: np.ndarray, n_pixels: int,
-                      prior_samples: float) -> np.ndarray:
-    """(N,) per-pixel scale of the S1 correction, from the pixel's own leave-out samples.
+def pixel_reliability(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: np.ndarray, weights: np.ndarray,
+                      prior_samples: float, skips=LEAVE_OUT_SKIPS) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) per-pixel scale of the S1 correction, and the fused estimate's leave-out errors.
 
-    The least-squares scale sum(c r) / sum(c c) of the S1 correction ``c`` against what is left
-    of the residual ``r`` after the climatology term, shrunk towards 1 with the weight of
-    ``prior_samples`` samples and clipped to [0, 2]; 1 for a pixel without samples.
+    From each pixel's own leave-out rows (:func:`leave_out_rows`): the least-squares scale
+    sum(c r) / sum(c c) of the S1 correction ``c`` against what is left of the residual ``r``
+    after the climatology term, shrunk towards 1 with the weight of ``prior_samples`` samples
+    and clipped to [0, 2] (1 for a pixel without rows). Also returns the (N_SE_BINS, HIST_BINS)
+    histogram of |error| of the fused estimate on those rows, which calibrates the standard error.
     """
-    scc, scr, n = _kernels.reliability_sums(rows["dep"], rows["resid"], rows["bin"], rows["pixel"],
-                                            np.asarray(weights, dtype="float64"), n_pixels)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        own = np.where(scc > 0, scr / scc, 1.0)
-    prior = prior_samples / np.maximum(n, 1)
-    return np.clip((own + prior) / (1.0 + prior), 0.0, 2.0)
+    alpha, hist = np.empty(obs.shape[1]), np.zeros((N_SE_BINS, HIST_BINS), np.int64)
+    _kernels.reliability(_pixel_major(np.asarray(obs, dtype="float64")), _pixel_major(np.asarray(train, dtype=bool)),
+                         _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(skips, np.int64),
+                         np.asarray(weights, dtype="float64"), float(prior_samples), HIST_STEP, alpha, hist)
+    return alpha, hist
 
 
 def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray, weights: np.ndarray,
