@@ -74,7 +74,8 @@ def verdict(metrics: pd.DataFrame, method: str) -> tuple[str, str]:
     val = metrics[metrics.split == "validation"].set_index("method")["MAE"]
     if val.isna().all():
         return "No validation pixels could be scored (no artificially clouded clear pixel).", ""
-    best = val.idxmin()
+    tied = val.index[val <= val.min() + 1e-12]
+    best = delivered if delivered in tied else tied[0]  # ties (e.g. no model under the clouds) name the product
     sentence = (f"Best on validation (clear pixels hidden under artificial clouds): {METHOD_LABELS[best]}, "
                 f"MAE {val[best]:.4f}; NDVI_gapfree holds the {METHOD_LABELS[delivered]} estimate "
                 f"(MAE {val[delivered]:.4f}).")

@@ -20,7 +20,7 @@ temporary memory-mapped file instead of in memory or recomputed; the observation
 are staged so that per-image steps read one contiguous image at a time; the S1 window means so
 that the fused stage reads them with their halo instead of re-reading and re-averaging S1 over
 every block's halo. Peak memory is then a few blocks per core, whatever the scene size; disk
-use is STAGING_BYTES_PER_SAMPLE (25) bytes per pixel and image during the fused stage, 17 after.
+use is STAGING_BYTES_PER_SAMPLE (25) bytes per pixel and image during the fused stage, 22 after.
 """
 
 from __future__ import annotations
@@ -173,7 +173,8 @@ def infill(
 
 # Temporary disk per pixel and image while the regression runs: observations (float32), states
 # (int8), the two S1 window means, the predictions and the fusion's two covariates (float32);
-# afterwards the window means are deleted (17 bytes). The coefficient image adds 88 bytes per pixel.
+# afterwards the window means are deleted and the fused estimate (float32) and its standard-error
+# bin (int8) are staged (22 bytes). The coefficient image adds 88 bytes per pixel.
 STAGING_BYTES_PER_SAMPLE = 25
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.

@@ -302,14 +302,6 @@ def validation_pixels(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.nd
     return (state == CLEAR) & (lab == "validation") & donor_cloudy[None]
 
 
-def scoring_mask(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.ndarray) -> np.ndarray:
-    """(T, y, x) bool: the pixels each pair is scored on: its training samples for train pairs,
-    the artificial clouds for validation pairs, every clear pixel for test pairs."""
-    lab = np.asarray(labels).reshape(-1, 1, 1)
-    train = training_mask(state, labels, donor_cloudy) & (lab == "train")
-    return train | validation_pixels(state, labels, donor_cloudy) | ((state == CLEAR) & (lab == "test"))
-
-
 # ---------------------------------------------------------------------------------------------
 # B.6-B.7 regression and prediction
 def design(cov_block: np.ndarray) -> np.ndarray:
@@ -463,12 +455,13 @@ def standardize(pred: xr.DataArray, obs: xr.DataArray, clear: xr.DataArray, clou
 
 def gap_fill(obs: xr.DataArray, pred: xr.DataArray, clear: xr.DataArray, params: InfillParams,
              inside: xr.DataArray | None = None) -> xr.DataArray:
-    """B.10: observation where clear, prediction elsewhere, then the circular focal median (lazy)."""
+    """B.10: observation where clear, prediction elsewhere, then the circular focal median, within
+    [-1, 1] (lazy). The paper's fill; the job's default is the fusion (``fusion.py``)."""
     filled = xr.where(clear, obs, pred).astype("float32")
     if inside is not None:
         filled = filled.where(inside)
     filled.attrs = _grid_attrs(obs)
-    return focal_median(filled, params.focal_median_radius_px).rename("NDVI_gapfree")
+    return focal_median(filled, params.focal_median_radius_px).clip(-1.0, 1.0).rename("NDVI_gapfree")
 
 
 def image_mae(obs: xr.DataArray, pred: xr.DataArray, clear: xr.DataArray) -> np.ndarray:
