@@ -196,3 +196,59 @@ def test_pixel_reliability_and_its_error_histogram_from_the_leave_out_rows():
         assert alpha[px] == pytest.approx(np.clip((own + prior) / (1 + prior), 0, 2), abs=1e-12)
     err = r - alpha[rows["pixel"]] * c
     np.testing.assert_array_equal(hist, fusion.abs_error_histogram(err, rows["se_bin"], fusion.N_SE_BINS))
+
+
+def _metrics(val: dict, test: dict):
+    import pandas as pd
+
+    rows = [{"split": split, "method": m, "MAE": v, "n": 100} for split, d in (("validation", val), ("test", test))
+            for m, v in d.items()]
+    return pd.DataFrame(rows)
+
+
+def test_verdict_names_the_best_estimate_and_warns_when_the_product_loses():
+    from optsar_nb.report import verdict
+
+    good = {"model": 0.12, "fusion": 0.08, "pixel_mean": 0.13, "interpolation": 0.09}
+    sentence, warning = verdict(_metrics(good, good), "fusion")
+    assert sentence.startswith("Best on validation") and "fusion (clear views + S1), MAE 0.0800" in sentence
+    assert warning == ""
+    # the paper's fill delivered while interpolation is better on test: a loud warning naming both
+    worse_test = {**good, "interpolation": 0.10, "model": 0.11}
+    sentence, warning = verdict(_metrics(good, worse_test), "paper")
+    assert "NDVI_gapfree holds the S1 regression (paper) estimate (MAE 0.1200)" in sentence
+    assert warning.startswith("> **WARNING") and "linear interpolation on validation (0.0900 < 0.1200)" in warning
+    assert "linear interpolation on test (0.1000 < 0.1100)" in warning
+    # a tie names the delivered estimate
+    tie = {**good, "model": 0.08}
+    assert "Best on validation (clear pixels hidden under artificial clouds): fusion" in verdict(
+        _metrics(tie, tie), "fusion")[0]
+
+
+def test_metrics_by_gap_length_from_hand_made_sums():
+    """Two dates (validation, test), errors placed in known bins: MAE per bin and overall, and
+    SE coverage from the histograms, by hand."""
+    from optsar_nb.local import _accuracy
+
+    labels = np.array(["validation", "test"])
+    n_est, n_bins = len(_accuracy.ESTIMATES), len(fusion.GAP_BINS)
+    obs = np.array([0.5, 0.5, 0.5, 0.4])
+    t = np.array([0, 0, 0, 1])
+    bins = np.array([0, 0, 3, 4])
+    est = np.tile(obs + np.array([0.1, -0.3, 0.2, 0.05]), (n_est, 1))
+    sums = fusion.binned_error_sums(obs, est, t, bins, 2, n_bins)
+    sbin = np.array([0, 1, 6, 10])
+    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(t == i, est[0] - obs, np.nan), sbin,
+                                                          fusion.N_SE_BINS) for i in range(2)])] * 2)
+    se = {k: np.full(fusion.N_SE_BINS, 0.15) for k in _accuracy.WITH_SE}
+    table = _accuracy.metrics_tables({"sums": sums, "hist": hist}, se, labels)
+    table = table.set_index(["split", "method", "gap_bin"]).sort_index()
+    v = table.loc[("validation", "fusion")]
+    assert v.loc["<=10", "n"] == 2 and v.loc["<=10", "MAE"] == pytest.approx(0.2)
+    assert v.loc[">40", "MAE"] == pytest.approx(0.2) and v.loc["all", "MAE"] == pytest.approx(0.2)
+    assert v.loc["all", "bias"] == pytest.approx(0.0)
+    assert v.loc["<=10", "SE_coverage"] == pytest.approx(0.5)  # |0.1| <= 0.15, |0.3| > 0.15
+    assert v.loc["all", "SE_coverage"] == pytest.approx(1 / 3)
+    t_ = table.loc[("test", "interpolation")]
+    assert t_.loc["one-sided", "n"] == 1 and t_.loc["one-sided", "MAE"] == pytest.approx(0.05)
+    assert t_.loc["<=10", "n"] == 0 and np.isnan(t_.loc["<=10", "MAE"])
