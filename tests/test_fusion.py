@@ -252,3 +252,19 @@ def test_metrics_by_gap_length_from_hand_made_sums():
     t_ = table.loc[("test", "interpolation")]
     assert t_.loc["one-sided", "n"] == 1 and t_.loc["one-sided", "MAE"] == pytest.approx(0.05)
     assert t_.loc["<=10", "n"] == 0 and np.isnan(t_.loc["<=10", "MAE"])
+
+
+def test_weights_vary_with_the_log_of_the_distance_and_one_sided_rows_have_their_own():
+    """Rows made with weights a + c log(d / 15) (two-sided) and free ones-sided weights, plus
+    Laplace noise: the least-absolute-deviation fit recovers them."""
+    rng = np.random.default_rng(6)
+    n = 40_000
+    bins = rng.integers(0, 5, n)
+    dep = rng.normal(0, 1, (n, 3))
+    a, c, one_sided = np.array([0.02, -0.01, 0.3]), np.array([0.01, 0.005, 0.1]), np.array([0.05, 0.0, 0.7])
+    scale = np.log(np.asarray(fusion.BIN_DAYS) / 15.0)
+    true = np.vstack([a + c * s for s in scale] + [one_sided])
+    resid = np.einsum("nk,nk->n", dep, true[bins]) + rng.laplace(0, 0.01, n)
+    np.testing.assert_allclose(fusion.fit_weights(bins, resid, dep), true, atol=2e-3)
+    # too few rows: interpolation (weights 0)
+    assert (fusion.fit_weights(bins[:100], resid[:100], dep[:100]) == 0).all()
