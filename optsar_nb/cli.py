@@ -59,7 +59,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
     from .local.infill import infill
     from .params import InfillParams
 
-    params = InfillParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask, seed=args.seed)
+    params = InfillParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask, seed=args.seed,
+                          method=args.method, min_samples_per_coefficient=args.min_samples_per_coefficient)
     aoi = load_aoi(args.aoi, max_area_km2=params.max_aoi_km2) if args.aoi else None
     ndvi, state, vv, vh = open_infill_inputs(args, params)
     run = infill(ndvi, state, vv, vh, params, args.out, aoi=aoi, overwrite=args.overwrite, workers=args.workers,
@@ -162,11 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
     inf.add_argument("--end", required=True, help="end date (exclusive), YYYY-MM-DD")
     inf.add_argument("--seed", type=int, default=0, help="seed of the train/validation/test split")
+    inf.add_argument("--method", default="fusion", choices=("fusion", "paper"),
+                     help="how NDVI_gapfree fills clouds: fusion of clear views and S1 (default), or the paper's fill")
+    inf.add_argument("--min-samples-per-coefficient", type=float, default=3.0,
+                     help="clear training samples per coefficient a pixel needs for its own regression (default 3)")
     inf.add_argument("--aoi", help="AOI: GeoJSON or shapefile (default: the whole stack)")
     inf.add_argument("--out", required=True, help="output folder")
     inf.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     inf.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
-    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~17 bytes per "
+    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~25 bytes per "
                                         "pixel and image")
     inf.set_defaults(func=cmd_infill)
 
