@@ -27,7 +27,6 @@ from ._fused import read_with_halo
 ESTIMATES = ("model", "fusion", "pixel_mean", "interpolation")
 SCORED_SPLITS = ("validation", "test")
 WITH_SE = ("model", "fusion")  # estimates that carry a standard error
-SCATTER_SAMPLES = 4000  # points per split kept for the observed-vs-estimated scatter
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Stage:
     donor: np.ndarray  # (H, W) the artificial clouds
     labels: np.ndarray  # (T,) split labels
     days: np.ndarray  # (T,) days since the start
-    weights: np.ndarray  # (len(GAP_BINS), 2) fusion weights
+    weights: np.ndarray  # (len(GAP_BINS), 3) fusion weights: VV, VH departures, climatology
     params: InfillParams
     sample_fraction: float = 1.0  # share of the scored pixels kept for the scatter figure
 

@@ -80,7 +80,7 @@ class InfillRun:
     model_pixels: int = 0  # AOI pixels with a per-pixel model
     prediction_out_of_range: tuple[int, int] = (0, 0)  # calibrated predictions outside [-1, 1], of all
     metrics_by_gap: pd.DataFrame | None = None  # rows (split, method, gap_bin); also Infill_Metrics CSV
-    fusion_weights: np.ndarray | None = None  # (gap bins, S1 covariates) weights of the S1 correction
+    fusion_weights: np.ndarray | None = None  # (gap bins, [VV, VH, climatology]) weights of the corrections
     standard_errors: dict[str, np.ndarray] = field(default_factory=dict)  # estimate -> SE per SE bin
 
 
@@ -416,6 +416,7 @@ def _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overw
             _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
             return fn(rows, cols)
 
+        # named here: dask would otherwise hash the staged stacks the function reads to name it
         # named here: dask would otherwise hash the staged stacks the function reads to name it
         out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
         return _stack_like(out, ndvi, table, name)
