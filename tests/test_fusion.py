@@ -231,15 +231,15 @@ def test_metrics_by_gap_length_from_hand_made_sums():
     from optsar_nb.local import _accuracy
 
     labels = np.array(["validation", "test"])
-    n_est, n_bins = len(_accuracy.ESTIMATES), len(fusion.GAP_BINS)
-    obs = np.array([0.5, 0.5, 0.5, 0.4])
-    t = np.array([0, 0, 0, 1])
-    bins = np.array([0, 0, 3, 4])
-    est = np.tile(obs + np.array([0.1, -0.3, 0.2, 0.05]), (n_est, 1))
-    sums = fusion.binned_error_sums(obs, est, t, bins, 2, n_bins)
-    sbin = np.array([0, 1, 6, 10])
-    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(t == i, est[0] - obs, np.nan), sbin,
-                                                          fusion.N_SE_BINS) for i in range(2)])] * 2)
+    # 2 dates x 3 pixels: date 0 (validation) scores pixels 0-2, date 1 (test) pixel 2 only
+    obs = np.array([[0.5, 0.5, 0.5], [0.0, 0.0, 0.4]])
+    err = np.array([[0.1, -0.3, 0.2], [0.0, 0.0, 0.05]])
+    score = np.array([[True, True, True], [False, False, True]])
+    gap_bins = np.array([[0, 0, 3], [0, 0, 4]], np.int8)
+    se_bins = np.array([[0, 1, 6], [0, 0, 10]], np.int8)
+    pred = np.full((2, 3), np.nan)  # no model: the S1 model row is the fusion
+    sums, hist = fusion.score_errors(obs, pred, obs + err, obs + err, np.array([0.6, 0.2, 0.7]), score, gap_bins,
+                                     se_bins, np.array([0, 1]), 2)
     se = {k: np.full(fusion.N_SE_BINS, 0.15) for k in _accuracy.WITH_SE}
     table = _accuracy.metrics_tables({"sums": sums, "hist": hist}, se, labels)
     table = table.set_index(["split", "method", "gap_bin"]).sort_index()
@@ -249,6 +249,8 @@ def test_metrics_by_gap_length_from_hand_made_sums():
     assert v.loc["all", "bias"] == pytest.approx(0.0)
     assert v.loc["<=10", "SE_coverage"] == pytest.approx(0.5)  # |0.1| <= 0.15, |0.3| > 0.15
     assert v.loc["all", "SE_coverage"] == pytest.approx(1 / 3)
+    assert table.loc[("validation", "model", "all"), "MAE"] == pytest.approx(0.2)  # the fusion where no model
+    assert table.loc[("validation", "pixel_mean", "all"), "MAE"] == pytest.approx((0.1 + 0.3 + 0.2) / 3)
     t_ = table.loc[("test", "interpolation")]
     assert t_.loc["one-sided", "n"] == 1 and t_.loc["one-sided", "MAE"] == pytest.approx(0.05)
     assert t_.loc["<=10", "n"] == 0 and np.isnan(t_.loc["<=10", "MAE"])

@@ -67,18 +67,10 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     fused, interp, _, gbin, sbin = fusion.fused(o, train, nm, stage.days, stage.weights, alpha, where=score)
     score &= np.isfinite(interp)
     # every estimate at the scored points (validation and test), on the same points
-    t, n = np.nonzero(score)
     pm = _postprocess.pixel_mean_baseline(np.where(train, o, np.nan))
     pred = np.asarray(stage.pred[:, rows, cols]).reshape(T, -1)
-    p_pred = pred[t, n]
-    est = {"model": np.where(np.isfinite(p_pred), p_pred, fused[t, n]),  # pixels without a model: the fusion
-           "fusion": fused[t, n], "pixel_mean": pm[n], "interpolation": interp[t, n]}
-    y, split = o[t, n], stage.labels[t]
-    gbin, sbin = gbin[t, n], sbin[t, n]
-    sums = fusion.binned_error_sums(y, np.stack([est[k] for k in ESTIMATES]), t, gbin, T, len(fusion.GAP_BINS))
-    hist = np.stack([np.stack([fusion.abs_error_histogram(np.where(split == sp, est[k] - y, np.nan), sbin,
-                                                          fusion.N_SE_BINS) for sp in SCORED_SPLITS])
-                     for k in WITH_SE])
+    split = np.array([SCORED_SPLITS.index(lab) if lab in SCORED_SPLITS else -1 for lab in stage.labels])
+    sums, hist = fusion.score_errors(o, pred, fused, interp, pm, score, gbin, sbin, split, len(SCORED_SPLITS))
     in_aoi = np.isfinite(pred)
     out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
     clear = (s == CLEAR) & np.isfinite(o)
@@ -86,9 +78,13 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     shape = stage.fused[:, rows, cols].shape
     stage.fused[:, rows, cols] = product.reshape(shape)
     stage.se_bin[:, rows, cols] = product_se_bin.reshape(shape)
+    # a seeded sample of the scored points for the scatter figure
+    t, n = np.nonzero(score)
     pick = np.random.default_rng([stage.params.seed, rows.start, cols.start]).random(t.size) < stage.sample_fraction
-    samples = np.column_stack([split[pick] == sp for sp in SCORED_SPLITS] + [y[pick]] +
-                              [est[k][pick] for k in ESTIMATES])
+    t, n = t[pick], n[pick]
+    model = np.where(np.isfinite(pred[t, n]), pred[t, n], fused[t, n])
+    samples = np.column_stack([stage.labels[t] == sp for sp in SCORED_SPLITS] +
+                              [o[t, n], model, fused[t, n], pm[n], interp[t, n]])
     return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "samples": samples}
 
 

@@ -209,23 +209,36 @@ def reliability(obs, train, s1, days, skips, weights, prior_samples, hist_step, 
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def error_sums(obs, est, t, bins, n_time, n_bins):
-    """(E, n_time, n_bins, 6) sums n, e, |e|, e^2, y, y^2 (e = est - obs) of E estimates at scored points."""
-    E, m = est.shape
-    out = np.zeros((E, n_time, n_bins, 6))
-    for i in range(m):
-        b, y = bins[i], obs[i]
-        if b < 0 or not np.isfinite(y):
-            continue
-        for k in range(E):
-            e = est[k, i] - y
-            if not np.isfinite(e):
+def score_points(obs, pred, fused, interp, pixel_mean, score, gap_bin, se_bin, split, hist_step, sums, hist):
+    """Error sums and |error| histograms of the four estimates at the scored points.
+
+    Estimates, in order: the S1 model (``pred``, the fusion where it is NaN), the fusion, the
+    pixel mean, the interpolation. ``sums`` (4, T, gap bins, 6): n, e, |e|, e^2, y, y^2 per date
+    and gap bin; ``hist`` (2, splits, SE bins, bins): |error| of the model and the fusion per
+    ``split`` of the date (-1: not scored).
+    """
+    T, N = obs.shape
+    n_hist = hist.shape[-1]
+    for n in range(N):
+        for t in range(T):
+            if not score[t, n] or gap_bin[t, n] < 0:
                 continue
-            s = out[k, t[i], b]
-            s[0] += 1.0
-            s[1] += e
-            s[2] += abs(e)
-            s[3] += e * e
-            s[4] += y
-            s[5] += y * y
-    return out
+            y = obs[t, n]
+            if not np.isfinite(y):
+                continue
+            b, sb, sp = gap_bin[t, n], se_bin[t, n], split[t]
+            model = pred[t, n] if np.isfinite(pred[t, n]) else fused[t, n]
+            for k in range(4):
+                v = model if k == 0 else (fused[t, n] if k == 1 else (pixel_mean[n] if k == 2 else interp[t, n]))
+                e = v - y
+                if not np.isfinite(e):
+                    continue
+                acc = sums[k, t, b]
+                acc[0] += 1.0
+                acc[1] += e
+                acc[2] += abs(e)
+                acc[3] += e * e
+                acc[4] += y
+                acc[5] += y * y
+                if k < 2 and sp >= 0:
+                    hist[k, sp, sb, min(int(abs(e) / hist_step), n_hist - 1)] += 1

@@ -164,16 +164,23 @@ def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray,
     return out[0].T, out[1].T, out[2].T, bins[0].T, bins[1].T
 
 
-def binned_error_sums(obs: np.ndarray, est: np.ndarray, t: np.ndarray, bins: np.ndarray, n_time: int,
-                      n_bins: int) -> np.ndarray:
-    """(E, n_time, n_bins, N_SUMS) error sums (n, e, |e|, e^2, y, y^2; e = est - obs) of E estimates
-    at scored points, per date and bin.
+def score_errors(obs, pred, fused_est, interp, pixel_mean, score, gap_bins, se_bins, split,
+                 n_splits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every estimate's errors at the scored points of a block, all (T, N) but ``pixel_mean`` (N,).
 
-    ``obs``, ``t`` (date index) and ``bins`` are 1-D over the points, ``est`` (E, points);
-    points with a NaN or a bin of -1 are left out.
+    Estimates, in order: the S1 model (``pred``; ``fused_est`` where it is NaN), the fusion, the
+    pixel mean, the interpolation. ``split`` (T,): each date's scored split (0..n_splits-1), -1
+    for dates not scored. Returns the error sums (4, T, len(GAP_BINS), 6) = n, e, |e|, e^2, y, y^2
+    (e = estimate - obs) per date and gap bin, and the (2, n_splits, N_SE_BINS, HIST_BINS)
+    histograms of |error| of the model and the fusion (points with a NaN are left out).
     """
-    return _kernels.error_sums(np.asarray(obs, dtype="float64"), np.asarray(est, dtype="float64"),
-                               np.asarray(t, np.int64), np.asarray(bins, np.int64), n_time, n_bins)
+    T = obs.shape[0]
+    sums = np.zeros((4, T, len(GAP_BINS), 6))
+    hist = np.zeros((2, n_splits, N_SE_BINS, HIST_BINS), np.int64)
+    _kernels.score_points(np.asarray(obs), np.asarray(pred), np.asarray(fused_est), np.asarray(interp),
+                          np.asarray(pixel_mean, dtype="float64"), np.asarray(score, dtype=bool), np.asarray(gap_bins),
+                          np.asarray(se_bins), np.asarray(split, np.int64), HIST_STEP, sums, hist)
+    return sums, hist
 
 
 def abs_error_histogram(err: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
