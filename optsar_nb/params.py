@@ -21,6 +21,9 @@ DateLike = str | dt.date | dt.datetime
 MASK_CHOICES = ("qa", "cloudscore", *MASK_RULES)
 METHODS = ("fusion", "paper")  # how NDVI_gapfree fills cloudy pixels (docs/method.md part C)
 N_COEFFICIENTS = 9  # B.6: constant + 8 covariates
+# Part C: accuracy is reported per bin of days to the nearest clear training observation: <= 10,
+# 10-20, 20-40, > 40 (two-sided) and one-sided; the fusion's weights follow the same bins
+GAP_BIN_EDGES_DAYS = (10.0, 20.0, 40.0)
 
 
 def _to_date(value: DateLike, name: str) -> dt.date:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# days to the nearest clear view: the reported gap bins and the finer standard-error bins
-GAP_EDGES = (10.0, 20.0, 40.0)
+from ..params import GAP_BIN_EDGES_DAYS
+
+# days to the nearest clear view: the reported gap bins (docs/method.md part C) and the finer
+# standard-error bins nested in them
+GAP_EDGES = GAP_BIN_EDGES_DAYS
 SE_EDGES_TWO_SIDED = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
 SE_EDGES_ONE_SIDED = (20.0, 60.0)
 

@@ -16,7 +16,8 @@ loses to interpolation; with all weights 0 it *is* linear interpolation.
 Everything is learned on the training observations only, by leaving them out: each clear
 training observation is predicted from the ``skip``-th training observations before and after
 it (``LEAVE_OUT_SKIPS``: 1 = its neighbours, 2 and 3 open the longer gaps that clouds make).
-``w_bin`` is a least-absolute-deviation fit pooled over the AOI (S1 errors are heavy-tailed);
+``w_bin`` and ``m_bin`` are a least-absolute-deviation fit pooled over the AOI (S1 errors are
+heavy-tailed), in which the two-sided bins share a form linear in the log of the distance;
 ``alpha_pixel`` is the pixel's own least-squares scale of that correction, shrunk towards 1 by
 ``fusion_prior_samples`` pseudo-samples. The standard error is the 68.27th percentile of the
 leave-out errors of the fused estimate in finer distance bins (``SE_EDGES_*``).
