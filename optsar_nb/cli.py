@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from .errors import OptsarError, OutputExists
+from .params import METHODS, InfillParams
 
 
 def open_quality_stack(path: str | Path, *, metadata: str | Path | None = None, variable: str | None = None):
@@ -57,7 +59,6 @@ def open_infill_inputs(args: argparse.Namespace, params):
 def cmd_infill(args: argparse.Namespace) -> int:
     from .aoi import load_aoi
     from .local.infill import infill
-    from .params import InfillParams
 
     params = InfillParams(mission=args.mission, start=args.start, end=args.end, mask=args.mask, seed=args.seed,
                           method=args.method, min_samples_per_coefficient=args.min_samples_per_coefficient)
@@ -163,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--start", required=True, help="first date, YYYY-MM-DD")
     inf.add_argument("--end", required=True, help="end date (exclusive), YYYY-MM-DD")
     inf.add_argument("--seed", type=int, default=0, help="seed of the train/validation/test split")
-    inf.add_argument("--method", default="fusion", choices=("fusion", "paper"),
+    defaults = {f.name: f.default for f in dataclasses.fields(InfillParams)}
+    inf.add_argument("--method", default=defaults["method"], choices=METHODS,
                      help="how NDVI_gapfree fills clouds: fusion of clear views and S1 (default), or the paper's fill")
-    inf.add_argument("--min-samples-per-coefficient", type=float, default=3.0,
+    inf.add_argument("--min-samples-per-coefficient", type=float, default=defaults["min_samples_per_coefficient"],
                      help="clear training samples per coefficient a pixel needs for its own regression (default 3)")
     inf.add_argument("--aoi", help="AOI: GeoJSON or shapefile (default: the whole stack)")
     inf.add_argument("--out", required=True, help="output folder")

@@ -253,7 +253,7 @@ Test:
 
 ![MAE by gap length]({gaps.name})
 
-All figures: `{run.paths["metrics"].name if "metrics" in run.paths else "Infill_Metrics"}` (split, method, gap bin).
+Every figure of these tables, as CSV: `{run.paths["metrics"].name}` (split, method, gap bin).
 
 ## Model
 

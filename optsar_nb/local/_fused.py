@@ -30,16 +30,16 @@ def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> n
     return out
 
 
-# The staged stacks and shared inputs of a block stage in each of its worker processes (set by _open_block_stage).
+# The fused stage's state in each of its worker processes (set by _open_block_stage).
 _BLOCK_STAGE: dict = {}
 
 
-def _open_block_stage(work: str, shared: dict, writable: tuple[str, ...], single_threaded_blas: bool) -> None:
-    """Worker initializer: map every staged stack of ``work`` (``writable`` ones for writing) and
-    keep the shared inputs."""
+def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> None:
+    """Worker initializer: map the staged stacks (outputs writable) and keep the shared inputs."""
     folder = Path(work)
-    stage = {f.stem: np.load(f, mmap_mode="r+" if f.stem in writable else "r") for f in folder.glob("*.npy")}
-    stage["donor"] = np.asarray(stage["donor"])
+    stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("win_vv", "win_vh", "obs", "state")}
+    stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred", "nmean")})
+    stage["donor"] = np.load(folder / "donor.npy")
     stage.update(shared)
     for name in ("obs", "state"):  # the pairs are the first images (see _pipeline._compact)
         stage[name] = stage[name][: len(shared["labels"])]
@@ -85,37 +85,29 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> dict[s
 
     Blocks read the staged S1 window means with their halo (no recomputation over halos) and
     write straight into the staged coefficient, prediction and neighbourhood-mean stacks
-    (disjoint regions); their samples of leave-out rows are concatenated and returned.
-    """
-    return _concat(run_blocks(_fit_predict_block, work, blocks, shared, workers, ("coef", "pred", "nmean")))
-
-
-def run_blocks(task, work: Path, blocks, shared: dict, workers: int | None, writable: tuple[str, ...]) -> list:
-    """``task(rows, cols)`` for every block, in worker processes that map the staged stacks of ``work``.
-
-    Block stages are long chains of numpy calls on block-sized arrays, which threads of one
-    process run at about 1.4 times the speed of one thread (the interpreter lock and page
-    faults on the temporaries are shared), processes at about twice. Tasks write into the
-    ``writable`` stacks (disjoint regions) and return what is to be reduced. A single block, or
-    ``workers=1``, runs here. Worker processes are started with "spawn" (safe whatever threads
-    this process runs), so a script calling this at top level needs the usual
-    ``if __name__ == "__main__":`` guard.
+    (disjoint regions); their samples of leave-out rows are concatenated and returned. Blocks
+    run in worker processes: the stage is a long chain of numpy calls on block-sized arrays,
+    which threads of one process run at about 1.4 times the speed of one thread (the
+    interpreter lock and page faults on the temporaries are shared), processes at about
+    twice. A single block, or ``workers=1``, runs here. Worker processes are started with
+    "spawn" (safe whatever threads this process runs), so a script calling this at top level
+    needs the usual ``if __name__ == "__main__":`` guard.
     """
     n = min(workers or os.cpu_count() or 1, len(blocks))
     if n <= 1:
-        _open_block_stage(str(work), shared, writable, False)
+        _open_block_stage(str(work), shared, False)
         try:
-            return [task(rows, cols) for rows, cols in blocks]
+            return _concat([_fit_predict_block(rows, cols) for rows, cols in blocks])
         finally:
             _BLOCK_STAGE.clear()
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
-                                 initargs=(str(work), shared, writable, True)) as pool:
-            return list(pool.map(task, *zip(*blocks)))
+                                 initargs=(str(work), shared, True)) as pool:
+            return _concat(list(pool.map(_fit_predict_block, *zip(*blocks))))
     except BrokenProcessPool as err:
         raise WorkerFailed(
-            "a worker process of the infilling stopped abruptly. If this runs from a script, "
+            "a worker process of the regression stage stopped abruptly. If this runs from a script, "
             "put the call under `if __name__ == \"__main__\":` (worker processes import the main "
             "script again); otherwise the machine may have run out of memory: pass workers=1 "
             "(or fewer workers) to use less"

@@ -376,7 +376,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
     n_train = np.asarray(mm_coef[10])
     coef_ok = np.isfinite(mm_coef[0])
-    series = _series(stage, table, params)
+    series = _series(stage)
     overall = metrics_by_gap[metrics_by_gap.gap_bin == "all"].drop(columns="gap_bin").reset_index(drop=True)
     run = InfillRun(params=params, paths=paths, metadata=table, metrics=overall, metrics_by_gap=metrics_by_gap,
                     donor_id=str(table["ID"][donor_pos]),
@@ -387,7 +387,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
                     model_pixels=int((coef_ok & in_aoi).sum()),
                     prediction_out_of_range=(int(scores["out_of_range"][0]), int(scores["out_of_range"][1])),
                     fusion_weights=fusion_weights, standard_errors=se)
-    _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overwrite)
+    _write_outputs(ndvi, table, stage, se, mm_coef, inside, paths, overwrite)
     write_csv(metrics_by_gap, paths["metrics"], overwrite=overwrite)
     lap("write outputs")
     if report:
@@ -398,7 +398,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     return run
 
 
-def _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overwrite):
+def _write_outputs(ndvi, table, stage, se, mm_coef, inside, paths, overwrite):
     """The stacks, the coefficient image and the metadata CSV.
 
     The staged stacks are chunked by the files' tiles: the gap fill's focal median then runs
@@ -416,7 +416,6 @@ def _write_outputs(ndvi, table, stage, se, mm_coef, inside, params, paths, overw
             _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
             return fn(rows, cols)
 
-        # named here: dask would otherwise hash the staged stacks the function reads to name it
         # named here: dask would otherwise hash the staged stacks the function reads to name it
         out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
         return _stack_like(out, ndvi, table, name)
@@ -443,13 +442,13 @@ def _split_samples(samples: np.ndarray) -> dict[str, np.ndarray]:
     return {split: samples[samples[:, i] == 1][:, n_splits:] for i, split in enumerate(_accuracy.SCORED_SPLITS)}
 
 
-def _series(stage, table, params) -> dict[str, np.ndarray]:
+def _series(stage) -> dict[str, np.ndarray]:
     """Time series of a few pixels with finite predictions (seeded choice) for the report."""
     ok = np.flatnonzero(np.isfinite(stage.pred[0]).ravel())
     if ok.size == 0:
         return {}
     H, W = stage.pred.shape[1:]
-    pick = np.sort(np.random.default_rng(params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
+    pick = np.sort(np.random.default_rng(stage.params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
     ys, xs = np.unravel_index(pick, (H, W))
     one = [(slice(y, y + 1), slice(x, x + 1)) for y, x in zip(ys, xs)]
     gapfree = np.stack([_accuracy.gapfree_block(stage, None, r, c)[:, 0, 0] for r, c in one], axis=1)
@@ -459,7 +458,7 @@ def _series(stage, table, params) -> dict[str, np.ndarray]:
     interp = _postprocess.interpolation_baseline(np.where(train, series_obs, np.nan), stage.days)
     return {"days": np.asarray(stage.days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
             "pred": np.asarray(stage.pred[:, ys, xs], dtype="float64"), "gapfree": gapfree, "interpolation": interp,
-            "labels": stage.labels, "artificial": stage.donor[ys, xs], "start": params.start}
+            "labels": stage.labels, "artificial": stage.donor[ys, xs], "start": stage.params.start}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -184,14 +184,6 @@ def score_errors(obs, pred, fused_est, interp, pixel_mean, score, gap_bins, se_b
     return sums, hist
 
 
-def abs_error_histogram(err: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
-    """(n_bins, HIST_BINS) counts of |err| per bin (rows with bin -1 or NaN error are left out)."""
-    ok = (bins >= 0) & np.isfinite(err)
-    h = np.minimum((np.abs(err[ok]) / HIST_STEP).astype("int64"), HIST_BINS - 1)
-    key = bins[ok].astype(np.int64) * HIST_BINS + h
-    return np.bincount(key, minlength=n_bins * HIST_BINS).reshape(n_bins, HIST_BINS)
-
-
 def se_scale(hist: np.ndarray) -> np.ndarray:
     """(N_SE_BINS,) standard errors: the SE_QUANTILE of |error| per SE bin, from histograms.
 
