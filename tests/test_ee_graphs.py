@@ -69,8 +69,9 @@ def test_building_gaps_makes_no_round_trip(ee_offline, monkeypatch):
     assert calls == []
 
 
-def test_building_infill_makes_one_round_trip_through_getinfo(flanders_ee, monkeypatch):
-    """The real getInfo path (ee.data.computeValue) answered by the evaluator: one call."""
+def test_building_infill_makes_two_round_trips_through_getinfo(flanders_ee, monkeypatch):
+    """The real getInfo path (ee.data.computeValue) answered by the evaluator: two calls (the
+    pair check, the fusion's leave-out rows)."""
     from optsar_nb.ee import infill as ee_infill
 
     ev, _ = flanders_ee
@@ -84,7 +85,7 @@ def test_building_infill_makes_one_round_trip_through_getinfo(flanders_ee, monke
     params = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
     run = ee_infill.build_infill(flanders_aoi(), params)
     encode(run.outputs["NDVI_gapfree"])
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def test_the_evaluator_covers_every_gap_graph(ee_offline):

@@ -7,7 +7,6 @@ import ee
 import numpy as np
 import pytest
 from ee_support.cubes import band_array, flanders_aoi
-from test_run_ee import _where_predicted_on_both
 
 from optsar_nb.ee import infill as ee_infill
 from optsar_nb.errors import NotEnoughPairs
@@ -21,6 +20,7 @@ from optsar_nb.params import InfillParams
 PARAMS = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01", method="paper",
                       min_samples_per_coefficient=1)
 TOL = 1e-4  # NDVI units
+ALL_PIXELS = 10**6  # the fusion's weights from every pixel's leave-out rows, as the local engine on this AOI
 FLOAT32_ULP_NDVI = 1.2e-7  # one float32 ulp at |NDVI| < 1
 
 
@@ -47,7 +47,7 @@ def ee_run(flanders_ee, aoi):
         fetches.append(obj)
         return ev.evaluate(obj)
 
-    run = ee_infill.build_infill(aoi, PARAMS, fetch=fetch)
+    run = ee_infill.build_infill(aoi, PARAMS, fetch=fetch, fusion_sample_pixels=ALL_PIXELS)
     # one evaluation of everything, so that shared steps are computed once
     result = ev.evaluate(ee.Dictionary({"coefficients": run.coefficients, **run.outputs, "mae": run.mae}))
     return run, result, fetches
@@ -64,9 +64,9 @@ def _inside(flanders_ee, aoi):
     return aoi_mask(cubes.red, aoi).values
 
 
-def test_building_makes_one_round_trip(ee_run):
+def test_building_makes_two_round_trips(ee_run):
     _, _, fetches = ee_run
-    assert len(fetches) == 1  # the pair count check (B.5)
+    assert len(fetches) == 2  # the pair count check (B.5), the fusion's leave-out rows (C)
 
 
 def test_pairs_split_and_donor_equal_local(ee_run, local_run):
@@ -94,7 +94,8 @@ def test_observations_and_masks_equal_local(flanders_ee, aoi, ee_run, local_run)
 
 
 def test_predictions_equal_local(flanders_ee, aoi, ee_run, local_run):
-    """NDVI_Pred (after regression, PCA and standardization) and the gap-free NDVI.
+    """NDVI_Pred (after regression, PCA and standardization) and the gap-free NDVI (the paper's
+    fill, the fused estimate where a pixel has no model, the focal median, clipped to [-1, 1]).
 
     Tolerance: 1e-4 for all but a handful of pixels. Both engines fit every pixel with Talwar
     IRLS, whose weights are hard (0/1): a sample whose residual lies within rounding of the
@@ -105,12 +106,9 @@ def test_predictions_equal_local(flanders_ee, aoi, ee_run, local_run):
     1e-4 on this data (largest 0.0115)."""
     run, result, _ = ee_run
     local = local_run
-    predicted = _stack(result["NDVI_Pred"], run.ids)
     for name in ("NDVI_Pred", "NDVI_gapfree"):
         ours = _stack(result[name], run.ids)
         theirs = read_geotiff(local.paths[name]).values.astype("float64")
-        if name == "NDVI_gapfree":
-            ours, theirs = _where_predicted_on_both(ours, theirs, predicted)
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=name)
         diff = np.abs(ours - theirs)
         has = np.isfinite(diff).any(axis=0)
@@ -186,3 +184,47 @@ def test_inputs_export_in_the_seed_format(flanders_ee, ee_run, tmp_path):
     ndvi_table = pd.read_csv(tmp_path / f"InputNDVI_Metadata{suffix}.csv")
     ndvi = ev.evaluate(client.images[f"NDVI_Input{suffix}.tif"])
     assert ndvi.names == list(ndvi_table["ID"]) == [str(i) for i in cubes.red["id"].values]
+
+
+# --------------------------------------------------------------------------------------------
+# part C: the fused gap-free NDVI (the default method), weights fitted on every pixel's rows
+FUSION = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
+
+
+@pytest.fixture(scope="module")
+def fusion_runs(flanders_ee, aoi, tmp_path_factory):
+    ev, cubes = flanders_ee
+    local = local_infill.infill(local_infill.ndvi(cubes.red, cubes.nir), local_infill.cloud_mask(cubes.scl, FUSION),
+                                cubes.vv, cubes.vh, FUSION, tmp_path_factory.mktemp("local_fusion"), aoi=aoi,
+                                report=False)
+    run = ee_infill.build_infill(aoi, FUSION, fetch=ev.evaluate, fusion_sample_pixels=ALL_PIXELS)
+    names = ("NDVI_gapfree", "NDVI_gapfree_SE", "NDVI_Obs")
+    result = ev.evaluate(ee.Dictionary({n: run.outputs[n] for n in names}))
+    return local, run, {n: _stack(result[n], run.ids) for n in names}
+
+
+def test_fusion_weights_and_standard_errors_equal_local(fusion_runs):
+    """Fitted on the client from the fetched rows, as the local engine fits them from its own."""
+    local, run, _ = fusion_runs
+    assert run.fusion_fit.n_pixels == 2724  # every AOI pixel
+    np.testing.assert_allclose(run.fusion_fit.weights, local.fusion_weights, atol=1e-6)
+    assert np.abs(run.fusion_fit.weights).max() > 0.05  # S1 carries weight here
+    np.testing.assert_allclose(run.fusion_fit.se, local.standard_errors["fusion"], atol=1e-9)
+
+
+def test_fused_gapfree_and_its_standard_error_equal_local(fusion_runs):
+    """NDVI_gapfree within 1e-4 on at least 99.9 % of pixel-dates (float32 covariates locally,
+    float64 here); NDVI_gapfree_SE the same table looked up by the same distances; 0 at clear views."""
+    local, _, ours = fusion_runs
+    for name in ("NDVI_gapfree", "NDVI_gapfree_SE"):
+        theirs = read_geotiff(local.paths[name]).values.astype("float64")
+        np.testing.assert_array_equal(np.isnan(ours[name]), np.isnan(theirs), err_msg=name)
+        diff = np.abs(ours[name] - theirs)[np.isfinite(theirs)]
+        assert np.mean(diff <= TOL) >= 0.999, name
+        assert diff.max() < 1e-3, name
+    gapfree = ours["NDVI_gapfree"]
+    assert np.nanmax(np.abs(gapfree)) <= 1
+    clear = np.isfinite(ours["NDVI_Obs"])
+    se = ours["NDVI_gapfree_SE"]
+    assert (se[clear] == 0).all() and (se[~clear & np.isfinite(gapfree)] > 0).all()
+    assert np.abs(gapfree[clear] - ours["NDVI_Obs"][clear]).max() <= FLOAT32_ULP_NDVI

@@ -281,7 +281,7 @@ def _stack(image, ids):
 def test_infill_run_tables_and_dates_equal_the_local_engine(infill_run, local_infill_run):
     result, trips, _, _, _ = infill_run
     local, n_images = local_infill_run
-    assert trips == 1  # the pair check (B.5) only
+    assert trips == 2  # the pair check (B.5), the fusion's leave-out rows (C)
     assert result.engine is EE_ENGINE and result.vv is None and result.vh is None
     assert list(result.metadata["ID"]) == list(local.metadata["ID"])
     np.testing.assert_array_equal(result.metadata["SplitLabel"], local.metadata["SplitLabel"])
@@ -357,8 +357,10 @@ def test_export_parameter_names_a_destination(tmp_path):
 def _where_predicted_on_both(ours, theirs, predicted):
     """Gap-free stacks compared where the focal median saw only pixel-dates with a prediction.
 
-    The local engine also fills pixel-dates without a prediction (by the fusion) and clips to
-    [-1, 1]; the Earth Engine engine leaves them masked. Elsewhere the two must agree.
+    Both engines fill pixel-dates without a prediction by the fusion, whose weights the local
+    engine fits on every pixel and Earth Engine on a sample of pixels (this AOI is larger than
+    ``optsar_nb.ee.fusion.SAMPLE_PIXELS``; tests/test_ee_infill.py compares them on all pixels).
+    Elsewhere the two must agree.
     """
     from scipy.ndimage import minimum_filter
 

@@ -170,3 +170,13 @@ def metadata_request(collection: ee.ImageCollection, columns: list[str]) -> ee.L
     """One list of rows ``[system:index, system:time_start, *columns]``: a single round trip."""
     selectors = ["system:index", "system:time_start", *columns]
     return ee.List(collection.reduceColumns(ee.Reducer.toList(len(selectors)), selectors).get("list"))
+
+
+def bands_by_id(images: list, ids: list[str], *, rename: bool = True) -> ee.Image:
+    """The images' bands in one image, named after ``ids``: each image gets its id as
+    system:index, which toBands prefixes to its band names (``<id>_<band>``, or just ``<id>``
+    with ``rename`` for one-band images)."""
+    named = [ee.Image(image).set("system:index", i) for image, i in zip(images, ids)]
+    stacked = ee.ImageCollection.fromImages(named).toBands()
+    return stacked.rename(list(ids)) if rename else stacked
+

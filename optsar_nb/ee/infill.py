@@ -1,21 +1,22 @@
-"""Gap infilling on Earth Engine (docs/method.md part B), step by step.
+"""Gap infilling on Earth Engine (docs/method.md parts B and C), step by step.
 
 Step names follow :mod:`optsar_nb.local.infill`: ``observations`` (B.1-B.2), ``s1_window_mean``
 and ``covariates`` (B.3-B.4), ``pair_images`` and ``check_pairs`` (B.5), ``split_pairs``,
 ``training_collection`` and ``robust_regression`` (B.6), ``predict`` (B.7), ``pca_smooth``
-(B.8), ``standardize`` (B.9), ``gap_fill`` and ``image_mae`` (B.10); :func:`build_infill` wires
-them into an :class:`InfillRun`.
+(B.8), ``standardize`` (B.9), ``gap_fill`` and ``image_mae`` (B.10), the fusion of part C in
+:mod:`optsar_nb.ee.fusion`; :func:`build_infill` wires them into an :class:`InfillRun`.
 
-Building makes exactly one request to the server: :func:`check_pairs` needs the number of
+Building makes two requests to the server. :func:`check_pairs` needs the number of
 optical-SAR pairs to decide whether to go on (B.5), and the same request returns the pairs'
 ids, times and cloud cover. With those, the split (B.6) is drawn on the client by the local
 engine's own :func:`optsar_nb.local.infill.split_pairs` (same seed, same pairs, same labels and
-donor on both engines), and the per-image steps are written per pair id.
+donor on both engines), and the per-image steps are written per pair id. The second request
+fetches the fusion's leave-out rows of a sample of pixels, from which the client fits its
+weights and standard errors as the local engine does (:func:`optsar_nb.ee.fusion.fetch_fit`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import pandas as pd
 from ..missions import CLEAR, CLOUDY, get_mission
 from ..params import InfillParams
 from . import collections as col
+from . import fusion
 
 COVARIATES = ("VV_mean", "VH_mean", "VV_diff", "VH_diff", "VV_Nmean", "VH_Nmean", "VV_Ndiff", "VH_Ndiff")
 COEFFICIENT_BANDS = ("constant", *COVARIATES)
@@ -165,6 +167,17 @@ def donor_cloudy(pairs: ee.ImageCollection, donor_id: str) -> ee.Image:
     return donor.select(col.STATE_BAND).eq(CLOUDY).unmask(0, False)
 
 
+def _training_mask(state: ee.Image, label: str, donor: ee.Image) -> ee.Image:
+    """1 where a pair's pixel is a training sample (clear, on a training or validation pair, and not
+    under the donor's clouds on a validation pair), as the local engine's ``training_mask``."""
+    clear = state.eq(CLEAR).unmask(0, False)
+    if label == "train":
+        return clear
+    if label == "validation":
+        return clear.And(donor.Not())
+    return clear.multiply(0)
+
+
 def training_collection(design: ee.ImageCollection, donor: ee.Image) -> ee.ImageCollection:
     """Clear samples of training and validation pairs; validation pairs lose the donor's clouds.
 
@@ -276,10 +289,13 @@ def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, 
     return pred.where(ee.Image.constant(apply), scaled.updateMask(pred.mask())).toFloat().rename(PRED)
 
 
-def gap_fill(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
-    """B.10: observation where clear, prediction elsewhere, then the focal median."""
-    filled = pred.where(clear, obs).updateMask(pred.mask().Or(clear)).clip(col.region_of(aoi))
-    return _focal_median(filled, params).toFloat().rename("NDVI_gapfree")
+def gap_fill(obs: ee.Image, estimate: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
+    """B.10 and part C: the observation where clear, the estimate elsewhere (the paper's method
+    then takes the focal median), never outside [-1, 1]."""
+    filled = obs.unmask(estimate, False).clip(col.region_of(aoi))
+    if params.method == "paper":
+        filled = _focal_median(filled, params)
+    return filled.max(-1).min(1).toFloat().rename("NDVI_gapfree")
 
 
 def image_mae(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any) -> ee.Number:
@@ -308,8 +324,9 @@ class InfillRun:
     observations: ee.ImageCollection  # B.2 NDVI + state, before pairing (the inputs)
     s1: ee.ImageCollection  # S1 images used (the inputs)
     coefficients: ee.Image
-    outputs: dict  # NDVI_gapfree, NDVI_Mask, NDVI_Pred, NDVI_Obs -> ee.Image
+    outputs: dict  # NDVI_gapfree, NDVI_Mask, NDVI_Pred, NDVI_Obs (and NDVI_gapfree_SE for the fusion) -> ee.Image
     mae: ee.List
+    fusion_fit: fusion.Fit  # the fusion's weights and standard errors, fitted on the client
 
     @property
     def ids(self) -> list[str]:
@@ -329,23 +346,16 @@ class InfillRun:
                              "SplitLabel": t["SplitLabel"]})
 
 
-def _bands(images: list, ids: list[str]) -> ee.Image:
-    """One band per id; each image gets its id as system:index, which toBands names bands after."""
-    named = [ee.Image(image).set("system:index", i) for image, i in zip(images, ids)]
-    return ee.ImageCollection.fromImages(named).toBands().rename(ids)
+def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
+                 fusion_sample_pixels: int = fusion.SAMPLE_PIXELS) -> InfillRun:
+    """Build parts B and C for an AOI and parameters (two server round trips: the pair check
+    and the fusion's sample of leave-out rows).
 
-
-def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None) -> InfillRun:
-    """Build part B for an AOI and parameters (one server round trip: the pair check).
-
-    NDVI_gapfree is the paper's fill (``method="paper"``); the fusion of part C runs on the local
-    engine only, on the inputs this engine exports (``export.export_infill_inputs``).
+    NDVI_gapfree is the fused estimate under clouds (``method="fusion"``, with NDVI_gapfree_SE),
+    or the paper's fill (``method="paper"``: the calibrated S1 prediction, the fused estimate
+    where a pixel has no model, then the focal median). The fusion's weights are fitted on the
+    leave-out rows of ``fusion_sample_pixels`` pixels (all of them in smaller AOIs).
     """
-    if params.method != "paper":
-        warnings.warn(
-            f'method="{params.method}" is not available on Earth Engine yet: NDVI_gapfree will hold the paper\'s '
-            'fill (the calibrated S1 prediction under clouds). For the fused, more accurate product and its '
-            "standard error, export the inputs and run the local engine on them.", UserWarning, stacklevel=2)
     region = col.region_of(aoi)
     optical = observations(region, params)
     windows = s1_window_mean(optical, region, params)
@@ -366,24 +376,42 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None) 
     obs = per_pair(lambda image: image.select(col.NDVI_BAND).updateMask(image.select(col.STATE_BAND).eq(CLEAR)))
     predicted = pca_smooth(per_pair(lambda image: predict(image, coefficients)), ids, region, params)
 
-    calibrated, filled, mae = [], [], []
-    for pair_id, label in zip(ids, table["SplitLabel"]):
+    # part C: the fusion's anchors, its weights and standard errors (the second round trip)
+    days = ((table["CollectionTime"] - col.millis(params.start)) / col.MS_PER_DAY).tolist()
+    nmean = tuple(per_pair(lambda image, b=b: image.select(b)) for b in ("VV_Nmean", "VH_Nmean"))
+    labels = list(table["SplitLabel"])
+    training = col.bands_by_id([_training_mask(state.select([i]), label, donor) for i, label in zip(ids, labels)],
+                               ids)
+    train = fusion.Anchors.of(ids, days, obs, training, nmean)
+    learned = [i for i, label in enumerate(labels) if label in ("train", "validation")]
+    projection = ee.Image(optical.first()).select(col.NDVI_BAND).projection()
+    fitted = fusion.fetch_fit(train, learned, region, projection, float(table[col.PIXEL_COUNT].max()), params,
+                              sample_pixels=fusion_sample_pixels, fetch=fetch)
+    alpha = fusion.reliability(train, learned, fitted.weights, params.fusion_prior_samples)
+    views = fusion.Anchors.of(ids, days, obs, obs.mask(), nmean)
+
+    calibrated, filled, errors, mae = [], [], [], []
+    for i, (pair_id, label) in enumerate(zip(ids, labels)):
         st = state.select([pair_id])
         clear = st.eq(CLEAR)
-        used = clear.And(donor.Not()) if label == "validation" else clear
         o, p = obs.select([pair_id]), predicted.select([pair_id])
-        cal = standardize(p, o, used, st.gte(CLOUDY), region, params)
+        cal = standardize(p, o, _training_mask(st, label, donor) if label == "validation" else clear,
+                          st.gte(CLOUDY), region, params)
         calibrated.append(cal)
-        filled.append(gap_fill(o, cal, clear, region, params))
+        fused, se = fusion.fused(views, i, fitted.weights, alpha, fitted.se)
+        filled.append(gap_fill(o, cal.unmask(fused, False) if params.method == "paper" else fused, region, params))
+        errors.append(ee.Image.constant(0).updateMask(o.mask()).unmask(se, False).clip(region).toFloat())
         mae.append(image_mae(o, cal, clear, region))
     from ..missions import MISSING
 
     outputs = {
-        "NDVI_gapfree": _bands(filled, ids),
+        "NDVI_gapfree": col.bands_by_id(filled, ids),
         "NDVI_Mask": state.unmask(MISSING, False).clip(region),
-        "NDVI_Pred": _bands(calibrated, ids),
+        "NDVI_Pred": col.bands_by_id(calibrated, ids),
         "NDVI_Obs": obs,
     }
+    if params.method == "fusion":
+        outputs["NDVI_gapfree_SE"] = col.bands_by_id(errors, ids)
     s1 = col.s1_collection(region, start=params.start, end=params.end, min_db=params.s1_min_db)
     return InfillRun(params=params, aoi=aoi, table=table, donor_id=donor_id, observations=optical, s1=s1,
-                     coefficients=coefficients, outputs=outputs, mae=ee.List(mae))
+                     coefficients=coefficients, outputs=outputs, mae=ee.List(mae), fusion_fit=fitted)

@@ -12,19 +12,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..params import GAP_BIN_EDGES_DAYS
-
 # days to the nearest clear view: the reported gap bins (docs/method.md part C) and the finer
-# standard-error bins nested in them
-GAP_EDGES = GAP_BIN_EDGES_DAYS
-SE_EDGES_TWO_SIDED = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 60.0)
-SE_EDGES_ONE_SIDED = (20.0, 60.0)
+# standard-error bins nested in them; module globals, which the compiler folds into the code
+from ..fusion_fit import GAP_EDGES, SE_EDGES_ONE_SIDED, SE_EDGES_TWO_SIDED
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _bins(distance, two_sided):
-    """(gap bin, SE bin) of a distance: see ``fusion.gap_bin`` and ``fusion.se_bin``. The edges
-    are module constants, which the compiler folds into the code."""
+    """(gap bin, SE bin) of a distance: see ``fusion_fit.gap_bin`` and ``fusion_fit.se_bin``."""
     if two_sided:
         b = 0
         for e in GAP_EDGES:

@@ -32,6 +32,16 @@ def _constant(ev, value):
     return constant_image(ev, value)
 
 
+@algorithm("Image.random")
+def _random(ev, seed=0, distribution="uniform"):
+    """ee.Image.random: "Generates a random number at each pixel location. When using the
+    'uniform' distribution, outputs are in the range of [0, 1)." Deterministic per seed, as the
+    server's; not its values."""
+    rng = np.random.default_rng(int(seed))
+    data = rng.random(ev.grid.shape) if distribution == "uniform" else rng.standard_normal(ev.grid.shape)
+    return Image({"random": Band(data, np.ones(ev.grid.shape, bool))})
+
+
 def _pairs(a: Image, b: Image):
     """Earth Engine's band matching: a 1-band image applies to every band of the other."""
     na, nb = len(a.bands), len(b.bands)
