@@ -366,5 +366,5 @@ def _where_predicted_on_both(ours, theirs, predicted):
 
     assert np.isfinite(theirs[np.isfinite(ours)]).all()
     inner = minimum_filter(np.isfinite(predicted).astype(np.uint8), size=(1, 3, 3), mode="constant", cval=1)
-    inner = inner.astype(bool) & (np.abs(theirs) < 1)
+    inner = inner.astype(bool)
     return np.where(inner, ours, np.nan), np.where(inner, theirs, np.nan)

@@ -196,7 +196,8 @@ def test_infill_button_shows_a_split_map_and_the_inspector_does_not_fail(server)
     app.buttons["infill"].click()
     assert "gap-free NDVI ready" in app.message.value, app.message.value
     result = app.infill_result
-    names = [f"{n}{SUFFIX}" for n in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", "Output_Metadata")]
+    names = [f"{n}{SUFFIX}" for n in ("NDVI_gapfree", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", "NDVI_gapfree_SE",
+                                      "Output_Metadata")]
     assert app.progress.tasks == dict.fromkeys(names, "COMPLETED")  # the infill export's tasks are shown too
     assert app.ndvi.dates == result.dates and len(app.ndvi.dates) == 118
     assert app.ndvi.colorbar.value == colorbar_html(ndvi_style("NDVI gap-free"))
