@@ -147,7 +147,10 @@ def _interval_mean(r, inputs, valid, mode):
 
 
 def _to_list(r, inputs, valid, mode):
-    rows = [[inp[i, 0] for inp in inputs] for i in range(inputs[0].shape[0]) if valid[i, 0]]
+    keep = valid[:, 0]
+    if r.params.get("tupleSize") is None and len(inputs) == 1 and inputs[0].ndim == 2:
+        return {r.outputs[0]: (inputs[0][keep, 0].tolist(), np.array([True]))}
+    rows = [[inp[i, 0] for inp in inputs] for i in np.flatnonzero(keep)]
     if r.params.get("tupleSize") is None and len(inputs) == 1:
         rows = [row[0] for row in rows]
     return {r.outputs[0]: (rows, np.array([True]))}
