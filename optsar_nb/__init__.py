@@ -13,8 +13,10 @@ from .errors import (
     NotEnoughPairs,
     OptsarError,
     OutputExists,
+    OutputLocked,
     StackMismatch,
     UnknownMission,
+    WriteFailed,
 )
 from .params import GapParams, InfillParams
 
@@ -31,7 +33,9 @@ __all__ = [
     "NotEnoughPairs",
     "OptsarError",
     "OutputExists",
+    "OutputLocked",
     "StackMismatch",
     "UnknownMission",
+    "WriteFailed",
     "load_aoi",
 ]

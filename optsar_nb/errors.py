@@ -48,3 +48,11 @@ class WorkerFailed(OptsarError, RuntimeError):
 
 class InsufficientDisk(OptsarError, OSError):
     """The temporary folder of a local job cannot hold its staged stacks."""
+
+
+class WriteFailed(OptsarError, OSError):
+    """An output could not be written completely (full disk, read-only folder); nothing was replaced."""
+
+
+class OutputLocked(OptsarError):
+    """Another run is writing into the same output folder."""

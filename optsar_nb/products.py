@@ -34,6 +34,9 @@ GAP_STATISTIC_NAMES = tuple(s.name for s in GAP_STATISTICS)
 STATISTICS_BY_NAME = {s.name: s for s in GAP_STATISTICS}
 
 GAP_STATISTICS_FILE = "Gap_Statistics"
+# each job's manifest, written last, lists its complete output set: <job>_Manifest<suffix>.json
+GAP_MANIFEST_JOB = "Gap"
+INFILL_MANIFEST_JOB = "Infill"
 MASK_INPUT_FILE = "Mask_Input"
 MASK_METADATA_FILE = "InputMask_Metadata"
 

@@ -82,7 +82,9 @@ def test_infill_stages_in_the_work_dir(tmp_path, monkeypatch):
     work = tmp_path / "scratch"
     assert main(["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01", "--workers", "1",
                  "--out", str(tmp_path / "out"), "--work-dir", str(work), "--method", "paper"]) == 0
-    assert used == [work] and list(work.iterdir()) == []  # staged there, removed afterwards
+    # the temporary stacks go there (the output set is staged in the output folder), removed afterwards
+    assert [d for d in used if d != tmp_path / "out"] == [work] and list(work.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
     assert (tmp_path / "out" / "NDVI_gapfree_S2_2021-01-01_2022-01-01.tif").exists()
     # --method reaches the job: the report says which fill NDVI_gapfree holds
     report = (tmp_path / "out" / "Infill_Report_S2_2021-01-01_2022-01-01.md").read_text()

@@ -34,8 +34,12 @@ def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> n
 _BLOCK_STAGE: dict = {}
 
 
-def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> None:
-    """Worker initializer: map the staged stacks (outputs writable) and keep the shared inputs."""
+def _open_block_stage(work: str, shared: dict, parent: int | None) -> None:
+    """Worker initializer (``parent``: the pid of the process that started the workers; None when
+    the stage runs in this process): map the staged stacks (outputs writable) and keep the shared
+    inputs."""
+    if parent is not None:
+        _exit_with_parent(parent)
     folder = Path(work)
     stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("win_vv", "win_vh", "obs", "state")}
     stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred", "nmean")})
@@ -45,10 +49,24 @@ def _open_block_stage(work: str, shared: dict, single_threaded_blas: bool) -> No
         stage[name] = stage[name][: len(shared["labels"])]
     _BLOCK_STAGE.clear()
     _BLOCK_STAGE.update(stage)
-    if single_threaded_blas:  # a worker process: one block per core already
+    if parent is not None:  # a worker process: one block per core already
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=1, user_api="blas")
+
+
+def _exit_with_parent(parent: int, period_s: float = 0.5) -> None:
+    """End this worker process when ``parent``, the process that started it, is gone (killed,
+    even with SIGKILL, which leaves it no chance to stop its pool): a daemon thread watches."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(period_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
@@ -95,7 +113,7 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> dict[s
     """
     n = min(workers or os.cpu_count() or 1, len(blocks))
     if n <= 1:
-        _open_block_stage(str(work), shared, False)
+        _open_block_stage(str(work), shared, None)
         try:
             return _concat([_fit_predict_block(rows, cols) for rows, cols in blocks])
         finally:
@@ -103,7 +121,7 @@ def fit_predict(work: Path, blocks, shared: dict, workers: int | None) -> dict[s
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(n, mp_context=context, initializer=_open_block_stage,
-                                 initargs=(str(work), shared, True)) as pool:
+                                 initargs=(str(work), shared, os.getpid())) as pool:
             return _concat(list(pool.map(_fit_predict_block, *zip(*blocks))))
     except BrokenProcessPool as err:
         raise WorkerFailed(

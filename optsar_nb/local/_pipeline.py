@@ -25,6 +25,7 @@ use is STAGING_BYTES_PER_SAMPLE (25) bytes per pixel and image during the fused 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -46,7 +47,7 @@ from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _fused, _kernels, _postprocess, fusion
 from . import infill as steps
 from .gaps import aoi_mask, select_period
-from .stack import TILE_PX, read_geotiff, refuse_existing, write_csv, write_geotiff
+from .stack import TILE_PX, read_geotiff, write_csv, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
@@ -148,27 +149,35 @@ def infill(
     ``aoi`` an AOI (default: the whole grid). Writes ``NDVI_gapfree``, ``NDVI_Mask``,
     ``NDVI_Pred`` (the calibrated prediction), ``NDVI_Obs`` (clear observations) with one band per
     pair ID, ``NDVI_Model`` (the coefficient image), ``Output_Metadata`` CSV and, with
-    ``report``, the accuracy report. Existing files are refused unless ``overwrite``.
+    ``report``, the accuracy report, and ``Infill_Manifest<suffix>.json`` last, which marks the
+    set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then moved into place;
+    one run per folder). Existing files are refused unless ``overwrite``.
 
     ``workers``: cores to use (default: all). ``work_dir``: where the job stages its temporary
     stacks (default: ``out_dir``); it needs about STAGING_BYTES_PER_SAMPLE bytes per pixel and
     image while the regression runs, which is checked before any work starts.
     """
+    from ..outputs import WORK_PREFIX, OutputSet, fingerprint
+    from ..products import INFILL_MANIFEST_JOB
+
     out_dir = Path(out_dir)
     paths = output_paths(out_dir, params, report=report)
-    if not overwrite:
-        refuse_existing(paths.values())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work_parent = Path(work_dir) if work_dir is not None else out_dir
-    work_parent.mkdir(parents=True, exist_ok=True)
-    check_disk_space(select_period(ndvi, params.start, params.end).shape, work_parent, out_dir)
-    work = Path(tempfile.mkdtemp(prefix=".infill-work-", dir=work_parent))
-    try:
-        with dask.config.set(scheduler="threads", num_workers=workers):
-            return _run(ndvi, state, vv, vh, params, paths, work, aoi=aoi, overwrite=overwrite, report=report,
-                        workers=workers)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    inputs = {"ndvi": fingerprint(ndvi), "state": fingerprint(state), "vv": fingerprint(vv), "vh": fingerprint(vh),
+              "aoi": getattr(aoi, "name", None)}
+    with OutputSet(out_dir, [p.name for p in paths.values()], job=INFILL_MANIFEST_JOB, suffix=params.suffix,
+                   params=params.to_dict(), inputs=inputs, overwrite=overwrite) as out:
+        work_parent = Path(work_dir) if work_dir is not None else out_dir
+        work_parent.mkdir(parents=True, exist_ok=True)
+        check_disk_space(select_period(ndvi, params.start, params.end).shape, work_parent, out_dir)
+        work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=work_parent))
+        try:
+            with dask.config.set(scheduler="threads", num_workers=workers):
+                run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, work,
+                           aoi=aoi, overwrite=overwrite, report=report, workers=workers)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    run.paths = paths
+    return run
 
 
 # Temporary disk per pixel and image while the regression runs: observations (float32), states

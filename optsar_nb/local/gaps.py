@@ -266,39 +266,42 @@ def characterize_gaps(
 
     Writes ``Gap_Statistics<suffix>.tif`` (one band per statistic), ``InputMask_Metadata<suffix>.csv``
     (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI per input image) and, with
-    ``plot``, ``Gap_Statistics<suffix>.png``. Existing files are refused unless ``overwrite``.
-    Returns the written paths by kind.
+    ``plot``, ``Gap_Statistics<suffix>.png``, and ``Gap_Manifest<suffix>.json`` last, which marks
+    the set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then moved into place;
+    one run per folder). Existing files are refused unless ``overwrite``. Returns the written
+    paths by kind.
     """
-    from ..products import GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name
-    from .stack import metadata_of, refuse_existing, write_csv, write_geotiff
+    from ..outputs import OutputSet, fingerprint
+    from ..products import GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name
+    from .stack import metadata_of, write_csv, write_geotiff
 
-    out_dir = Path(out_dir)
-    paths = {
-        "statistics": out_dir / file_name(GAP_STATISTICS_FILE, params.suffix, ".tif"),
-        "metadata": out_dir / file_name(MASK_METADATA_FILE, params.suffix, ".csv"),
+    names = {
+        "statistics": file_name(GAP_STATISTICS_FILE, params.suffix, ".tif"),
+        "metadata": file_name(MASK_METADATA_FILE, params.suffix, ".csv"),
     }
     if plot:
-        paths["panel"] = out_dir / file_name(GAP_STATISTICS_FILE, params.suffix, ".png")
-    if not overwrite:
-        refuse_existing(paths.values())
+        names["panel"] = file_name(GAP_STATISTICS_FILE, params.suffix, ".png")
+    with OutputSet(out_dir, names.values(), job=GAP_MANIFEST_JOB, suffix=params.suffix, params=params.to_dict(),
+                   inputs={"state": fingerprint(state), "aoi": getattr(aoi, "name", None)},
+                   overwrite=overwrite) as out:
+        paths = {kind: out.path(name) for kind, name in names.items()}
+        state = select_period(state, params.start, params.end)
+        inside = aoi_mask(state, aoi) if aoi is not None else None
+        state = clip_to_aoi(state, inside)
+        table = metadata_of(state)[["ID", "CollectionTime"]]
+        table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
+        stats = gap_statistics(state, params)
+        if inside is not None:  # outside the AOI nothing is defined, counts included (as EE's clip)
+            stats = stats.where(inside)
+        write_geotiff(stats, paths["statistics"], band_names=list(GAP_STATISTIC_NAMES))
+        write_csv(table, paths["metadata"])
+        if plot:
+            from ..plots import gap_panel
+            from .stack import read_geotiff
 
-    state = select_period(state, params.start, params.end)
-    inside = aoi_mask(state, aoi) if aoi is not None else None
-    state = clip_to_aoi(state, inside)
-    table = metadata_of(state)[["ID", "CollectionTime"]]
-    table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
-    stats = gap_statistics(state, params)
-    if inside is not None:  # outside the AOI nothing is defined, counts included (as EE's clip)
-        stats = stats.where(inside)
-    write_geotiff(stats, paths["statistics"], band_names=list(GAP_STATISTIC_NAMES), overwrite=overwrite)
-    write_csv(table, paths["metadata"], overwrite=overwrite)
-    if plot:
-        from ..plots import gap_panel
-        from .stack import read_geotiff
-
-        # plot from the written file, not by recomputing; large rasters are decimated for the figure
-        written = read_geotiff(paths["statistics"]).rename(band="stat")
-        step = max(1, max(written.sizes["y"], written.sizes["x"]) // PANEL_MAX_PX)
-        gap_panel(written[:, ::step, ::step], paths["panel"], overwrite=overwrite,
-                  title=f"Gap statistics {params.mission} {params.start} to {params.end}")
-    return paths
+            # plot from the written file, not by recomputing; large rasters are decimated for the figure
+            written = read_geotiff(paths["statistics"]).rename(band="stat")
+            step = max(1, max(written.sizes["y"], written.sizes["x"]) // PANEL_MAX_PX)
+            gap_panel(written[:, ::step, ::step], paths["panel"],
+                      title=f"Gap statistics {params.mission} {params.start} to {params.end}")
+    return {kind: out.final(name) for kind, name in names.items()}

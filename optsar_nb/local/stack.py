@@ -27,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import OutputExists, StackMismatch
+from ..outputs import verify_geotiff
 
 DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
 TILE_PX = 256  # tile edge of the GeoTIFFs written here
@@ -303,7 +304,6 @@ def write_geotiff(
     Returns the path.
     """
     import rasterio
-    from rasterio.windows import Window
 
     if data.ndim == 2:
         data = data.expand_dims("band")
@@ -341,13 +341,24 @@ def write_geotiff(
     rows, cols = _write_windows(count * dtype.itemsize, height, width, tiled=profile["tiled"])
     arr = arr.rechunk((-1, rows, cols))
     windows = [(r, c) for r in range(arr.numblocks[1]) for c in range(arr.numblocks[2])]
-    with atomic_path(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst, \
-            ThreadPoolExecutor(max_workers=1) as writer:
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        _write_windows_of(arr, tmp, profile, band_names, scale, dtype, rows, cols, windows)
+        verify_geotiff(tmp, count=count, height=height, width=width, dtype=dtype.name, names=band_names,
+                       label=Path(path))
+    return Path(path)
+
+
+def _write_windows_of(arr, tmp, profile, band_names, scale, dtype, rows, cols, windows) -> None:
+    """The writing loop of :func:`write_geotiff`, into ``tmp``."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(tmp, "w", **profile) as dst, ThreadPoolExecutor(max_workers=1) as writer:
         for i, name in enumerate(band_names):
             dst.set_band_description(i + 1, name)
         if scale is not None:
-            dst.scales = [scale] * count
-            dst.offsets = [0.0] * count
+            dst.scales = [scale] * len(band_names)
+            dst.offsets = [0.0] * len(band_names)
 
         def write(block, r, c):
             dst.write(block, window=Window(c * cols, r * rows, block.shape[2], block.shape[1]))
@@ -362,7 +373,6 @@ def write_geotiff(
             pending = writer.submit(write, block, r, c)
         if pending is not None:
             pending.result()
-    return Path(path)
 
 
 def _write_windows(bytes_per_pixel: int, height: int, width: int, *, tiled: bool) -> tuple[int, int]:

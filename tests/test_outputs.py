@@ -1,0 +1,218 @@
+"""Output sets under faults: a full disk, two runs at once, a stale lock, a run killed with SIGKILL
+or stopped with SIGTERM. Real processes, real files: the faults are injected by the operating
+system (a file size limit stands for a full disk), not by mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from optsar_nb.errors import OutputLocked, WriteFailed
+from optsar_nb.outputs import (
+    COMMITTED,
+    LOCK_FILE,
+    STAGING_PREFIX,
+    OutputSet,
+    check_set,
+    complete_sets,
+    verify_geotiff,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+SUFFIX = "_S2_2021-01-01_2022-01-01"
+GAPS = ["gaps", "--qa", str(SAMPLE / f"SCL_Input{SUFFIX}.tif"), "--start", "2021-01-01", "--end", "2022-01-01"]
+INFILL = ["infill", "--inputs", str(SAMPLE), "--start", "2021-01-01", "--end", "2022-01-01"]
+
+
+def optsar(args, *, file_size_limit: int | None = None, wait: bool = True):
+    """Run the command line in a new process (optionally with a file size limit: writes beyond it
+    fail as on a full disk)."""
+    def limit():
+        if file_size_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    cmd = [sys.executable, "-m", "optsar_nb.cli", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, preexec_fn=limit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, timeout=600)
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def manifest(folder: Path, job: str) -> dict:
+    return json.loads((folder / f"{job}_Manifest{SUFFIX}.json").read_text())
+
+
+def test_a_complete_set_has_a_manifest_with_checksums(tmp_path):
+    done = optsar([*GAPS, "--out", tmp_path])
+    assert done.returncode == 0, done.stderr
+    m = manifest(tmp_path, "Gap")
+    assert set(m["files"]) == {f"Gap_Statistics{SUFFIX}.tif", f"InputMask_Metadata{SUFFIX}.csv",
+                               f"Gap_Statistics{SUFFIX}.png"}
+    assert m["complete"] and m["params"]["start"] == "2021-01-01" and m["inputs"]["state"]["shape"][0] > 10
+    assert check_set(tmp_path, m) == [] and list(complete_sets(tmp_path)) == [f"Gap_Manifest{SUFFIX}.json"]
+    assert hidden(tmp_path) == []  # no lock, no staging folder left
+    (tmp_path / f"Gap_Statistics{SUFFIX}.tif").write_bytes(b"changed")
+    assert complete_sets(tmp_path) == {} and check_set(tmp_path, m) == [f"Gap_Statistics{SUFFIX}.tif"]
+
+
+def test_a_full_disk_fails_with_one_line_and_writes_nothing(tmp_path):
+    done = optsar([*GAPS, "--out", tmp_path], file_size_limit=20_000)
+    assert done.returncode == 2
+    assert "error:" in done.stderr and "is incomplete" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_overwrite_keeps_the_good_set(tmp_path):
+    assert optsar([*GAPS, "--out", tmp_path]).returncode == 0
+    good = manifest(tmp_path, "Gap")
+    done = optsar([*GAPS, "--out", tmp_path, "--overwrite"], file_size_limit=20_000)
+    assert done.returncode == 2 and "is incomplete" in done.stderr
+    assert manifest(tmp_path, "Gap") == good and check_set(tmp_path, good) == []
+    assert hidden(tmp_path) == []
+
+
+def test_a_truncated_geotiff_is_caught(tmp_path):
+    assert optsar([*GAPS, "--out", tmp_path]).returncode == 0
+    path = tmp_path / f"Gap_Statistics{SUFFIX}.tif"
+    verify_geotiff(path, count=11, height=80, width=80, dtype="float32")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(WriteFailed, match="incomplete|cannot be read back"):
+        verify_geotiff(path, count=11, height=80, width=80, dtype="float32")
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    """The lock names the live run holding it; the folder is left as it was."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                      "started": "2026-01-01T00:00:00"}))
+        done = optsar([*GAPS, "--out", tmp_path])
+        assert done.returncode == 2 and f"process {sleeper.pid}" in done.stderr and "Traceback" not in done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
+        with pytest.raises(OutputLocked, match="being written by another run"):
+            with OutputSet(tmp_path, [], job="Gap", suffix=SUFFIX, params={}, inputs={}):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_two_runs_at_once_one_wins_the_other_is_refused(tmp_path):
+    runs = [optsar([*INFILL, "--out", tmp_path, "--workers", "1", "--seed", str(seed)], wait=False) for seed in (1, 2)]
+    results = [(r.wait(timeout=600), r.stderr.read()) for r in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "being written by another run" in refused or "locked by another run" in refused
+    m = manifest(tmp_path, "Infill")
+    assert check_set(tmp_path, m) == [] and hidden(tmp_path) == []
+
+
+def test_a_stale_lock_is_taken_over_with_a_message(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": "x"}))
+    done = optsar([*GAPS, "--out", tmp_path])
+    assert done.returncode == 0 and f"took over the lock of process {gone.pid}" in done.stderr
+    assert hidden(tmp_path) == []
+
+
+def test_a_commit_cut_short_is_finished_by_the_next_run(tmp_path):
+    """A run killed while moving its checked files into place left a committed staging folder:
+    the next run finishes the moves (the set it had checked), then does its own work."""
+    staging = tmp_path / f"{STAGING_PREFIX}999999-abc"
+    staging.mkdir()
+    (staging / "a.csv").write_text("x\n1\n")
+    committed = {"manifest": "Old_Manifest.json", "job": "Old", "complete": True,
+                 "files": {"a.csv": {"bytes": 4, "sha256": "-"}}}
+    (staging / COMMITTED).write_text(json.dumps(committed))
+    with pytest.warns(UserWarning, match="finished writing the outputs of a run"):
+        with OutputSet(tmp_path, [], job="Gap", suffix=SUFFIX, params={}, inputs={}):
+            pass
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n" and (tmp_path / "Old_Manifest.json").exists()
+    assert not staging.exists()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def wide_scene(tmp_path_factory):
+    """A simulated scene of four blocks, so that the regression stage starts worker processes."""
+    from optsar_nb.local import simulate
+
+    folder = tmp_path_factory.mktemp("wide_scene")
+    simulate.write_scene(folder, simulate.Scene(height=200, width=200))
+    return folder
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process tables from /proc (Linux)")
+def test_kill_9_leaves_no_worker_and_the_next_run_cleans_up(tmp_path, wide_scene):
+    """SIGKILL during the regression stage: the worker processes end on their own, and the next
+    run into the folder (any job) removes the killed run's temporary stacks and staging folder,
+    says so, and completes."""
+    run = optsar(["infill", "--inputs", wide_scene, "--start", "2021-01-01", "--end", "2022-01-01", "--out", tmp_path,
+                  "--workers", "2"], wait=False)
+    deadline = time.time() + 300
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        if list(tmp_path.glob(".optsar-work-*/pred.npy")):
+            workers = _children(run.pid)
+    assert len(workers) >= 2, "the run never started its worker processes"
+    run.kill()
+    run.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    survivors = [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:200] for p in workers if _alive(p)]
+    assert survivors == [], "worker processes outlived their parent"
+    assert any(p.name.startswith(".optsar-") for p in tmp_path.iterdir())  # what the killed run left
+    done = optsar([*GAPS, "--out", tmp_path])
+    assert done.returncode == 0, done.stderr
+    assert "temporary stacks of a run that was stopped" in done.stderr
+    assert "unfinished outputs of a run that was stopped" in done.stderr
+    assert hidden(tmp_path) == [] and check_set(tmp_path, manifest(tmp_path, "Gap")) == []
+
+
+def test_sigterm_ends_with_one_line_and_removes_temporary_files(tmp_path):
+    run = optsar([*INFILL, "--out", tmp_path, "--workers", "1"], wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/pred.npy")):
+        time.sleep(0.1)
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(timeout=120) == 143
+    err = run.stderr.read()
+    assert "terminated; temporary files removed" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
