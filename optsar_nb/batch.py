@@ -3,8 +3,11 @@
 Each AOI (a feature of the GeoJSON/shapefile) gets a folder ``<out>/<aoi name>/`` holding its
 GeoJSON (``aoi.geojson``), the executed notebook and the notebook's outputs (``outputs/``).
 ``<out>/summary.csv`` lists every AOI with its status (``ok``, ``failed``, ``invalid``,
-``skipped``), duration and error. A failing or invalid AOI is recorded and the run goes on;
-AOIs already done (their ``status.json`` says ``ok``) are skipped unless ``force``.
+``skipped``), duration and error, rewritten after every AOI. A failing or invalid AOI is
+recorded and the run goes on. A run's identity is its parameters (the notebook's defaults with
+the given values over them): an AOI whose ``status.json`` says ``ok`` *for the same parameters*
+is skipped unless ``force``; with other parameters, or after a failed or interrupted run (its
+status says ``running``), it runs again over its own earlier outputs.
 """
 
 from __future__ import annotations
@@ -38,9 +41,17 @@ class AOIRun:
     out_dir: str
 
 
+MAX_NAME = 80  # characters of a folder name made from an AOI name (file systems allow 255 bytes)
+
+
 def safe_name(name: str, taken: set[str]) -> str:
-    """A folder name from an AOI name: letters, digits, ``-`` and ``_`` only; unique within ``taken``."""
+    """A folder name from an AOI name: letters, digits, ``-`` and ``_`` only, at most MAX_NAME
+    characters (a long name keeps its start and a hash of the whole); unique within ``taken``."""
+    import hashlib
+
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)).strip("_") or "aoi"
+    if len(base) > MAX_NAME:
+        base = f"{base[:MAX_NAME - 9]}_{hashlib.sha1(str(name).encode()).hexdigest()[:8]}"
     candidate, i = base, 2
     while candidate in taken:
         candidate, i = f"{base}_{i}", i + 1
@@ -80,14 +91,27 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _done(folder: Path) -> bool:
-    status = folder / STATUS_FILE
-    if not status.exists():
-        return False
+def _status(folder: Path) -> dict:
     try:
-        return json.loads(status.read_text()).get("status") == "ok"
-    except json.JSONDecodeError:
-        return False
+        return json.loads((folder / STATUS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def effective_parameters(notebook: Path, values: dict) -> dict:
+    """The notebook's parameter defaults (its ``parameters`` cell) with ``values`` over them, as
+    JSON-able values: what identifies a run."""
+    import ast
+
+    import papermill
+
+    defaults = {}
+    for name, info in papermill.inspect_notebook(str(notebook)).items():
+        try:
+            defaults[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            defaults[name] = info["default"]
+    return json.loads(json.dumps({**defaults, **values}, default=str, sort_keys=True))
 
 
 def run_one(notebook: Path, folder: Path, parameters: dict, *, kernel_name: str | None = None,
@@ -140,10 +164,14 @@ def run_batch(
         # paths in the summary are relative to ``out_dir``, so that a batch folder can be moved
         row = AOIRun(aoi=name, status="", duration_s=0.0, error="", notebook=f"{folder.name}/{notebook.name}",
                      out_dir=f"{folder.name}/outputs")
-        if _done(folder) and not force:
-            previous = json.loads((folder / STATUS_FILE).read_text())
+        values = {**absolute_paths(parameters or {}), "aoi": str(folder / "aoi.geojson"),
+                  "out_dir": str(folder / "outputs"), "show_app": False}
+        identity = effective_parameters(notebook, values)
+        previous = _status(folder)
+        if previous.get("status") == "ok" and previous.get("parameters") == identity and not force:
             row.status, row.duration_s = "skipped", float(previous.get("duration_s", 0.0))
             rows.append(row)
+            _write_summary(out_dir, rows)
             continue
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -153,22 +181,27 @@ def run_batch(
             row.status, row.error, row.notebook, row.out_dir = "invalid", str(exc), "", ""
         else:
             (folder / "aoi.geojson").write_text(json.dumps(aoi.to_geojson()))
-            values = {**absolute_paths(parameters or {}), "aoi": str(folder / "aoi.geojson"),
-                      "out_dir": str(folder / "outputs"),
-                      "show_app": False}
+            if previous and "overwrite" in identity:  # this AOI's own earlier outputs (other parameters, or unfinished)
+                values["overwrite"] = True
+            _write_json(folder / STATUS_FILE, {**asdict(row), "status": "running", "parameters": identity})
             try:
                 run_one(notebook, folder, values, kernel_name=kernel_name, timeout_s=timeout_s)
                 row.status = "ok"
             except Exception as exc:  # a failing notebook is recorded; the batch goes on
                 row.status, row.error = "failed", _first_error_line(exc)
         row.duration_s = round(time.monotonic() - started, 2)
-        _write_json(folder / STATUS_FILE, asdict(row))
+        _write_json(folder / STATUS_FILE, {**asdict(row), "parameters": identity})
         rows.append(row)
+        _write_summary(out_dir, rows)
+    return pd.DataFrame([asdict(r) for r in rows], columns=SUMMARY_COLUMNS)
+
+
+def _write_summary(out_dir: Path, rows: list[AOIRun]) -> None:
+    """summary.csv as it stands (replaced atomically, after every AOI)."""
     summary = pd.DataFrame([asdict(r) for r in rows], columns=SUMMARY_COLUMNS)
     tmp = out_dir / f".{SUMMARY_FILE}.tmp"
     summary.to_csv(tmp, index=False)
     tmp.replace(out_dir / SUMMARY_FILE)
-    return summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import InvalidParameter
 from .missions import MASK_RULES, get_mission
 
@@ -31,12 +33,45 @@ def _to_date(value: DateLike, name: str) -> dt.date:
         return value.date()
     if isinstance(value, dt.date):
         return value
+    text = str(value).strip()
     try:
-        return dt.date.fromisoformat(str(value).strip()[:10])
+        return dt.date.fromisoformat(text) if len(text) == 10 else dt.datetime.fromisoformat(text).date()
     except ValueError:
         raise InvalidParameter(
             f"{name}={value!r} is not a date: write it as YYYY-MM-DD, e.g. '2019-01-01'"
         ) from None
+
+
+def _typed(name: str, value: Any, kind: str) -> Any:
+    """``value`` as the field's type ``kind`` (its annotation), or InvalidParameter naming the field.
+
+    Whole numbers are accepted for floats, and floats with a whole value for integers (JSON and
+    papermill give 10.0 for 10); booleans are never numbers here.
+    """
+    if kind.endswith(" | None"):
+        return None if value is None else _typed(name, value, kind[: -len(" | None")])
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if kind == "int":
+        if numeric and float(value).is_integer():
+            return int(value)
+        raise InvalidParameter(f"{name}={value!r} must be a whole number, e.g. {name}=10")
+    if kind == "float":
+        if numeric and math.isfinite(float(value)):
+            return float(value)
+        raise InvalidParameter(f"{name}={value!r} must be a finite number")
+    if kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise InvalidParameter(f"{name}={value!r} must be True or False")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise InvalidParameter(f"{name}={value!r} must be text, e.g. {name}=\"...\"")
+    if kind == "tuple[float, float]":
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            return tuple(_typed(name, v, "float") for v in value)
+        raise InvalidParameter(f"{name}={value!r} must be two numbers (low, high)")
+    return value  # dates: checked by _to_date
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -53,6 +88,8 @@ class _Params:
     end: DateLike = "2020-01-01"  # exclusive, as Earth Engine's filterDate
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), str(f.type)))
         mission = get_mission(self.mission)
         object.__setattr__(self, "mission", mission.name)
         start, end = _to_date(self.start, "start"), _to_date(self.end, "end")

@@ -330,12 +330,20 @@ def describe_inputs(inputs: str | Path | None, engine: Engine) -> str:
 
 
 def list_outputs(out_dir: str | Path) -> pd.DataFrame:
-    """Every file under ``out_dir`` with its size in kB (an empty table when there is none)."""
+    """Every file under ``out_dir`` with its size in kB and whether it belongs to a complete output
+    set (listed, with its size, in a manifest of its folder; see :mod:`optsar_nb.outputs`)."""
+    from .outputs import complete_sets
+
     folder = Path(out_dir)
     found = folder.rglob("*") if folder.exists() else []
     files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    complete = set()
+    for parent in {p.parent for p in files}:
+        for name, manifest in complete_sets(parent).items():
+            complete |= {parent / name, *(parent / f for f in manifest["files"])}
     return pd.DataFrame({"file": [str(p.relative_to(folder)) for p in files],
-                         "kB": [round(p.stat().st_size / 1024, 1) for p in files]})
+                         "kB": [round(p.stat().st_size / 1024, 1) for p in files],
+                         "complete": [p in complete for p in files]})
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,3 +99,56 @@ def test_parameter_values_and_folder_names():
     assert parse_parameter("2021-01-01") == "2021-01-01"
     taken: set[str] = set()
     assert safe_name("a b/c", taken) == "a_b_c" and safe_name("a b/c", taken) == "a_b_c_2"
+
+
+def test_a_rerun_with_other_parameters_runs_again_over_its_own_outputs(first_run, demo_dir):
+    """A run's identity is its parameters: another period is not "skipped", and the AOI's earlier
+    outputs (its own) do not stop it."""
+    out, _ = first_run
+    summary = run_batch(AOIS, NOTEBOOK, out, parameters={"inputs": str(demo_dir), "start": "2021-03-01"},
+                        progress=False)
+    assert list(summary.status) == ["ok", "invalid", "ok"], summary.error.tolist()
+    status = json.loads((out / "demo_north_field" / "status.json").read_text())
+    assert status["status"] == "ok" and status["parameters"]["start"] == "2021-03-01"
+    assert (out / "demo_north_field" / "outputs" / "Gap_Statistics_S2_2021-03-01_2022-01-01.tif").exists()
+
+
+def test_force_interruption_and_resume(demo_dir, tmp_path, monkeypatch):
+    """The summary is written after every AOI; an AOI interrupted inside its notebook runs again
+    at the next batch (its status says "running"), over its own outputs; --force reruns done AOIs
+    as "ok", not "failed". The notebook is replaced by a stand-in that refuses existing outputs
+    unless told to overwrite, as the notebooks do."""
+    from optsar_nb import batch
+
+    calls = []
+
+    def stand_in(notebook, folder, values, **kw):
+        calls.append((folder.name, values.get("overwrite", False)))
+        marker = folder / "outputs" / "done.txt"
+        if marker.exists() and not values.get("overwrite"):
+            raise batch.OptsarError(f"{marker} exists")
+        if len(calls) == 2 and folder.name == "demo_south_field" and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("x")
+
+    interrupted: list[bool] = []
+    monkeypatch.setattr(batch, "run_one", stand_in)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(AOIS, NOTEBOOK, tmp_path, parameters={"inputs": str(demo_dir)}, progress=False)
+    written = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False)
+    assert list(written.status) == ["ok", "invalid"]  # as far as the batch got
+    assert json.loads((tmp_path / "demo_south_field" / "status.json").read_text())["status"] == "running"
+    summary = run_batch(AOIS, NOTEBOOK, tmp_path, parameters={"inputs": str(demo_dir)}, progress=False)
+    assert list(summary.status) == ["skipped", "invalid", "ok"]
+    assert calls[-1] == ("demo_south_field", True)  # over its own unfinished outputs
+    summary = run_batch(AOIS, NOTEBOOK, tmp_path, parameters={"inputs": str(demo_dir)}, force=True, progress=False)
+    assert list(summary.status) == ["ok", "invalid", "ok"]
+
+
+def test_a_very_long_aoi_name_gets_a_short_unique_folder():
+    taken: set[str] = set()
+    long_a, long_b = "field " * 50 + "A", "field " * 50 + "B"
+    a, b = safe_name(long_a, taken), safe_name(long_b, taken)
+    assert len(a) <= 80 and len(b) <= 80 and a != b and a.startswith("field_field")

@@ -65,8 +65,12 @@ def test_a_complete_set_has_a_manifest_with_checksums(tmp_path):
     assert m["complete"] and m["params"]["start"] == "2021-01-01" and m["inputs"]["state"]["shape"][0] > 10
     assert check_set(tmp_path, m) == [] and list(complete_sets(tmp_path)) == [f"Gap_Manifest{SUFFIX}.json"]
     assert hidden(tmp_path) == []  # no lock, no staging folder left
+    from optsar_nb.run import list_outputs
+
+    assert list_outputs(tmp_path)["complete"].all() and len(list_outputs(tmp_path)) == 4
     (tmp_path / f"Gap_Statistics{SUFFIX}.tif").write_bytes(b"changed")
     assert complete_sets(tmp_path) == {} and check_set(tmp_path, m) == [f"Gap_Statistics{SUFFIX}.tif"]
+    assert not list_outputs(tmp_path)["complete"].any()
 
 
 def test_a_full_disk_fails_with_one_line_and_writes_nothing(tmp_path):

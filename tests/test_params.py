@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pytest
 
 from optsar_nb.errors import InvalidParameter, UnknownMission
@@ -70,3 +71,29 @@ def test_catalogue_uses_current_collections():
     assert get_mission("L9").collection_id == "LANDSAT/LC09/C02/T1_L2"
     assert not {m.collection_id for m in MISSIONS.values()} & set(DEPRECATED_COLLECTION_IDS)
     assert QA_PIXEL.cloudy_bitmask == 0b11110 and QA_PIXEL.fill_bitmask == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_pairs": 10.5}, "min_pairs=10.5 must be a whole number"),
+        ({"seed": "abc"}, "seed='abc' must be a whole number"),
+        ({"random_split": 1}, "random_split=1 must be True or False"),
+        ({"train_fraction": "0.6"}, "train_fraction='0.6' must be a finite number"),
+        ({"talwar_tuning": float("inf")}, "talwar_tuning=inf must be a finite number"),
+        ({"artificial_cloud_range": (0.5,)}, "must be two numbers"),
+        ({"method": 3}, "method=3 must be text"),
+        ({"start": "2019-01-01junk"}, "is not a date"),
+    ],
+)
+def test_every_field_has_a_strict_type(kwargs, message):
+    with pytest.raises(InvalidParameter, match=message):
+        InfillParams(**kwargs)
+
+
+def test_whole_numbers_from_json_and_iso_times_are_accepted():
+    p = InfillParams(min_pairs=10.0, seed=np.int64(3), train_fraction=1, start="2019-01-01T00:00:00")
+    assert (p.min_pairs, p.seed, p.train_fraction, p.start.isoformat()) == (10, 3, 1.0, "2019-01-01")
+    assert type(p.min_pairs) is int and type(p.seed) is int and type(p.train_fraction) is float
+    with pytest.raises(InvalidParameter, match="revisit_days=True must be a whole number"):
+        GapParams(revisit_days=True)
