@@ -56,3 +56,7 @@ class WriteFailed(OptsarError, OSError):
 
 class OutputLocked(OptsarError):
     """Another run is writing into the same output folder."""
+
+
+class UnreadableInput(OptsarError, ValueError):
+    """An input file is damaged, empty, truncated or of another format."""

@@ -28,6 +28,7 @@ class SCLRule:
     cloudy_values: tuple[int, ...] = (3, 7, 8, 9, 10, 11)
     missing_values: tuple[int, ...] = (0, 1)
     kind: str = "scl"
+    classes: tuple[int, ...] = tuple(range(12))  # every SCL class (ESA L2A product specification)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BitRule:
     cloudy_bits: tuple[int, ...]
     fill_bit: int
     kind: str = "bits"
+    MAX_VALUE = 2**16 - 1  # the quality bands are 16-bit
 
     @property
     def cloudy_bitmask(self) -> int:

@@ -75,16 +75,24 @@ def verify_geotiff(path: Path, *, count: int, height: int, width: int, dtype: st
                                   f"{(count, height, width, dtype)}: the write did not complete")
             if names is not None and list(src.descriptions) != list(names):
                 raise WriteFailed(f"{shown}: the band names were not written")
-            for band in range(1, count + 1):
-                for (row, col), _ in src.block_windows(band):
-                    offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
-                    length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
-                    if offset is None or length is None or int(offset) + int(length) > size:
-                        raise WriteFailed(f"{shown} is incomplete (band {band}, block {row},{col} is missing or "
-                                          f"runs past the end of the file): the write did not complete "
-                                          f"({_free(path)})")
+            bad = incomplete_block(src, size)
+            if bad is not None:
+                raise WriteFailed(f"{shown} is incomplete (band {bad[0]}, block {bad[1]},{bad[2]} is missing or runs "
+                                  f"past the end of the file): the write did not complete ({_free(path)})")
     except rasterio.errors.RasterioIOError as exc:
         raise WriteFailed(f"{shown} cannot be read back ({exc}): the write did not complete ({_free(path)})") from None
+
+
+def incomplete_block(src, size: int) -> tuple[int, int, int] | None:
+    """(band, block row, block column) of the first block of an open GeoTIFF ``src`` that is
+    missing or runs past ``size`` bytes (the file's length), or None when every block is there."""
+    for band in range(1, src.count + 1):
+        for (row, col), _ in src.block_windows(band):
+            offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+            length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+            if offset is None or length is None or int(offset) + int(length) > size:
+                return band, row, col
+    return None
 
 
 def sha256(path: Path) -> str:

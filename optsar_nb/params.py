@@ -21,6 +21,7 @@ from .missions import MASK_RULES, get_mission
 DateLike = str | dt.date | dt.datetime
 
 MASK_CHOICES = ("qa", "cloudscore", *MASK_RULES)
+LANDSAT_MASKS = ("qa_pixel", "pixel_qa")
 METHODS = ("fusion", "paper")  # how NDVI_gapfree fills cloudy pixels (docs/method.md part C)
 N_COEFFICIENTS = 9  # B.6: constant + 8 covariates
 # Part C: accuracy is reported per bin of days to the nearest clear training observation: <= 10,
@@ -72,6 +73,17 @@ def _typed(name: str, value: Any, kind: str) -> Any:
             return tuple(_typed(name, v, "float") for v in value)
         raise InvalidParameter(f"{name}={value!r} must be two numbers (low, high)")
     return value  # dates: checked by _to_date
+
+
+def _check_mask(mask: str, mission) -> None:
+    if mask not in MASK_CHOICES:
+        raise InvalidParameter(f"mask={mask!r} is unknown: choose one of {MASK_CHOICES}")
+    if mask in LANDSAT_MASKS and not mission.name.startswith("L"):
+        raise InvalidParameter(f"mask={mask!r} is a Landsat quality band but mission={mission.name!r}: give "
+                               "mission='L8' or 'L9' (it sets the revisit time and the file names too)")
+    if mask == "scl" and mission.name != "S2":
+        raise InvalidParameter(f"mask='scl' is Sentinel-2's scene classification but mission={mission.name!r}: "
+                               "give mission='S2', or mask='qa' for the mission's own quality band")
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -157,8 +169,7 @@ class GapParams(_Params):
         if int(self.revisit_days) != self.revisit_days or self.revisit_days < 1:
             raise InvalidParameter(f"revisit_days={self.revisit_days!r} must be a positive whole number of days")
         object.__setattr__(self, "revisit_days", int(self.revisit_days))
-        if self.mask not in MASK_CHOICES:
-            raise InvalidParameter(f"mask={self.mask!r} is unknown: choose one of {MASK_CHOICES}")
+        _check_mask(self.mask, mission)
         if self.mask == "cloudscore" and mission.cloudscore_collection_id is None:
             raise InvalidParameter(f"mask='cloudscore' exists for S2 only, not {self.mission}: use mask='qa'")
         _check_range("cloudscore_threshold", self.cloudscore_threshold, 0.0, 1.0)
@@ -226,8 +237,7 @@ class InfillParams(_Params):
                                    "least 1 (3 is the default)")
         if self.fusion_prior_samples < 0:
             raise InvalidParameter(f"fusion_prior_samples={self.fusion_prior_samples!r} must be >= 0")
-        if self.mask not in MASK_CHOICES:
-            raise InvalidParameter(f"mask={self.mask!r} is unknown: choose one of {MASK_CHOICES}")
+        _check_mask(self.mask, get_mission(self.mission))
         for name in ("train_fraction", "validation_fraction", "pca_fraction", "standardize_max_cloud"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         for name in ("artificial_cloud_range", "standardize_upper", "standardize_lower"):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from optsar_nb.errors import InvalidParameter
 from optsar_nb.local import gaps
 from optsar_nb.local.stack import align_to, read_netcdf
 from optsar_nb.missions import CLEAR, CLOUDY, MISSING
@@ -289,3 +290,37 @@ def test_no_image_in_period():
 
     with pytest.raises(NoImages, match="no image between 2021-01-01 and 2021-02-01.*widen the dates"):
         _stats([C, C, C, C], DATES, start="2021-01-01", end="2021-02-01")
+
+
+@pytest.mark.parametrize(
+    ("values", "rule", "threshold"),
+    [
+        ([200.0, -100.0, np.inf, -np.inf, 12.0, 4.5], "scl", None),  # SCL classes are 0-11
+        ([-2.0, 70000.0, np.inf, 21824.5], "qa_pixel", None),  # 16-bit integers
+        ([2.0, -1.0, 0.5, np.inf], "binary", None),  # 0 or 1
+        ([1.5, -0.1, np.inf], "cloudscore", 0.6),  # a probability
+    ],
+)
+def test_values_a_rule_does_not_define_are_missing_never_clear(values, rule, threshold):
+    qa = xr.DataArray(np.array([[values]], dtype="float64"), dims=("time", "y", "x"))
+    assert (gaps.cloud_state(qa, rule, threshold=threshold).values == M).all()
+
+
+def test_a_stack_with_no_valid_value_stops_with_the_reason(tmp_path):
+    """Landsat QA_PIXEL values read with Sentinel-2's SCL rule (the default mission): every value
+    lies outside the SCL classes, so nothing can be computed; exit 2 names the reason and the fix,
+    and nothing is written."""
+    from optsar_nb.errors import NoImages
+
+    qa = xr.DataArray(np.full((3, 4, 4), 21824.0), dims=("time", "y", "x"),
+                      coords={"time": pd.to_datetime(["2021-01-05", "2021-01-21", "2021-02-06"]),
+                              "id": ("time", ["a", "b", "c"]),
+                              "y": [35.0, 25.0, 15.0, 5.0], "x": [5.0, 15.0, 25.0, 35.0]},
+                      attrs={"crs": "EPSG:32631"})
+    params = GapParams(mission="S2", start="2021-01-01", end="2021-03-01")
+    state = gaps.cloud_state(qa, params.mask_rule_name)
+    with pytest.raises(NoImages, match="values the rule does not define.*give mission L8 or L9"):
+        gaps.characterize_gaps(state, params, tmp_path, plot=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InvalidParameter, match="Landsat quality band but mission='S2'"):
+        GapParams(mission="S2", mask="qa_pixel")

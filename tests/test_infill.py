@@ -507,3 +507,25 @@ def test_guard_rail_too_few_samples_means_no_model_and_a_filled_valid_product(tm
     text = " ".join(run.paths["report"].read_text().split())
     assert f"{run.guarded_pixels:,} pixels had fewer than 27 clear training samples" in text
     assert "Calibrated S1 predictions outside the physical NDVI range [-1, 1]:" in text
+
+
+def test_an_ndvi_that_cannot_be_is_missing_not_clear():
+    """Clear pixels whose NDVI is outside [-1, 1], infinite or NaN are treated as missing."""
+    from optsar_nb.missions import CLEAR, MISSING
+
+    ndvi = xr.DataArray(np.array([[[0.5, 7.5, np.inf, -np.inf, np.nan, -1.0, 1.0, -1.01]]]), dims=("time", "y", "x"))
+    state = xr.full_like(ndvi, CLEAR, dtype="int8")
+    np.testing.assert_array_equal(inf.observed_state(state, ndvi, None).values.ravel(),
+                                  [CLEAR, MISSING, MISSING, MISSING, MISSING, CLEAR, CLEAR, MISSING])
+
+
+def test_a_scaled_ndvi_stops_with_the_reason(sample_dir, tmp_path):
+    """NDVI stored as integers x 10000: no value is a possible NDVI, so nothing can be computed;
+    the error names the reason and the fix, and nothing is written."""
+    from optsar_nb.errors import NoImages
+
+    p = inf.InfillParams(mission="S2", start="2021-01-01", end="2022-01-01")
+    ndvi, state, vv, vh = inf.load_seed_inputs(sample_dir, p)
+    with pytest.raises(NoImages, match="not in \\[-1, 1\\].*divided by their scale"):
+        inf.infill((ndvi * 10000).assign_attrs(ndvi.attrs), state, vv, vh, p, tmp_path, report=False, workers=1)
+    assert list(tmp_path.iterdir()) == []

@@ -122,3 +122,49 @@ def test_netcdf_scale_and_fill(flanders):
 def test_netcdf_missing_variable(flanders):
     with pytest.raises(StackMismatch, match="no variable.*'B99'"):
         read_netcdf(next(flanders.glob("S2_L2A_10m_*.nc")), "B99")
+
+
+def test_a_stack_on_another_crs_or_elsewhere_is_refused_by_name():
+    from optsar_nb.local.stack import align_to
+
+    def grid(x0, crs):
+        return xr.DataArray(np.zeros((1, 3, 3)), dims=("time", "y", "x"),
+                            coords={"y": [25.0, 15.0, 5.0], "x": [x0 + 5.0, x0 + 15.0, x0 + 25.0]}, attrs={"crs": crs})
+
+    optical = grid(500000.0, "EPSG:32631")
+    with pytest.raises(StackMismatch, match="Sentinel-1 VV stack is on EPSG:32632 but the optical grid on EPSG:32631"):
+        align_to(grid(500000.0, "EPSG:32632"), optical, what="the Sentinel-1 VV stack")
+    with pytest.raises(StackMismatch, match="does not overlap the optical grid: it covers x 600005 to 600025"):
+        align_to(grid(600000.0, "EPSG:32631"), optical, what="the Sentinel-1 VV stack")
+    partly = align_to(grid(500020.0, "EPSG:32631").assign_coords(y=[27.0, 17.0, 7.0]), optical)
+    assert np.isnan(partly.values[0, :, :2]).all() and not np.isnan(partly.values[0, :, 2]).any()
+
+
+def test_damaged_inputs_are_named_in_one_line(tmp_path, capsys):
+    """Empty, truncated or foreign files: an error naming the file and the fix, no traceback."""
+    from optsar_nb.cli import main
+    from optsar_nb.errors import UnreadableInput
+    from optsar_nb.local.stack import read_geotiff, read_metadata
+
+    stack = xr.DataArray(np.random.default_rng(0).random((3, 300, 300)).astype("float32"), dims=("band", "y", "x"),
+                         coords={"y": np.arange(300)[::-1] * 10.0 + 5, "x": np.arange(300) * 10.0 + 5})
+    good = write_geotiff(stack, tmp_path / "good.tif", band_names=["a", "b", "c"])
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    with pytest.raises(UnreadableInput, match=f"{cut} is truncated"):
+        read_geotiff(cut)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(UnreadableInput, match="empty.tif is not a readable GeoTIFF"):
+        read_geotiff(tmp_path / "empty.tif")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UnreadableInput, match="metadata CSV .*empty.csv cannot be read"):
+        read_metadata(tmp_path / "empty.csv")
+    (tmp_path / "cube.nc").write_bytes(b"not a netcdf file at all")
+    with pytest.raises(UnreadableInput, match="NetCDF cube .*cube.nc cannot be read"):
+        read_netcdf(tmp_path / "cube.nc", ["SCL"])
+    write_csv(pd.DataFrame({"ID": ["a", "b", "c"], "CollectionTime": [1.6e12, 1.61e12, 1.62e12]}),
+              tmp_path / "cut.csv")
+    code = main(["gaps", "--qa", str(cut), "--start", "2020-01-01", "--end", "2022-01-01",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cut.tif is truncated" in err and "Traceback" not in err

@@ -72,7 +72,7 @@ def load_netcdf_inputs(s2_10m: str | Path, s2_20m: str | Path, s1: str | Path, p
 
     bands = read_netcdf(s2_10m, [red, nir])
     ndvi = compute_ndvi(bands[red], bands[nir])
-    scl = align_to(read_netcdf(s2_20m, qa)[qa], ndvi)
+    scl = align_to(read_netcdf(s2_20m, qa)[qa], ndvi, what=f"the {qa} stack of {s2_20m}")
     state = cloud_state(scl, params.mask_rule_name, threshold=params.cloudscore_threshold)
     radar = read_netcdf(s1, ["VV", "VH"])
     # one image, one ID: the state takes the NDVI's IDs (the 20 m cube names its images itself)

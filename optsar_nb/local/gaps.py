@@ -44,34 +44,44 @@ def cloud_state(
 
     ``qa``: the quality band stack (SCL classes, QA_PIXEL/pixel_qa bits, a 0/1 mask, or
     Cloud Score+ ``cs_cdf`` when ``rule == "cloudscore"``, cloudy below ``threshold``).
-    NaN and the stack's ``nodata`` value are missing; so are pixels where ``valid`` is 0.
+    NaN and the stack's ``nodata`` value are missing; so are pixels where ``valid`` is 0 and
+    values the rule does not define (SCL outside its classes 0-11, negative, fractional or
+    too large quality bits, a binary mask other than 0/1, Cloud Score+ outside [0, 1]): an
+    invalid value never counts as clear.
     """
     if isinstance(rule, str):
         if rule == "cloudscore":
             if threshold is None:
                 raise InvalidParameter("rule='cloudscore' needs a threshold (GapParams.cloudscore_threshold)")
             state = xr.where(qa < threshold, CLOUDY, CLEAR)
-            return _finish_state(state, qa, valid)
+            return _finish_state(state, qa, valid, in_domain=(qa >= 0) & (qa <= 1))
         if rule not in MASK_RULES:
             raise InvalidParameter(f"unknown mask rule {rule!r}: choose one of {sorted(MASK_RULES)} or 'cloudscore'")
         rule = MASK_RULES[rule]
     if isinstance(rule, SCLRule):
-        values = qa.fillna(0).astype("int64") if qa.dtype.kind == "f" else qa
-        state = xr.where(values.isin(rule.cloudy_values), CLOUDY, CLEAR)
-        state = xr.where(values.isin(rule.missing_values), MISSING, state)
+        state = xr.where(qa.isin(rule.cloudy_values), CLOUDY, CLEAR)
+        state = xr.where(qa.isin(rule.missing_values), MISSING, state)
+        in_domain = qa.isin(rule.classes)
     elif isinstance(rule, BitRule):
-        values = qa.fillna(0).astype("int64") if qa.dtype.kind == "f" else qa.astype("int64")
+        in_domain = (qa >= 0) & (qa <= BitRule.MAX_VALUE)
+        if qa.dtype.kind == "f":
+            in_domain = in_domain & (qa == np.floor(qa))
+        values = qa.where(in_domain, 0).astype("int64")
         state = xr.where((values & rule.cloudy_bitmask) != 0, CLOUDY, CLEAR)
         state = xr.where((values & rule.fill_bitmask) != 0, MISSING, state)
     elif isinstance(rule, BinaryRule):
         state = xr.where(qa == rule.cloud_value, CLOUDY, CLEAR)
+        in_domain = qa.isin((0, 1))
     else:
         raise InvalidParameter(f"unknown mask rule {rule!r}")
-    return _finish_state(state, qa, valid)
+    return _finish_state(state, qa, valid, in_domain=in_domain)
 
 
-def _finish_state(state: xr.DataArray, qa: xr.DataArray, valid: xr.DataArray | None) -> xr.DataArray:
-    missing = qa.isnull()
+def _finish_state(state: xr.DataArray, qa: xr.DataArray, valid: xr.DataArray | None, *,
+                  in_domain: xr.DataArray) -> xr.DataArray:
+    """MISSING where the quality value is NaN, the stack's no-data value, outside the rule's
+    values (``in_domain``: e.g. SCL 200, a negative or infinite value) or where ``valid`` is 0."""
+    missing = qa.isnull() | ~in_domain
     nodata = qa.attrs.get("nodata")
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         missing = missing | (qa == nodata)
@@ -290,6 +300,12 @@ def characterize_gaps(
         state = clip_to_aoi(state, inside)
         table = metadata_of(state)[["ID", "CollectionTime"]]
         table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
+        if not (table["PIXEL_COUNT_AOI"] > 0).any():
+            raise NoImages(
+                f"no valid quality value inside the AOI in any of the {len(table)} images from {params.start} to "
+                f"{params.end} (mask rule {params.mask_rule_name!r}): the quality stack is empty there, or holds "
+                "values the rule does not define, which count as missing (SCL classes are 0-11; for a Landsat "
+                "QA_PIXEL band give mission L8 or L9)")
         stats = gap_statistics(state, params)
         if inside is not None:  # outside the AOI nothing is defined, counts included (as EE's clip)
             stats = stats.where(inside)

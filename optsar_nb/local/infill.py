@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import NotEnoughPairs
+from ..errors import NoImages, NotEnoughPairs
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from . import _kernels, _postprocess, _regression
@@ -102,9 +102,10 @@ def cloud_mask(qa: xr.DataArray, params: InfillParams, *, valid: xr.DataArray | 
 
 
 def observed_state(state: xr.DataArray, ndvi_stack: xr.DataArray, inside: xr.DataArray | None) -> xr.DataArray:
-    """The state used for infilling: outside the AOI and clear-but-NaN NDVI become MISSING."""
+    """The state used for infilling: outside the AOI, and clear pixels whose NDVI is NaN or not a
+    possible NDVI (outside [-1, 1], infinite), become MISSING."""
     state = clip_to_aoi(state, inside)
-    out = xr.where((state == CLEAR) & ndvi_stack.isnull(), MISSING, state).astype(state.dtype)
+    out = xr.where((state == CLEAR) & ~(np.abs(ndvi_stack) <= 1), MISSING, state).astype(state.dtype)
     if "id" in ndvi_stack.coords:
         out = out.assign_coords(id=ndvi_stack["id"])
     return out.assign_attrs(state.attrs)
@@ -120,7 +121,18 @@ def image_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
 
 
 def drop_sparse_images(table: pd.DataFrame, params: InfillParams) -> np.ndarray:
-    """Indices of the images kept by B.2: more than ``min_valid_pixels`` valid AOI pixels."""
+    """Indices of the images kept by B.2: more than ``min_valid_pixels`` valid AOI pixels.
+
+    Raises NoImages when no image has a single clear pixel with a valid NDVI (nothing to learn
+    from, nothing to anchor a gap on).
+    """
+    clear = table["PIXEL_COUNT_AOI"].to_numpy() * (100.0 - table["CLOUD_PERCENTAGE_AOI"].fillna(100).to_numpy())
+    if not (clear > 0).any():
+        raise NoImages(
+            f"no clear optical pixel with a valid NDVI inside the AOI in any of the {len(table)} images from "
+            f"{params.start} to {params.end}: the quality stack says cloudy or missing everywhere, or the NDVI is "
+            "not in [-1, 1] (NDVI stored as scaled integers must be divided by their scale; values outside "
+            "[-1, 1] count as missing)")
     return np.flatnonzero(table["PIXEL_COUNT_AOI"].to_numpy() > params.min_valid_pixels)
 
 
@@ -128,7 +140,8 @@ def drop_sparse_images(table: pd.DataFrame, params: InfillParams) -> np.ndarray:
 # B.3-B.4
 def align_s1(s1: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
     """S1 (time, y, x) in dB resampled (nearest neighbour) onto the optical grid of ``template``."""
-    return align_to(s1, template)
+    name = f" {s1.name}" if s1.name else ""
+    return align_to(s1, template, what=f"the Sentinel-1{name} stack")
 
 
 def s1_window_mean(s1: xr.DataArray, optical_times, params: InfillParams) -> tuple[xr.DataArray, np.ndarray]:

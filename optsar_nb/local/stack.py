@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import OutputExists, StackMismatch
+from ..errors import OutputExists, StackMismatch, UnreadableInput
 from ..outputs import verify_geotiff
 
 DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
@@ -70,6 +70,27 @@ def transform_from_coords(y: np.ndarray, x: np.ndarray) -> tuple[float, ...]:
     return (xres, 0.0, float(x[0]) - xres / 2, 0.0, yres, float(y[0]) - yres / 2)
 
 
+def _check_overlap(source: xr.DataArray, target: xr.DataArray, what: str) -> None:
+    from pyproj import CRS
+
+    crs_s, crs_t = source.attrs.get("crs"), target.attrs.get("crs")
+    if crs_s and crs_t and CRS.from_user_input(crs_s) != CRS.from_user_input(crs_t):
+        raise StackMismatch(
+            f"{what} is on {CRS.from_user_input(crs_s).to_string()} but the optical grid on "
+            f"{CRS.from_user_input(crs_t).to_string()}: reproject it onto the optical grid first (nearest "
+            "neighbour; exports from optsar_nb's Earth Engine engine already share one grid)")
+
+    def bounds(a):
+        return (float(a.x.min()), float(a.x.max()), float(a.y.min()), float(a.y.max()))
+
+    (sx0, sx1, sy0, sy1), (tx0, tx1, ty0, ty1) = bounds(source), bounds(target)
+    if sx1 < tx0 or tx1 < sx0 or sy1 < ty0 or ty1 < sy0:
+        raise StackMismatch(
+            f"{what} does not overlap the optical grid: it covers x {sx0:.0f} to {sx1:.0f}, y {sy0:.0f} to "
+            f"{sy1:.0f}, the optical images x {tx0:.0f} to {tx1:.0f}, y {ty0:.0f} to {ty1:.0f} (pixel centres, "
+            "same coordinate system): check that both cover the same area")
+
+
 def same_grid(a: xr.DataArray, b: xr.DataArray) -> bool:
     return (
         a.sizes["y"] == b.sizes["y"]
@@ -79,13 +100,15 @@ def same_grid(a: xr.DataArray, b: xr.DataArray) -> bool:
     )
 
 
-def align_to(source: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+def align_to(source: xr.DataArray, target: xr.DataArray, *, what: str = "the stack") -> xr.DataArray:
     """Nearest-neighbour resampling of ``source`` onto ``target``'s pixel grid (lazy).
 
     Used for SCL at 20 m onto the 10 m optical grid and for S1 onto the optical grid.
     Nearest neighbour is Earth Engine's default resampling, so both engines agree.
-    Target pixels outside the source's extent become NaN (missing).
+    Target pixels outside the source's extent become NaN (missing). Raises StackMismatch naming
+    ``what`` when the two grids are on different coordinate systems or do not overlap at all.
     """
+    _check_overlap(source, target, what)
     if same_grid(source, target):
         return source
     xres = abs(float(source.x[1] - source.x[0]))
@@ -120,7 +143,11 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise StackMismatch(f"metadata CSV {path} does not exist: every stack needs its metadata table")
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UnreadableInput(f"metadata CSV {path} cannot be read ({str(exc).splitlines()[0]}): the file is empty "
+                              "or damaged; export or copy it again") from None
     missing = {"ID", "CollectionTime"} - set(table.columns)
     if missing:
         raise StackMismatch(
@@ -192,10 +219,21 @@ def read_geotiff(path: str | Path, *, chunk_px: int | None = None) -> xr.DataArr
     """
     import rasterio
 
+    from ..outputs import incomplete_block
+
     path = Path(path)
     if not path.exists():
         raise StackMismatch(f"GeoTIFF {path} does not exist: check the path")
-    with rasterio.open(path) as src:
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise UnreadableInput(f"{path} is not a readable GeoTIFF ({exc}): the file is damaged, empty or of another "
+                              "format; export or copy it again") from None
+    with src:
+        bad = incomplete_block(src, path.stat().st_size)
+        if bad is not None:
+            raise UnreadableInput(f"{path} is truncated (band {bad[0]} is cut off): the file was not completely "
+                                  "written or copied; export or copy it again")
         count, height, width, dtype = src.count, src.height, src.width, src.dtypes[0]
         names = [d if d else f"b{i + 1}" for i, d in enumerate(src.descriptions)]
         crs = src.crs.to_wkt() if src.crs else None
@@ -421,7 +459,11 @@ def read_netcdf(path: str | Path, variables: list[str] | str, *, chunk_px: int =
     if not path.exists():
         raise StackMismatch(f"NetCDF cube {path} does not exist: check the path")
     variables = [variables] if isinstance(variables, str) else list(variables)
-    ds = xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False, chunks={"y": chunk_px, "x": chunk_px})
+    try:
+        ds = xr.open_dataset(path, engine="h5netcdf", mask_and_scale=False, chunks={"y": chunk_px, "x": chunk_px})
+    except (OSError, ValueError) as exc:
+        raise UnreadableInput(f"NetCDF cube {path} cannot be read ({str(exc).splitlines()[0]}): the file is damaged, "
+                              "empty, truncated or not NetCDF-4; download or copy it again") from None
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise StackMismatch(f"{path} has no variable(s) {missing}: it has {sorted(ds.data_vars)}")
