@@ -78,9 +78,13 @@ def _print_validation(run) -> None:
     from .report import verdict
 
     m = run.metrics.set_index(["split", "method"])["MAE"]
-    print(f"  validation MAE (artificial clouds): fusion {m['validation', 'fusion']:.4f}, S1 regression "
-          f"{m['validation', 'model']:.4f}, per-pixel mean {m['validation', 'pixel_mean']:.4f}, interpolation "
-          f"{m['validation', 'interpolation']:.4f}")
+
+    def mae(method):  # no scored pixel: say so rather than print "nan"
+        value = m["validation", method]
+        return f"{value:.4f}" if value == value else "not measured"
+
+    print(f"  validation MAE (artificial clouds): fusion {mae('fusion')}, S1 regression {mae('model')}, "
+          f"per-pixel mean {mae('pixel_mean')}, interpolation {mae('interpolation')}")
     sentence, warning = verdict(run.metrics, run.params.method)
     print(f"  {sentence}")
     if warning:

@@ -8,6 +8,7 @@ from conftest import ROOT
 
 from optsar_nb.cli import main
 from optsar_nb.local.stack import read_geotiff
+from optsar_nb.params import InfillParams
 
 
 def test_gaps_on_netcdf(flanders, tmp_path, capsys):
@@ -89,3 +90,17 @@ def test_infill_stages_in_the_work_dir(tmp_path, monkeypatch):
     # --method reaches the job: the report says which fill NDVI_gapfree holds
     report = (tmp_path / "out" / "Infill_Report_S2_2021-01-01_2022-01-01.md").read_text()
     assert 'NDVI_gapfree holds the S1 regression (paper) estimate' in report and '`method="paper"`' in report
+
+
+def test_an_unmeasured_mae_is_said_not_printed_as_nan(capsys):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from optsar_nb.cli import _print_validation
+
+    metrics = pd.DataFrame([{"split": s, "method": m, "MAE": float("nan")} for s in ("validation", "test")
+                            for m in ("model", "fusion", "pixel_mean", "interpolation")])
+    _print_validation(SimpleNamespace(metrics=metrics, params=InfillParams()))
+    out = capsys.readouterr().out
+    assert "fusion not measured" in out and "nan" not in out and "No validation pixels could be scored" in out
