@@ -52,6 +52,16 @@ def optical_collection(aoi: Any, *, mission: str | Mission, start: dt.date, end:
     )
 
 
+def optical_grid(aoi: Any, params) -> ee.Projection:
+    """The optical native grid every AOI-wide reduction of a job runs on: the projection (CRS and
+    transform, hence scale) of the red band of the period's first image over the AOI. Composites
+    and constants have Earth Engine's default projection (WGS84, 1 degree), so a reduction must
+    never take its grid from them."""
+    mission = get_mission(params.mission)
+    first = optical_collection(aoi, mission=mission, start=params.start, end=params.end).first()
+    return ee.Image(first).select(mission.red).projection()
+
+
 def with_cloudscore(collection: ee.ImageCollection, *, mission: Mission) -> ee.ImageCollection:
     """Add Cloud Score+'s ``cs_cdf`` band to each image of the same ``system:index``.
 

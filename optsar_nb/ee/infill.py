@@ -63,8 +63,12 @@ def observations(aoi: Any, params: InfillParams) -> ee.ImageCollection:
 
 # ---------------------------------------------------------------------------------------------
 # B.3-B.4
-def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams) -> ee.ImageCollection:
-    """Per optical image, ``VV``/``VH`` = mean of the S1 images in [t - w, t + w) and ``S1_COUNT``."""
+def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams,
+                   grid: ee.Projection) -> ee.ImageCollection:
+    """Per optical image, ``VV``/``VH`` = mean of the S1 images in [t - w, t + w) and ``S1_COUNT``.
+
+    A composite has Earth Engine's default projection (WGS84, 1 degree); the window mean is given
+    the optical ``grid``, so that the neighbourhoods of B.3-B.4 count its pixels."""
     region = col.region_of(aoi)
     pad = pd.Timedelta(days=params.s1_window_days)
     s1 = col.s1_collection(region, start=(pd.Timestamp(params.start) - pad).date(),
@@ -75,12 +79,13 @@ def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams) 
         image = ee.Image(image)
         t = ee.Number(image.get("system:time_start"))
         window = s1.filter(ee.Filter.rangeContains("system:time_start", t.subtract(window_ms), t.add(window_ms - 1)))
-        return image.addBands(window.mean().select(["VV", "VH"])).set(S1_COUNT, window.size())
+        mean = window.mean().select(["VV", "VH"]).setDefaultProjection(grid)
+        return image.addBands(mean).set(S1_COUNT, window.size())
 
     return optical.map(one)
 
 
-def covariates(image: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
+def covariates(image: ee.Image, aoi: Any, params: InfillParams, grid: ee.Projection) -> ee.Image:
     """B.3 + B.4 for one image with ``VV``/``VH`` window means: the nine regression inputs.
 
     Bands ``COEFFICIENT_BANDS`` (a constant 1, then the eight covariates in order), all masked
@@ -93,7 +98,7 @@ def covariates(image: ee.Image, aoi: Any, params: InfillParams) -> ee.Image:
     parts = {}
     for band in ("VV", "VH"):
         pixel = image.select(band)
-        mean = ee.Number(pixel.reduceRegion(ee.Reducer.mean(), region, crs=pixel.projection(),
+        mean = ee.Number(pixel.reduceRegion(ee.Reducer.mean(), region, crs=grid,
                                             maxPixels=col.MAX_PIXELS).get(band))
         nmean = pixel.reduceNeighborhood(ee.Reducer.mean(), square).rename(band)
         parts[f"{band}_mean"] = ee.Image.constant(mean).updateMask(pixel.mask())
@@ -219,7 +224,8 @@ def predict(design: ee.Image, coefficients: ee.Image) -> ee.Image:
     return terms.reduce(ee.Reducer.sum()).updateMask(complete).toFloat().rename(PRED)
 
 
-def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillParams) -> ee.Image:
+def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillParams,
+               grid: ee.Projection) -> ee.Image:
     """B.8 on a band-per-pair prediction image (bands ``ids``); returns the same bands smoothed.
 
     Pixels with the whole series valid enter the band means and covariance (AOI-wide) and are
@@ -234,12 +240,12 @@ def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillPa
     region = col.region_of(aoi)
     complete = predictions.mask().reduce(ee.Reducer.min())
     series = predictions.updateMask(complete)
-    means = series.reduceRegion(ee.Reducer.mean(), region, crs=predictions.select(0).projection(),
+    means = series.reduceRegion(ee.Reducer.mean(), region, crs=grid,
                                 maxPixels=col.MAX_PIXELS)
     mean_image = ee.Image.constant(ee.Dictionary(means).values(ids)).rename(ids)
     centred = series.subtract(mean_image).toArray()
     covariance = ee.Array(centred.reduceRegion(ee.Reducer.centeredCovariance(), region,
-                                               crs=predictions.select(0).projection(),
+                                               crs=grid,
                                                maxPixels=col.MAX_PIXELS).get("array"))
     leading = covariance.eigen().slice(1, 1).slice(0, 0, k)  # k eigenvectors as rows (T long)
     projector = leading.transpose().matrixMultiply(leading)  # T x T
@@ -248,7 +254,7 @@ def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillPa
 
 
 def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, aoi: Any,
-                params: InfillParams) -> ee.Image:
+                params: InfillParams, grid: ee.Projection) -> ee.Image:
     """B.9 for one image: map ``pred`` onto ``obs``'s distribution over ``used`` pixels.
 
     Applied when the cloud cover (1 - used / valid pixels) is below ``standardize_max_cloud``;
@@ -264,9 +270,9 @@ def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, 
     )
     both = obs.rename("obs").addBands(pred.rename("pred")).updateMask(used)
     both = both.updateMask(both.select("obs").mask().And(both.select("pred").mask()))
-    stats = ee.Dictionary(both.reduceRegion(reducer, region, crs=pred.projection(), maxPixels=col.MAX_PIXELS))
+    stats = ee.Dictionary(both.reduceRegion(reducer, region, crs=grid, maxPixels=col.MAX_PIXELS))
     counts = used.rename("n").addBands(valid.rename("v")).reduceRegion(
-        ee.Reducer.sum().unweighted(), region, crs=pred.projection(), maxPixels=col.MAX_PIXELS)
+        ee.Reducer.sum().unweighted(), region, crs=grid, maxPixels=col.MAX_PIXELS)
 
     n_ok = ee.Number(stats.get("obs_count"))
 
@@ -298,11 +304,11 @@ def gap_fill(obs: ee.Image, estimate: ee.Image, aoi: Any, params: InfillParams) 
     return filled.max(-1).min(1).toFloat().rename("NDVI_gapfree")
 
 
-def image_mae(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any) -> ee.Number:
+def image_mae(obs: ee.Image, pred: ee.Image, clear: ee.Image, aoi: Any, grid: ee.Projection) -> ee.Number:
     """B.10: mean |obs - pred| over clear pixels, -1 when there is none."""
     err = obs.subtract(pred).abs().updateMask(clear).rename("e")
     stats = ee.Dictionary(err.reduceRegion(ee.Reducer.sum().unweighted().combine(ee.Reducer.count(), "", True),
-                                           col.region_of(aoi), crs=pred.projection(), maxPixels=col.MAX_PIXELS))
+                                           col.region_of(aoi), crs=grid, maxPixels=col.MAX_PIXELS))
     n = ee.Number(stats.get("e_count"))
     return ee.Number(ee.Algorithms.If(n.gt(0), ee.Number(stats.get("e_sum")).divide(n), -1))
 
@@ -358,12 +364,13 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
     """
     region = col.region_of(aoi)
     optical = observations(region, params)
-    windows = s1_window_mean(optical, region, params)
+    grid = col.optical_grid(region, params)
+    windows = s1_window_mean(optical, region, params, grid)
     table = check_pairs(windows, params, fetch=fetch)
     table, donor_id = split_pairs(table, params)
     ids = [str(i) for i in table["ID"]]
     pairs = with_split(pair_images(windows), table).sort("system:time_start")
-    design = pairs.map(lambda image: ee.Image(image).addBands(covariates(ee.Image(image), region, params)))
+    design = pairs.map(lambda image: ee.Image(image).addBands(covariates(ee.Image(image), region, params, grid)))
     donor = donor_cloudy(pairs, donor_id)
     coefficients = robust_regression(training_collection(design, donor), params)
 
@@ -374,7 +381,7 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
 
     state = per_pair(lambda image: image.select(col.STATE_BAND))
     obs = per_pair(lambda image: image.select(col.NDVI_BAND).updateMask(image.select(col.STATE_BAND).eq(CLEAR)))
-    predicted = pca_smooth(per_pair(lambda image: predict(image, coefficients)), ids, region, params)
+    predicted = pca_smooth(per_pair(lambda image: predict(image, coefficients)), ids, region, params, grid)
 
     # part C: the fusion's anchors, its weights and standard errors (the second round trip)
     days = ((table["CollectionTime"] - col.millis(params.start)) / col.MS_PER_DAY).tolist()
@@ -384,8 +391,7 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
                                ids)
     train = fusion.Anchors.of(ids, days, obs, training, nmean)
     learned = [i for i, label in enumerate(labels) if label in ("train", "validation")]
-    projection = ee.Image(optical.first()).select(col.NDVI_BAND).projection()
-    fitted = fusion.fetch_fit(train, learned, region, projection, float(table[col.PIXEL_COUNT].max()), params,
+    fitted = fusion.fetch_fit(train, learned, region, grid, float(table[col.PIXEL_COUNT].max()), params,
                               sample_pixels=fusion_sample_pixels, fetch=fetch)
     alpha = fusion.reliability(train, learned, fitted.weights, params.fusion_prior_samples)
     views = fusion.Anchors.of(ids, days, obs, obs.mask(), nmean)
@@ -396,12 +402,12 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
         clear = st.eq(CLEAR)
         o, p = obs.select([pair_id]), predicted.select([pair_id])
         cal = standardize(p, o, _training_mask(st, label, donor) if label == "validation" else clear,
-                          st.gte(CLOUDY), region, params)
+                          st.gte(CLOUDY), region, params, grid)
         calibrated.append(cal)
         fused, se = fusion.fused(views, i, fitted.weights, alpha, fitted.se)
         filled.append(gap_fill(o, cal.unmask(fused, False) if params.method == "paper" else fused, region, params))
         errors.append(ee.Image.constant(0).updateMask(o.mask()).unmask(se, False).clip(region).toFloat())
-        mae.append(image_mae(o, cal, clear, region))
+        mae.append(image_mae(o, cal, clear, region, grid))
     from ..missions import MISSING
 
     outputs = {

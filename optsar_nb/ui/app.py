@@ -196,9 +196,8 @@ class OptsarApp:
         if result.statistics is not None:
             self.stat_layer.set_source(result.statistics)
         else:  # Earth Engine: colour ranges from the AOI's values, as local layers have
-            scale = MISSIONS[result.params.mission].pixel_size_m
             self.stat_layer.set_source(result.ee_image, ee_styles=ee_statistic_styles(
-                result.ee_image, result.aoi.to_ee(), scale=scale))
+                result.ee_image, result.aoi.to_ee(), result.params))
 
     def show_infill(self, result) -> None:
         """Show an infill run: observed / gap-free / predicted NDVI and the pixel inspector's series."""

@@ -29,13 +29,17 @@ def ee_tile_layer(image, style: LayerStyle | dict, name: str):
     return tiles.EELeafletTileLayer(image, style if isinstance(style, dict) else style.vis_params(), name)
 
 
-def ee_statistic_styles(image, region, *, scale: float) -> dict[str, LayerStyle]:
+def ee_statistic_styles(image, region, params) -> dict[str, LayerStyle]:
     """The style of each gap statistic band of an ``ee.Image``, with the band's range over
-    ``region`` as local layers have (:func:`statistic_style` of its values): one request."""
+    ``region`` as local layers have (:func:`statistic_style` of its values): one request, on
+    the optical grid (the statistics are a composite, whose own projection is Earth Engine's
+    1-degree default)."""
     import ee
 
+    from ..ee.collections import optical_grid
+
     reducer = ee.Reducer.min().combine(ee.Reducer.max(), "", True)
-    ranges = image.select(list(GAP_STATISTIC_NAMES)).reduceRegion(reducer, region, scale=scale,
+    ranges = image.select(list(GAP_STATISTIC_NAMES)).reduceRegion(reducer, region, crs=optical_grid(region, params),
                                                                    bestEffort=True).getInfo()
     return {name: statistic_style(name, np.array([ranges.get(f"{name}_min"), ranges.get(f"{name}_max")],
                                                  dtype="float64"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .algorithms import algorithm
-from .values import Band, Collection, Image, get_property, replace
+from .values import DEFAULT, Band, Collection, Image, get_property, replace
 
 
 @algorithm("ImageCollection.load")
@@ -128,6 +128,10 @@ def _stack(images: list[Image], name: str):
 
 @algorithm("ImageCollection.reduce")
 def _reduce(ev, collection, reducer, parallelScale=1):
+    """Per pixel over the images. The result has Earth Engine's default projection (the
+    Projections guide: "Image collections reduced into composites or mosaics with different
+    projections will have a default WGS84 projection with a 1-degree scale"; the server gives a
+    composite that projection whatever its inputs)."""
     images = collection.images
     if not images:
         return Image()
@@ -140,7 +144,8 @@ def _reduce(ev, collection, reducer, parallelScale=1):
             res = reducer.reduce([data.reshape(len(images), -1)], mask.reshape(len(images), -1),
                                  percentile_mode=ev.percentile_mode)
             for o, (v, ok) in res.items():
-                out[f"{n}_{o}"] = Band(np.asarray(v, "float64").reshape(*shape, *np.shape(v)[1:]), ok.reshape(shape))
+                out[f"{n}_{o}"] = Band(np.asarray(v, "float64").reshape(*shape, *np.shape(v)[1:]), ok.reshape(shape),
+                                       DEFAULT)
         return Image(out)
     if reducer.n_inputs != len(names):
         raise ValueError(f"reducer takes {reducer.n_inputs} inputs but the images have bands {names}")
@@ -148,7 +153,8 @@ def _reduce(ev, collection, reducer, parallelScale=1):
     valid = np.logical_and.reduce([m for _, m in stacks]).reshape(len(images), -1)
     res = reducer.reduce([d.reshape(len(images), -1) for d, _ in stacks], valid, percentile_mode=ev.percentile_mode)
     for o, (v, ok) in res.items():
-        out[o] = Band(np.asarray(v, "float64").reshape(*shape, *np.shape(v)[1:]), np.asarray(ok).reshape(shape))
+        out[o] = Band(np.asarray(v, "float64").reshape(*shape, *np.shape(v)[1:]), np.asarray(ok).reshape(shape),
+                      DEFAULT)
     return Image(out)
 
 
@@ -176,7 +182,7 @@ def _to_array(ev, collection):
     imgs = collection.images
     data = np.stack([np.stack([b.data for b in im.bands.values()], -1) for im in imgs], axis=2)
     mask = np.stack([np.logical_and.reduce([b.mask for b in im.bands.values()]) for im in imgs], axis=0).all(0)
-    return Image({"array": Band(data, mask)})
+    return Image({"array": Band(data, mask, DEFAULT)})
 
 
 @algorithm("ImageCollection.toBands")

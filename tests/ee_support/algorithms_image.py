@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .algorithms import algorithm
-from .values import Band, Geometry, Image, Kernel, Projection
+from .values import DEFAULT, NATIVE, OTHER, Band, Geometry, Image, Kernel, Projection
 
 
 def constant_image(ev, value, name: str = "constant") -> Image:
@@ -20,7 +20,8 @@ def constant_image(ev, value, name: str = "constant") -> Image:
         return value
     arr = np.asarray(value, dtype="float64")
     full = np.broadcast_to(arr, (*ev.grid.shape, *arr.shape)).copy()
-    return Image({name: Band(full, np.ones(ev.grid.shape, bool))})
+    # a constant has Earth Engine's default projection (WGS84 at 1 degree), as composites do
+    return Image({name: Band(full, np.ones(ev.grid.shape, bool), DEFAULT)})
 
 
 @algorithm("Image.constant")
@@ -39,7 +40,17 @@ def _random(ev, seed=0, distribution="uniform"):
     server's; not its values."""
     rng = np.random.default_rng(int(seed))
     data = rng.random(ev.grid.shape) if distribution == "uniform" else rng.standard_normal(ev.grid.shape)
-    return Image({"random": Band(data, np.ones(ev.grid.shape, bool))})
+    return Image({"random": Band(data, np.ones(ev.grid.shape, bool), DEFAULT)})
+
+
+def _proj_of(*bands: Band) -> str:
+    """The projection of a band computed from ``bands``: the first that has one, DEFAULT if none.
+
+    Earth Engine does not document how band math propagates projections; this assumes that
+    constants and composites (DEFAULT) do not constrain an image that has a projection. Graphs
+    should not rely on it: every reduction names its projection (see ``Image.reduceRegion``).
+    """
+    return next((b.proj for b in bands if b.proj != DEFAULT), DEFAULT)
 
 
 def _pairs(a: Image, b: Image):
@@ -60,7 +71,7 @@ def binary(fn):
         a, b = constant_image(ev, image1), constant_image(ev, image2)
         names, pairs = _pairs(a, b)
         with np.errstate(all="ignore"):
-            bands = {n: Band(np.asarray(fn(x.data, y.data), "float64"), x.mask & y.mask)
+            bands = {n: Band(np.asarray(fn(x.data, y.data), "float64"), x.mask & y.mask, _proj_of(x, y))
                      for n, (x, y) in zip(names, pairs)}
         return Image(bands)
 
@@ -87,7 +98,7 @@ def unary(fn):
     def impl(ev, value):
         img = constant_image(ev, value)
         with np.errstate(all="ignore"):
-            return Image({n: Band(np.asarray(fn(b.data), "float64"), b.mask) for n, b in img.bands.items()})
+            return Image({n: Band(np.asarray(fn(b.data), "float64"), b.mask, b.proj) for n, b in img.bands.items()})
 
     return impl
 
@@ -146,7 +157,8 @@ def _update_mask(ev, image, mask):
     else:
         only = list(m.bands.values())[0]
         names, pairs = image.names, [(b, only) for b in image.bands.values()]
-    return image.with_bands({n: Band(x.data, x.mask & y.mask & (y.data != 0)) for n, (x, y) in zip(names, pairs)})
+    return image.with_bands({n: Band(x.data, x.mask & y.mask & (y.data != 0), x.proj)
+                             for n, (x, y) in zip(names, pairs)})
 
 
 @algorithm("Image.mask")
@@ -154,12 +166,12 @@ def _mask(ev, image, mask=None):
     if mask is not None:
         return _update_mask(ev, image, mask)
     full = np.ones(ev.grid.shape, bool)
-    return Image({n: Band(b.mask.astype("float64"), full) for n, b in image.bands.items()})
+    return Image({n: Band(b.mask.astype("float64"), full, b.proj) for n, b in image.bands.items()})
 
 
 @algorithm("Image.selfMask")
 def _self_mask(ev, image):
-    return image.with_bands({n: Band(b.data, b.mask & (b.data != 0)) for n, b in image.bands.items()})
+    return image.with_bands({n: Band(b.data, b.mask & (b.data != 0), b.proj) for n, b in image.bands.items()})
 
 
 @algorithm("Image.unmask")
@@ -168,7 +180,7 @@ def _unmask(ev, input, value=None, sameFootprint=True):
     fill = constant_image(ev, 0.0 if value is None else value)
     names, pairs = _pairs(input, fill)
     return input.with_bands({
-        n: Band(np.where(x.mask, x.data, y.data), x.mask | y.mask) for n, (x, y) in zip(names, pairs)
+        n: Band(np.where(x.mask, x.data, y.data), x.mask | y.mask, _proj_of(x, y)) for n, (x, y) in zip(names, pairs)
     })
 
 
@@ -180,7 +192,7 @@ def _where(ev, input, test, value):
         tb = list(t.bands.values())[min(i, len(t.bands) - 1)]
         vb = list(v.bands.values())[min(i, len(v.bands) - 1)]
         hit = tb.mask & (tb.data != 0)
-        out[n] = Band(np.where(hit, vb.data, b.data), np.where(hit, vb.mask, b.mask))
+        out[n] = Band(np.where(hit, vb.data, b.data), np.where(hit, vb.mask, b.mask), _proj_of(b, vb))
     return Image(out)
 
 
@@ -195,23 +207,74 @@ def _remap(ev, image, to, defaultValue=None, bandName=None, **kw):
         sel = b.data == f
         out[sel], hit = float(t), hit | sel
     mask = b.mask & (hit if defaultValue is None else True)
-    return Image({name: Band(out, mask)})
+    return Image({name: Band(out, mask, b.proj)})
 
 
 @algorithm("Image.clip")
 def _clip(ev, input, geometry):
     inside = (geometry.geometry if not isinstance(geometry, Geometry) else geometry).pixel_mask(ev.grid)
-    return input.with_bands({n: Band(b.data, b.mask & inside) for n, b in input.bands.items()})
+    return input.with_bands({n: Band(b.data, b.mask & inside, b.proj) for n, b in input.bands.items()})
 
 
 @algorithm("Image.projection")
 def _projection(ev, image):
-    return Projection(crs=ev.grid.crs)
+    """ee.Image.projection: "Returns the default projection of an Image. Throws an error if the
+    bands of the image don't all have the same projection." """
+    kinds = {b.proj for b in image.bands.values()}
+    if len(kinds) > 1:
+        raise ValueError(f"Image.projection: the bands {image.names} do not all have the same projection ({kinds})")
+    kind = kinds.pop() if kinds else DEFAULT
+    return Projection(crs=ev.grid.crs if kind == NATIVE else "EPSG:4326", kind=kind)
 
 
 @algorithm("Image.reproject", "Image.setDefaultProjection")
 def _reproject(ev, image, crs=None, crsTransform=None, scale=None):
-    return image  # one grid: projections are not modelled
+    """The image in the projection ``crs`` (with ``crsTransform`` or ``scale``): the cube's grid
+    only (an image on another grid would need resampling, which the evaluator refuses)."""
+    kind = requested_grid(ev, "Image.reproject/setDefaultProjection", crs, crsTransform, scale, None)
+    if kind != NATIVE:
+        raise NotImplementedError("Image.reproject/setDefaultProjection onto a grid other than the cube's is not "
+                                  "modelled: the evaluator computes on the cube's grid only")
+    return image.with_bands({n: Band(b.data, b.mask, NATIVE) for n, b in image.bands.items()})
+
+
+def requested_grid(ev, call: str, crs, crsTransform, scale, first: Band | None) -> str:
+    """The kind of grid (NATIVE, DEFAULT, OTHER) a call asks for with its ``crs``, ``crsTransform``
+    and ``scale`` (``first``: the input's first band, whose projection applies when ``crs`` is
+    not given, as reduceRegion's reference says: "crs: The projection to work in. If
+    unspecified, the projection of the image's first band is used. If specified in addition to
+    scale, rescaled to the specified scale")."""
+    if crs is None:
+        kind = first.proj if first is not None else DEFAULT
+    elif isinstance(crs, Projection):
+        kind = crs.kind
+    else:
+        kind = NATIVE if _same_crs(str(crs), ev.grid.crs) else OTHER
+    if crsTransform is not None and kind != DEFAULT:
+        kind = NATIVE if np.allclose(np.asarray(crsTransform, float), ev.grid.transform[:6]) else OTHER
+    if scale is not None:
+        kind = NATIVE if kind == NATIVE and np.isclose(float(scale), abs(ev.grid.transform[0])) else OTHER
+    return kind
+
+
+def _same_crs(a: str, b: str) -> bool:
+    from pyproj import CRS
+
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
+
+
+def require_grid(ev, call: str, crs, crsTransform, scale, first: Band | None) -> None:
+    """Refuse a reduction asked of any grid but the cube's: on the server a reduction in Earth
+    Engine's default projection (a composite's or a constant's ``projection()``, or no ``crs``
+    on such an image) runs on a 1-degree grid, and another grid would need resampling."""
+    kind = requested_grid(ev, call, crs, crsTransform, scale, first)
+    if kind == DEFAULT:
+        raise ValueError(f"{call} would run in Earth Engine's default projection (WGS84, 1 degree pixels): it was "
+                         "given no crs, or the projection() of a composite or constant. Pass the optical native "
+                         "projection (crs with crsTransform or scale)")
+    if kind != NATIVE:
+        raise ValueError(f"{call} asks for a grid other than the cube's ({crs!r}, crsTransform={crsTransform}, "
+                         f"scale={scale}); the evaluator would have to resample")
 
 
 @algorithm("Image.bandNames")
@@ -258,6 +321,7 @@ def _windows(data: np.ndarray, mask: np.ndarray, weights: np.ndarray):
 def _reduce_neighborhood(ev, image, reducer, kernel, inputWeight="kernel", skipMasked=True, optimization=None):
     out = {}
     for n, b in image.bands.items():
+        _require_pixels(n, b)
         if reducer.kind == "mean":
             out[f"{n}_mean"] = _kernel_mean(b, kernel.weights, skipMasked)
             continue
@@ -267,8 +331,18 @@ def _reduce_neighborhood(ev, image, reducer, kernel, inputWeight="kernel", skipM
         for o, (v, ok) in res.items():
             ok = ok.reshape(b.mask.shape) & (b.mask if skipMasked else True)
             v = np.asarray(v, "float64")
-            out[f"{n}_{o}"] = Band(np.asarray(v, "float64").reshape(b.data.shape), ok)
+            out[f"{n}_{o}"] = Band(np.asarray(v, "float64").reshape(b.data.shape), ok, b.proj)
     return image.with_bands(out)
+
+
+def _require_pixels(name: str, b: Band) -> None:
+    """A neighbourhood of a band in the default projection has no pixel size of its own: on the
+    server its kernel is counted in pixels of whatever grid the output is requested in (the
+    Projections guide: "inputs are requested in the output projection")."""
+    if b.proj == DEFAULT:
+        raise ValueError(f"a neighbourhood operation on band {name!r}, which has Earth Engine's default projection "
+                         "(a composite or a constant): give it the optical grid first (setDefaultProjection), or its "
+                         "kernel's pixels depend on the grid the output is requested in")
 
 
 def _kernel_mean(b: Band, weights: np.ndarray, skip_masked: bool) -> Band:
@@ -280,7 +354,7 @@ def _kernel_mean(b: Band, weights: np.ndarray, skip_masked: bool) -> Band:
     ok = norm > 1e-12
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(ok, sums / np.where(ok, norm, 1.0), 0.0)
-    return Band(mean, ok & (b.mask if skip_masked else True))
+    return Band(mean, ok & (b.mask if skip_masked else True), b.proj)
 
 
 @algorithm("Image.focalMedian", "Image.focal_median")
@@ -315,6 +389,7 @@ algorithm("Kernel.square")(_kernel_of("square"))
 @algorithm("Image.reduceRegion")
 def _reduce_region(ev, image, reducer, geometry=None, scale=None, crs=None, crsTransform=None,
                    bestEffort=False, maxPixels=1e7, tileScale=1):
+    require_grid(ev, "Image.reduceRegion", crs, crsTransform, scale, next(iter(image.bands.values()), None))
     inside = geometry.pixel_mask(ev.grid) if geometry is not None else np.ones(ev.grid.shape, bool)
     bands = list(image.bands.items())
     out = {}
@@ -351,7 +426,7 @@ def _to_array(ev, image, axis=0):
     bands = list(image.bands.values())
     data = np.stack([b.data for b in bands], axis=-1)
     mask = np.logical_and.reduce([b.mask for b in bands])
-    return Image({"array": Band(data, mask)}, dict(image.props))
+    return Image({"array": Band(data, mask, _proj_of(*bands))}, dict(image.props))
 
 
 @algorithm("Image.arrayProject")
@@ -364,7 +439,7 @@ def _array_project(ev, input, axes):
         if all(b.data.shape[d] == 1 for d in drop) else None
     if data is None:
         raise ValueError("Image.arrayProject: dropped axes must have length 1")
-    return Image({name: Band(data, b.mask)})
+    return Image({name: Band(data, b.mask, b.proj)})
 
 
 @algorithm("Image.arrayFlatten")
@@ -374,11 +449,11 @@ def _array_flatten(ev, image, coordinateLabels, separator="_"):
     out = {}
     if len(labels) == 1:
         for i, lab in enumerate(labels[0]):
-            out[str(lab)] = Band(b.data[..., i], b.mask)
+            out[str(lab)] = Band(b.data[..., i], b.mask, b.proj)
     else:
         for i, a in enumerate(labels[0]):
             for j, c in enumerate(labels[1]):
-                out[f"{a}{separator}{c}"] = Band(b.data[..., i, j], b.mask)
+                out[f"{a}{separator}{c}"] = Band(b.data[..., i, j], b.mask, b.proj)
     return Image(out)
 
 
@@ -387,7 +462,8 @@ def _matrix_multiply(ev, image1, image2):
     a, b = constant_image(ev, image1), constant_image(ev, image2)
     (na, x), = a.bands.items()
     (_, y), = b.bands.items()
-    return Image({na: Band(np.einsum("hwij,hwjk->hwik", _as_matrix(x.data), _as_matrix(y.data)), x.mask & y.mask)})
+    return Image({na: Band(np.einsum("hwij,hwjk->hwik", _as_matrix(x.data), _as_matrix(y.data)), x.mask & y.mask,
+                           _proj_of(x, y))})
 
 
 def _as_matrix(data):
@@ -402,7 +478,7 @@ def _image_reduce(ev, image, reducer):
     mask = np.stack([b.mask for b in bands]).reshape(len(bands), -1)
     res = reducer.reduce([data], mask, percentile_mode=ev.percentile_mode)
     shape = ev.grid.shape
-    return Image({o: Band(np.asarray(v, "float64").reshape(shape), np.asarray(ok).reshape(shape))
+    return Image({o: Band(np.asarray(v, "float64").reshape(shape), np.asarray(ok).reshape(shape), _proj_of(*bands))
                   for o, (v, ok) in res.items()})
 
 
@@ -410,4 +486,4 @@ def _image_reduce(ev, image, reducer):
 def _array_get(ev, image, position):
     (name, b), = image.bands.items()
     idx = tuple(int(p) for p in position)
-    return Image({name: Band(b.data[(slice(None), slice(None), *idx)], b.mask)})
+    return Image({name: Band(b.data[(slice(None), slice(None), *idx)], b.mask, b.proj)})

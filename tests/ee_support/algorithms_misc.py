@@ -9,7 +9,7 @@ import numpy as np
 
 from . import reducers as R
 from .algorithms import algorithm
-from .values import Date, Feature, Filter, Geometry, Projection, get_property, replace
+from .values import NATIVE, OTHER, Date, Feature, Filter, Geometry, Projection, get_property, replace
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +266,13 @@ def _feature(ev, geometry=None, metadata=None, geometryKey=None):
 
 @algorithm("Projection")
 def _projection(ev, crs, transform=None, transformWkt=None):
-    return Projection(crs=crs)
+    """ee.Projection(crs, transform): the cube's grid (NATIVE) when both match it, else OTHER."""
+    from pyproj import CRS
+
+    same = CRS.from_user_input(crs) == CRS.from_user_input(ev.grid.crs)
+    if transform is not None:
+        same = same and np.allclose(np.asarray(transform, float), ev.grid.transform[:6])
+    return Projection(crs=crs, kind=NATIVE if same else OTHER)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,13 +30,18 @@ class Grid:
         return (self.height, self.width)
 
 
+# A band's projection (see :class:`Projection`): the cube's grid, or Earth Engine's default
+NATIVE, DEFAULT, OTHER = "native", "default", "other"
+
+
 @dataclass
 class Band:
     data: np.ndarray
     mask: np.ndarray
+    proj: str = NATIVE  # NATIVE (the cube's grid) or DEFAULT (WGS84 at 1 degree: composites, constants)
 
     def copy(self) -> Band:
-        return Band(self.data, self.mask)
+        return Band(self.data, self.mask, self.proj)
 
 
 @dataclass
@@ -73,9 +78,11 @@ class Date:
 
 @dataclass(frozen=True)
 class Projection:
-    """Stands for any ee.Projection: the evaluator has one grid, so projections only pass through."""
+    """An ee.Projection as far as the evaluator can tell: the cube's grid (NATIVE), Earth Engine's
+    default of composites and constants (DEFAULT: WGS84 at 1 degree), or any other grid (OTHER)."""
 
     crs: str = "EPSG:4326"
+    kind: str = DEFAULT
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Projections in the offline evaluator: each rule cites the Earth Engine documentation it follows,
+and a graph with the bug the rules exist for (an AOI-wide reduction on a composite's 1-degree
+default grid) fails here as it would silently go wrong on the server."""
+
+from __future__ import annotations
+
+import ee
+import pytest
+from ee_support.cubes import flanders_aoi
+
+from optsar_nb.ee import collections as col
+from optsar_nb.missions import S1
+from optsar_nb.params import InfillParams
+
+PARAMS = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
+
+
+@pytest.fixture(scope="module")
+def setting(flanders_ee):
+    ev, _ = flanders_ee
+    region = col.region_of(flanders_aoi())
+    s1 = ee.ImageCollection(S1.collection_id).filterDate("2017-08-01", "2017-09-01").select(["VV"])
+    return ev, region, s1, col.optical_grid(region, PARAMS)
+
+
+def test_a_reduction_on_a_composites_projection_is_caught(setting):
+    """The Projections guide: "Image collections reduced into composites or mosaics with different
+    projections will have a default WGS84 projection with a 1-degree scale"; reduceRegion's
+    reference: "crs: The projection to work in. If unspecified, the projection of the image's
+    first band is used." Either way, a composite's AOI mean would run on a ~111 km grid."""
+    ev, region, s1, grid = setting
+    composite = s1.mean()
+    for bad in (composite.reduceRegion(ee.Reducer.mean(), region, crs=composite.projection()),
+                composite.reduceRegion(ee.Reducer.mean(), region),
+                composite.subtract(1).reduceRegion(ee.Reducer.mean(), region)):
+        with pytest.raises(ValueError, match="default projection"):
+            ev.evaluate(bad)
+    good = ev.evaluate(composite.reduceRegion(ee.Reducer.mean(), region, crs=grid))
+    assert -30 < good["VV"] < 0  # dB
+
+
+def test_a_reduction_on_another_grid_is_refused(setting):
+    """The evaluator computes on the cube's grid only: asking for 100 m (a coarser statistics
+    scale) or another CRS would need resampling, which it refuses rather than ignores."""
+    ev, region, s1, grid = setting
+    image = ee.Image(s1.first())
+    with pytest.raises(ValueError, match="grid other than the cube's"):
+        ev.evaluate(image.reduceRegion(ee.Reducer.mean(), region, crs=grid, scale=100))
+    with pytest.raises(ValueError, match="grid other than the cube's"):
+        ev.evaluate(image.reduceRegion(ee.Reducer.mean(), region, crs="EPSG:4326"))
+    assert ev.evaluate(image.reduceRegion(ee.Reducer.mean(), region))["VV"] < 0  # a catalogue image's own grid
+
+
+def test_a_constant_has_the_default_projection_and_mixed_bands_have_none(setting):
+    """ee.Image.projection: "Returns the default projection of an Image. Throws an error if the
+    bands of the image don't all have the same projection." """
+    ev, _, s1, grid = setting
+    assert ev.evaluate(ee.Image.constant(1).projection()).kind == "default"
+    assert ev.evaluate(ee.Image(s1.first()).projection()).kind == "native"
+    with pytest.raises(ValueError, match="do not all have the same projection"):
+        ev.evaluate(ee.Image(s1.first()).addBands(ee.Image.constant(1)).projection())
+
+
+def test_a_neighbourhood_of_a_composite_needs_a_grid(setting):
+    """The Projections guide: "inputs are requested in the output projection": a kernel counted
+    in pixels of a composite is counted in pixels of whatever grid the output is asked in, so the
+    composite must be given the optical grid first (ee.Image.setDefaultProjection: "Set a default
+    projection to be applied to this image")."""
+    ev, region, s1, grid = setting
+    kernel = ee.Kernel.square(2, "pixels")
+    with pytest.raises(ValueError, match="default projection"):
+        ev.evaluate(s1.mean().reduceNeighborhood(ee.Reducer.mean(), kernel)
+                    .reduceRegion(ee.Reducer.mean(), region, crs=grid))
+    gridded = s1.mean().setDefaultProjection(grid).reduceNeighborhood(ee.Reducer.mean(), kernel)
+    assert ev.evaluate(gridded.projection()).kind == "native"
+    assert ev.evaluate(gridded.reduceRegion(ee.Reducer.mean(), region, crs=grid))["VV_mean"] < 0
