@@ -74,3 +74,24 @@ def test_a_neighbourhood_of_a_composite_needs_a_grid(setting):
     gridded = s1.mean().setDefaultProjection(grid).reduceNeighborhood(ee.Reducer.mean(), kernel)
     assert ev.evaluate(gridded.projection()).kind == "native"
     assert ev.evaluate(gridded.reduceRegion(ee.Reducer.mean(), region, crs=grid))["VV_mean"] < 0
+
+
+def test_where_keeps_the_input_where_test_or_value_is_masked(flanders_ee):
+    """ee.Image.where: "If at a given pixel, either test or value is masked, the input value is
+    used. If the input is masked, nothing is done. [...] The output image retains the metadata
+    and footprint of the input image." Checked against numpy on a real S1 image."""
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, _ = flanders_ee
+    vv_image = ee.Image(ee.ImageCollection(S1.collection_id).first()).select("VV")
+    vv = band_array(ev.evaluate(vv_image), "VV")
+    test = vv_image.lt(-15).updateMask(vv_image.lt(-10))  # masked where vv >= -10
+    value = ee.Image.constant(2).updateMask(vv_image.gt(-17))  # masked where vv <= -17
+    source = ee.Image.constant(1).updateMask(vv_image.gt(-20)).set("kept", 5)  # masked where vv <= -20
+    out = ev.evaluate(source.where(test, value))
+    got = band_array(out, "constant")
+    expected = np.where(vv > -20, np.where((vv < -15) & (vv < -10) & (vv > -17), 2.0, 1.0), np.nan)
+    np.testing.assert_array_equal(got, expected)
+    assert out.props["kept"] == 5
+    assert {1.0, 2.0} <= set(np.unique(got[np.isfinite(got)]))

@@ -284,6 +284,7 @@ def synthetic_scene(H=40, W=36, T=48, S=60, seed=0):
     field = rng.normal(size=(H, W))
     season = lambda t: 0.45 + 0.3 * np.sin(2 * np.pi * t.day_of_year.to_numpy() / 365.0)  # noqa: E731
     truth = season(times)[:, None, None] * (1 + 0.2 * field) + rng.normal(scale=0.01, size=(T, H, W))
+    truth = np.clip(truth, -1, 1)  # a possible NDVI (values outside [-1, 1] are read as missing)
     vv = -12 + 4 * season(s1_times)[:, None, None] * (1 + 0.2 * field) + rng.normal(scale=0.3, size=(S, H, W))
     vh = vv - 6 + rng.normal(scale=0.3, size=(S, H, W))
     # clouds: each image has its own cover (0-60 %), so every pixel keeps enough training samples

@@ -186,14 +186,19 @@ def _unmask(ev, input, value=None, sameFootprint=True):
 
 @algorithm("Image.where")
 def _where(ev, input, test, value):
+    """ee.Image.where: "For each pixel in each band of 'input', if the corresponding pixel in
+    'test' is nonzero, output the corresponding pixel in value, otherwise output the input pixel.
+    If at a given pixel, either test or value is masked, the input value is used. If the input is
+    masked, nothing is done. [...] The output image retains the metadata and footprint of the
+    input image." """
     t, v = constant_image(ev, test), constant_image(ev, value)
     out = {}
     for i, (n, b) in enumerate(input.bands.items()):
         tb = list(t.bands.values())[min(i, len(t.bands) - 1)]
         vb = list(v.bands.values())[min(i, len(v.bands) - 1)]
-        hit = tb.mask & (tb.data != 0)
-        out[n] = Band(np.where(hit, vb.data, b.data), np.where(hit, vb.mask, b.mask), _proj_of(b, vb))
-    return Image(out)
+        replace = b.mask & tb.mask & (tb.data != 0) & vb.mask
+        out[n] = Band(np.where(replace, vb.data, b.data), b.mask, b.proj)
+    return input.with_bands(out)
 
 
 @algorithm("Image.remap")
