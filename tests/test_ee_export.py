@@ -20,58 +20,67 @@ def run(ee_offline):
     return ee_gaps.characterize_gaps(flanders_aoi(), PARAMS)
 
 
-def test_drive_folder_is_the_project_title_and_names_follow_the_seed(run):
+@pytest.fixture(scope="module")
+def fetch(flanders_ee):
+    """Requests (the export grid) answered by the offline evaluator."""
+    ev, _ = flanders_ee
+    return ev.evaluate
+
+
+def test_drive_folder_is_the_project_title_and_names_follow_the_seed(run, fetch):
     client = FakeClient()
-    report = export.export_gaps(run, client=client, sleep=lambda s: None)
+    report = export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None)
     names = {s[0] for s in client.started}
     assert names == {"Gap_Statistics_S2_2017-08-01_2018-12-01", "InputMask_Metadata_S2_2017-08-01_2018-12-01"}
     assert all(s[2].kind == "drive" and s[2].folder == "Flanders test" for s in client.started)
-    assert all(s[3] == 10 for s in client.started if s[1] == "image")
+    # images on the optical grid: the CRS and 10 m transform of the first image's red band
+    assert all(s[3]["crs"] and s[3]["transform"][0] == 10 and s[3]["transform"][4] == -10
+               for s in client.started if s[1] == "image")
     assert set(report.values()) == {"done"}
 
 
-def test_existing_outputs_are_skipped(run):
+def test_existing_outputs_are_skipped(run, fetch):
     client = FakeClient(existing={"Gap_Statistics_S2_2017-08-01_2018-12-01"})
-    report = export.export_gaps(run, client=client, sleep=lambda s: None)
+    report = export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None)
     assert report["Gap_Statistics_S2_2017-08-01_2018-12-01"] == "skipped"
     assert [s[0] for s in client.started] == ["InputMask_Metadata_S2_2017-08-01_2018-12-01"]
 
 
-def test_failed_task_is_retried_then_succeeds(run):
+def test_failed_task_is_retried_then_succeeds(run, fetch):
     name = "Gap_Statistics_S2_2017-08-01_2018-12-01"
     client = FakeClient(scripts={name: [["RUNNING", "FAILED"], ["RUNNING", "COMPLETED"]]})
     seen = []
-    report = export.export_gaps(run, client=client, sleep=lambda s: None,
+    report = export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None,
                                 progress=lambda n, state, frac: seen.append((n, state)))
     assert report[name] == "done"
     assert sum(1 for s in client.started if s[0] == name) == 2
     assert (name, "FAILED") in seen and (name, "COMPLETED") in seen
 
 
-def test_failing_task_raises_with_the_servers_message(run):
+def test_failing_task_raises_with_the_servers_message(run, fetch):
     name = "Gap_Statistics_S2_2017-08-01_2018-12-01"
     client = FakeClient(scripts={name: [["FAILED"]]}, message="boom")
     with pytest.raises(export.ExportFailed, match="boom"):
-        export.export_gaps(run, client=client, sleep=lambda s: None, retries=1)
+        export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None, retries=1)
     assert sum(1 for s in client.started if s[0] == name) == 2
 
 
-def test_cancelled_task_is_not_retried(run):
+def test_cancelled_task_is_not_retried(run, fetch):
     name = "InputMask_Metadata_S2_2017-08-01_2018-12-01"
     client = FakeClient(scripts={name: [["RUNNING", "CANCELLED"]]})
     with pytest.raises(export.ExportCancelled, match=name):
-        export.export_gaps(run, client=client, sleep=lambda s: None)
+        export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None)
 
 
-def test_timeout(run):
+def test_timeout(run, fetch):
     client = FakeClient(scripts={"Gap_Statistics_S2_2017-08-01_2018-12-01": [["RUNNING"]]})
     ticks = iter(range(0, 10_000, 100))
     with pytest.raises(TimeoutError):
-        export.export_gaps(run, client=client, sleep=lambda s: None, timeout_s=250, clock=lambda: next(ticks))
+        export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None, timeout_s=250, clock=lambda: next(ticks))
 
 
-def test_not_waiting_leaves_tasks_started(run):
-    report = export.export_gaps(run, client=FakeClient(), wait=False)
+def test_not_waiting_leaves_tasks_started(run, fetch):
+    report = export.export_gaps(run, fetch=fetch, client=FakeClient(), wait=False)
     assert set(report.values()) == {"started"}
 
 

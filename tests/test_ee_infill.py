@@ -167,7 +167,7 @@ def test_inputs_export_in_the_seed_format(flanders_ee, ee_run, tmp_path):
         def exists(self, destination, name):
             return False
 
-        def download(self, image, path, *, region, scale):
+        def download(self, image, path, *, region, grid):
             self.images[path.name] = image
             path.write_bytes(b"")
             return path

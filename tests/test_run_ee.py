@@ -185,7 +185,13 @@ def test_composites_are_the_local_daily_states(flanders_ee, gap_result, local_ga
         np.testing.assert_array_equal(band_array(image, "state"), np.where(expected < 0, np.nan, expected))
 
 
-def test_gap_export_to_drive_reports_every_task_state(server, local_gap_run, tmp_path):
+def _grid(flanders_ee) -> dict:
+    """The optical grid exports are made on: the Flanders cube's CRS and transform."""
+    _, cubes = flanders_ee
+    return {"crs": cubes.grid.crs, "transform": [float(v) for v in cubes.grid.transform[:6]]}
+
+
+def test_gap_export_to_drive_reports_every_task_state(server, flanders_ee, local_gap_run, tmp_path):
     client, (seen, progress) = FakeClient(), progress_recorder()
     before = len(server.requests)
     result = run.run_gaps(aoi=str(AOI_FILE), start=START, end=END, engine=EE_ENGINE, out_dir=tmp_path / "gaps",
@@ -194,7 +200,8 @@ def test_gap_export_to_drive_reports_every_task_state(server, local_gap_run, tmp
     stats_name, meta_name = f"Gap_Statistics{SUFFIX}", f"InputMask_Metadata{SUFFIX}"
     assert result.tasks == [{stats_name: "done", meta_name: "done"}]
     assert [(n, k, d.kind, d.folder, s) for n, k, d, s in client.started] == [
-        (stats_name, "image", "drive", "Flanders test", 10), (meta_name, "table", "drive", "Flanders test", None)]
+        (stats_name, "image", "drive", "Flanders test", _grid(flanders_ee)),
+        (meta_name, "table", "drive", "Flanders test", None)]
     assert seen == {stats_name: ["READY", "RUNNING", "COMPLETED"], meta_name: ["READY", "RUNNING", "COMPLETED"]}
     # the exported image is the run's statistics image, over the AOI of the file
     assert encode(client.objects[stats_name]) == encode(result.ee_image)
@@ -204,7 +211,7 @@ def test_gap_export_to_drive_reports_every_task_state(server, local_gap_run, tmp
     np.testing.assert_array_equal(np.array(region["coordinates"][0]), np.array(ring))
     assert region["geodesic"] is False  # a planar polygon, as the local engine clips
     assert not (tmp_path / "gaps").exists()  # Drive: nothing is written here
-    assert len(server.requests) - before == 1  # the dates; the tasks make the table server-side
+    assert len(server.requests) - before == 2  # the dates, the export grid; the tasks make the table server-side
 
 
 def test_gap_export_failure_shows_the_servers_message(server, tmp_path):
@@ -219,7 +226,7 @@ def test_gap_export_failure_shows_the_servers_message(server, tmp_path):
     assert sum(1 for s in client.started if s[0] == stats_name) == 2
 
 
-def test_gap_export_to_a_local_folder_writes_the_metadata_table(server, local_gap_run, tmp_path):
+def test_gap_export_to_a_local_folder_writes_the_metadata_table(server, flanders_ee, local_gap_run, tmp_path):
     """export="local" downloads into out_dir; the InputMask_Metadata CSV is fetched (one more round
     trip) and equals the local engine's per-image AOI cloud statistics."""
     client = FakeClient()
@@ -228,9 +235,9 @@ def test_gap_export_to_a_local_folder_writes_the_metadata_table(server, local_ga
     result = run.run_gaps(aoi=str(AOI_FILE), start=START, end=END, engine=EE_ENGINE, out_dir=out, export="local",
                           export_options={"client": client})
     assert result.tasks == [{f"Gap_Statistics{SUFFIX}": "done", f"InputMask_Metadata{SUFFIX}": "done"}]
-    assert client.downloads == [(out / f"Gap_Statistics{SUFFIX}.tif", 10)]
+    assert client.downloads == [(out / f"Gap_Statistics{SUFFIX}.tif", _grid(flanders_ee))]
     assert encode(client.objects[f"Gap_Statistics{SUFFIX}"]) == encode(result.ee_image)
-    assert len(server.requests) - before == 2
+    assert len(server.requests) - before == 3  # the dates, the export grid, the table
     table = pd.read_csv(out / f"InputMask_Metadata{SUFFIX}.csv")
     local = local_gap_run["table"]
     assert list(table.columns) == ["ID", "CollectionTime", "CLOUD_PERCENTAGE_AOI", "PIXEL_COUNT_AOI"]
@@ -281,7 +288,7 @@ def _stack(image, ids):
 def test_infill_run_tables_and_dates_equal_the_local_engine(infill_run, local_infill_run):
     result, trips, _, _, _ = infill_run
     local, n_images = local_infill_run
-    assert trips == 2  # the pair check (B.5), the fusion's leave-out rows (C)
+    assert trips == 3  # the pair check (B.5), the fusion's leave-out rows (C), the export grid
     assert result.engine is EE_ENGINE and result.vv is None and result.vh is None
     assert list(result.metadata["ID"]) == list(local.metadata["ID"])
     np.testing.assert_array_equal(result.metadata["SplitLabel"], local.metadata["SplitLabel"])
@@ -325,12 +332,13 @@ def test_infill_run_images_equal_the_local_engine(infill_run, local_infill_run):
         assert np.nanmax(diff) < 0.1, name
 
 
-def test_infill_export_starts_the_five_outputs_with_progress(infill_run):
+def test_infill_export_starts_the_five_outputs_with_progress(infill_run, flanders_ee):
     result, _, client, seen, _ = infill_run
     names = [f"{n}{SUFFIX}" for n in INFILL_OUTPUTS]
     assert result.tasks == [dict.fromkeys(names, "done")]
     assert [(n, k, d.kind, d.folder, s) for n, k, d, s in client.started] == [
-        *((n, "image", "drive", "optsar_nb", 10) for n in names[:4]), (names[4], "table", "drive", "optsar_nb", None)]
+        *((n, "image", "drive", "optsar_nb", _grid(flanders_ee)) for n in names[:4]),
+        (names[4], "table", "drive", "optsar_nb", None)]
     assert seen == dict.fromkeys(names, ["READY", "RUNNING", "COMPLETED"])
     for name, image in (("NDVI_gapfree", result.gapfree), ("NDVI_Mask", result.mask), ("NDVI_Pred", result.predicted),
                         ("NDVI_Obs", result.observed)):

@@ -23,7 +23,7 @@ import ee
 import pandas as pd
 
 from ..errors import OptsarError
-from ..missions import MISSING, get_mission
+from ..missions import MISSING
 from ..products import GAP_STATISTICS_FILE, INFILL_METADATA_FILE, MASK_INPUT_FILE, MASK_METADATA_FILE, file_name
 from . import collections as col
 
@@ -96,9 +96,9 @@ class Client(Protocol):
     """What exports need from Earth Engine (the real one is :class:`EarthEngineClient`)."""
 
     def exists(self, destination: Destination, name: str) -> bool: ...
-    def image_task(self, image: ee.Image, *, name: str, destination: Destination, region, scale) -> Task: ...
+    def image_task(self, image: ee.Image, *, name: str, destination: Destination, region, grid: dict) -> Task: ...
     def table_task(self, table: ee.FeatureCollection, *, name: str, destination: Destination) -> Task: ...
-    def download(self, image: ee.Image, path: Path, *, region, scale) -> Path: ...
+    def download(self, image: ee.Image, path: Path, *, region, grid: dict) -> Path: ...
 
 
 class EarthEngineClient:
@@ -117,8 +117,9 @@ class EarthEngineClient:
         # same description means the file was written
         return any(t.get("description") == name and t.get("state") == DONE for t in ee.data.getTaskList())
 
-    def image_task(self, image, *, name, destination, region, scale):
-        common = dict(image=image, description=name, region=region, scale=scale, maxPixels=col.MAX_PIXELS)
+    def image_task(self, image, *, name, destination, region, grid):
+        common = dict(image=image, description=name, region=region, crs=grid["crs"], crsTransform=grid["transform"],
+                      maxPixels=col.MAX_PIXELS)
         if destination.kind == "drive":
             return ee.batch.Export.image.toDrive(folder=destination.folder, fileNamePrefix=name, **common)
         if destination.kind == "asset":
@@ -136,10 +137,11 @@ class EarthEngineClient:
         return ee.batch.Export.table.toCloudStorage(table, description=name, bucket=destination.bucket,
                                                     fileNamePrefix=_prefix(destination, name), fileFormat="CSV")
 
-    def download(self, image, path, *, region, scale):
+    def download(self, image, path, *, region, grid):
         from ..local.stack import atomic_path
 
-        data = ee.data.computePixels({"expression": image.clip(region), "fileFormat": "GEO_TIFF"})
+        pinned = image.clip(region).reproject(crs=grid["crs"], crsTransform=grid["transform"])
+        data = ee.data.computePixels({"expression": pinned, "fileFormat": "GEO_TIFF"})
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
         return Path(path)
@@ -213,9 +215,18 @@ class Output:
     rows: Callable[[], pd.DataFrame] | None = None  # for local CSVs: fetch the table
 
 
-def export_outputs(outputs: list[Output], *, destination: Destination, region, scale: float,
+def export_grid(aoi, params, *, fetch: Callable | None = None) -> dict:
+    """The optical native grid (``crs``, ``transform``) every output is exported on, fetched once
+    (one request): outputs built from composites or constants have Earth Engine's default
+    projection (WGS84, 1 degree), which an export without a crs would use."""
+    info = fetch_info(col.optical_grid(col.region_of(aoi), params), fetch=fetch)
+    return {"crs": info["crs"], "transform": list(info["transform"])}
+
+
+def export_outputs(outputs: list[Output], *, destination: Destination, region, grid: dict,
                    client: Client | None = None, wait: bool = True, **watch_kwargs) -> dict[str, str]:
-    """Export each output unless it already exists; returns name -> "skipped" | "done" | "started"."""
+    """Export each output unless it already exists, on ``grid`` (:func:`export_grid`); returns
+    name -> "skipped" | "done" | "started"."""
     client = client or EarthEngineClient()
     report, jobs = {}, []
     for out in outputs:
@@ -225,14 +236,14 @@ def export_outputs(outputs: list[Output], *, destination: Destination, region, s
         if destination.kind == "local":
             folder = Path(destination.folder)
             if out.image is not None:
-                client.download(out.image, folder / f"{out.name}.tif", region=region, scale=scale)
+                client.download(out.image, folder / f"{out.name}.tif", region=region, grid=grid)
             else:
                 from ..local.stack import write_csv
 
                 write_csv(out.rows(), folder / f"{out.name}.csv")
             report[out.name] = "done"
             continue
-        jobs.append(Job(out.name, _task_factory(client, out, destination, region, scale)))
+        jobs.append(Job(out.name, _task_factory(client, out, destination, region, grid)))
         report[out.name] = "started"
     if jobs and wait:
         for job in watch(jobs, **watch_kwargs):
@@ -240,11 +251,11 @@ def export_outputs(outputs: list[Output], *, destination: Destination, region, s
     return report
 
 
-def _task_factory(client: Client, out: Output, destination: Destination, region, scale) -> Callable[[], Task]:
+def _task_factory(client: Client, out: Output, destination: Destination, region, grid) -> Callable[[], Task]:
     """A function that starts afresh the task of one output (called again on retries)."""
     def make() -> Task:
         if out.image is not None:
-            return client.image_task(out.image, name=out.name, destination=destination, region=region, scale=scale)
+            return client.image_task(out.image, name=out.name, destination=destination, region=region, grid=grid)
         return client.table_task(out.table, name=out.name, destination=destination)
 
     return make
@@ -275,7 +286,7 @@ def export_gaps(run, *, destination: Destination | None = None, client: Client |
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
                           client=client, **kwargs)
 
 
@@ -293,7 +304,7 @@ def export_gap_inputs(run, *, destination: Destination | None = None, client: Cl
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
                           client=client, **kwargs)
 
 
@@ -306,7 +317,7 @@ def export_infill(run, *, destination: Destination | None = None, client: Client
     outputs.append(Output(file_name(INFILL_METADATA_FILE, params.suffix, ""),
                           table=_infill_table(run), rows=lambda: metadata(fetch=fetch)))
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), scale=get_mission(params.mission).pixel_size_m,
+                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
                           client=client, **kwargs)
 
 
@@ -343,4 +354,4 @@ def export_infill_inputs(run, *, destination: Destination | None = None, client:
                rows=lambda: fetch_table(s1_request, ["ID", "CollectionTime"], fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params), region=region,
-                          scale=get_mission(params.mission).pixel_size_m, client=client, **kwargs)
+                          grid=export_grid(run.aoi, params, fetch=fetch), client=client, **kwargs)

@@ -229,7 +229,9 @@ def _projection(ev, image):
     if len(kinds) > 1:
         raise ValueError(f"Image.projection: the bands {image.names} do not all have the same projection ({kinds})")
     kind = kinds.pop() if kinds else DEFAULT
-    return Projection(crs=ev.grid.crs if kind == NATIVE else "EPSG:4326", kind=kind)
+    if kind == NATIVE:
+        return Projection(crs=ev.grid.crs, kind=kind, transform=ev.grid.transform[:6])
+    return Projection(kind=kind)
 
 
 @algorithm("Image.reproject", "Image.setDefaultProjection")

@@ -272,7 +272,7 @@ def _projection(ev, crs, transform=None, transformWkt=None):
     same = CRS.from_user_input(crs) == CRS.from_user_input(ev.grid.crs)
     if transform is not None:
         same = same and np.allclose(np.asarray(transform, float), ev.grid.transform[:6])
-    return Projection(crs=crs, kind=NATIVE if same else OTHER)
+    return Projection(crs=crs, kind=NATIVE if same else OTHER, transform=transform)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ class FakeClient:
     """An export client (``optsar_nb.ee.export.Client``): task ``name``'s attempt k follows
     ``scripts[name][k]`` (default: ``default_states``); records what was started and downloaded.
 
-    ``started``: (name, "image" | "table", destination, scale) per task; ``objects``: the image or
-    table of each name; ``downloads``: (path, scale); ``existing``: names that already exist.
+    ``started``: (name, "image" | "table", destination, grid) per task (grid: the export's crs and
+    transform, None for tables); ``objects``: the image or table of each name; ``downloads``:
+    (path, grid); ``existing``: names that already exist.
     """
 
     def __init__(self, scripts=None, message="no message", *, existing=(), default_states=DEFAULT_STATES):
@@ -39,22 +40,22 @@ class FakeClient:
     def exists(self, destination, name):
         return name in self.existing
 
-    def _task(self, name, kind, obj, destination, scale):
+    def _task(self, name, kind, obj, destination, grid):
         attempts = self.scripts.get(name, [self.default_states])
         n = sum(1 for s in self.started if s[0] == name)
-        self.started.append((name, kind, destination, scale))
+        self.started.append((name, kind, destination, grid))
         self.objects[name] = obj
         return FakeTask(attempts[min(n, len(attempts) - 1)], self.message)
 
-    def image_task(self, image, *, name, destination, region, scale):
+    def image_task(self, image, *, name, destination, region, grid):
         self.region = region
-        return self._task(name, "image", image, destination, scale)
+        return self._task(name, "image", image, destination, grid)
 
     def table_task(self, table, *, name, destination):
         return self._task(name, "table", table, destination, None)
 
-    def download(self, image, path, *, region, scale):
-        self.downloads.append((path, scale))
+    def download(self, image, path, *, region, grid):
+        self.downloads.append((path, grid))
         self.objects[path.stem] = image
         path.parent.mkdir(parents=True, exist_ok=True)  # as the real client's atomic write does
         path.write_bytes(b"tif")

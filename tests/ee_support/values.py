@@ -76,13 +76,23 @@ class Date:
     millis: float
 
 
-@dataclass(frozen=True)
-class Projection:
+class Projection(dict):
     """An ee.Projection as far as the evaluator can tell: the cube's grid (NATIVE), Earth Engine's
-    default of composites and constants (DEFAULT: WGS84 at 1 degree), or any other grid (OTHER)."""
+    default of composites and constants (DEFAULT: WGS84 at 1 degree), or any other grid (OTHER).
 
-    crs: str = "EPSG:4326"
-    kind: str = DEFAULT
+    As a dict it is what ``getInfo`` of a projection returns: ``type``, ``crs``, ``transform``
+    (the cube's affine coefficients for NATIVE; 1-degree pixels for DEFAULT).
+    """
+
+    def __init__(self, crs: str = "EPSG:4326", kind: str = DEFAULT, transform=None):
+        if transform is None:
+            transform = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        super().__init__(type="Projection", crs=crs, transform=[float(v) for v in transform])
+        self.kind = kind
+
+    @property
+    def crs(self) -> str:
+        return self["crs"]
 
 
 @dataclass
