@@ -76,7 +76,8 @@ def test_timeout(run, fetch):
     client = FakeClient(scripts={"Gap_Statistics_S2_2017-08-01_2018-12-01": [["RUNNING"]]})
     ticks = iter(range(0, 10_000, 100))
     with pytest.raises(TimeoutError):
-        export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None, timeout_s=250, clock=lambda: next(ticks))
+        export.export_gaps(run, fetch=fetch, client=client, sleep=lambda s: None, timeout_s=250,
+                           clock=lambda: next(ticks))
 
 
 def test_not_waiting_leaves_tasks_started(run, fetch):
