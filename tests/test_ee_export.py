@@ -134,3 +134,21 @@ def test_destination_validation():
         export.Destination("gcs")
     with pytest.raises(Exception, match="unknown"):
         export.Destination("ftp")
+
+
+def test_a_finished_export_is_found_among_the_projects_operations(monkeypatch):
+    """Drive files are not listed by Earth Engine: a succeeded operation of the same description
+    says the file exists (ee.data.listOperations; the deprecated getTaskList is not called)."""
+    import ee
+
+    def deprecated():
+        raise AssertionError("getTaskList is deprecated")
+
+    operations = [{"name": "projects/p/operations/A", "metadata": {"description": "Gap_X", "state": "SUCCEEDED"}},
+                  {"name": "projects/p/operations/B", "metadata": {"description": "Gap_Y", "state": "FAILED"}},
+                  {"name": "projects/p/operations/C", "metadata": {"description": "Gap_Z", "state": "RUNNING"}}]
+    monkeypatch.setattr(ee.data, "getTaskList", deprecated)
+    monkeypatch.setattr(ee.data, "listOperations", lambda *a, **k: operations)
+    client, drive = export.EarthEngineClient(), export.Destination("drive", folder="f")
+    assert client.exists(drive, "Gap_X")
+    assert not client.exists(drive, "Gap_Y") and not client.exists(drive, "Gap_Z") and not client.exists(drive, "W")

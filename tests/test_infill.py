@@ -530,3 +530,16 @@ def test_a_scaled_ndvi_stops_with_the_reason(sample_dir, tmp_path):
     with pytest.raises(NoImages, match="not in \\[-1, 1\\].*divided by their scale"):
         inf.infill((ndvi * 10000).assign_attrs(ndvi.attrs), state, vv, vh, p, tmp_path, report=False, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sentinel1_without_a_valid_value_stops_with_the_reason(sample_dir, tmp_path):
+    """All-no-data S1 (or S1 in linear power read as dB: every value below -40 dB would do the
+    same): the regression has nothing to learn from; the error says so, and nothing is written."""
+    from optsar_nb.errors import NoImages
+
+    p = inf.InfillParams(mission="S2", start="2021-01-01", end="2022-01-01")
+    ndvi, state, vv, vh = inf.load_seed_inputs(sample_dir, p)
+    empty = (vv * np.nan).assign_attrs(vv.attrs)
+    with pytest.raises(NoImages, match="Sentinel-1 has no valid VV value"):
+        inf.infill(ndvi, state, empty, vh, p, tmp_path, report=False, workers=1)
+    assert list(tmp_path.iterdir()) == []

@@ -220,3 +220,23 @@ def test_sigterm_ends_with_one_line_and_removes_temporary_files(tmp_path):
     err = run.stderr.read()
     assert "terminated; temporary files removed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
+    target = tmp_path / "results"
+    target.write_text("a file the user made")
+    done = optsar([*INFILL, "--out", target])
+    assert done.returncode == 2 and "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+    assert target.read_text() == "a file the user made"
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
+    run = optsar([*INFILL, "--out", tmp_path, "--workers", "1"], wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/pred.npy")):
+        time.sleep(0.1)
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    err = run.stderr.read()
+    assert "interrupted; temporary files removed" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -32,7 +32,8 @@ from . import collections as col
 MAX_DOWNLOAD_BYTES = 50_331_648
 TRANSIENT = ("Too Many Requests", "Too many concurrent", "timed out", "Internal error", "Service Unavailable",
              "Computation timed out", "deadline")  # server messages worth a retry
-DONE, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
+DONE, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"  # Task.status() states
+SUCCEEDED = "SUCCEEDED"  # a long-running operation's state once its export has finished
 
 
 class ExportFailed(OptsarError):
@@ -113,9 +114,11 @@ class EarthEngineClient:
                 return True
             except ee.EEException:
                 return False
-        # Drive and Cloud Storage files are not listed by Earth Engine; a completed task of the
-        # same description means the file was written
-        return any(t.get("description") == name and t.get("state") == DONE for t in ee.data.getTaskList())
+        # Drive and Cloud Storage files are not listed by Earth Engine; a succeeded export of the
+        # same description means the file was written (the project's long-running operations;
+        # getTaskList is deprecated)
+        finished = (op.get("metadata", {}) for op in ee.data.listOperations())
+        return any(m.get("description") == name and m.get("state") == SUCCEEDED for m in finished)
 
     def image_task(self, image, *, name, destination, region, grid):
         common = dict(image=image, description=name, region=region, crs=grid["crs"], crsTransform=grid["transform"],

@@ -282,6 +282,11 @@ def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.
         win = _lazy(mm, chunks=(-1, edge, edge)).astype("float64")
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
+    if n_vv.sum() == 0 or n_vh.sum() == 0:
+        raise NoImages(
+            f"Sentinel-1 has no valid {'VV' if n_vv.sum() == 0 else 'VH'} value over the optical grid within "
+            f"{params.s1_window_days} days of any optical image (values below s1_min_db={params.s1_min_db} dB and "
+            "no-data count as missing): check that the S1 files cover the area and period, and are in dB")
     with np.errstate(invalid="ignore", divide="ignore"):
         return s_vv / n_vv, s_vh / n_vh
 
