@@ -95,3 +95,19 @@ def test_where_keeps_the_input_where_test_or_value_is_masked(flanders_ee):
     np.testing.assert_array_equal(got, expected)
     assert out.props["kept"] == 5
     assert {1.0, 2.0} <= set(np.unique(got[np.isfinite(got)]))
+
+
+def test_if_computes_the_chosen_branch_only(flanders_ee):
+    """The server computes values on demand: a graph may guard an invalid value with If (an empty
+    reduction's null). The condition follows ee.Algorithms.If's reference: "Numbers that are
+    equal to 0 or a NaN are false. Empty strings, lists and dictionaries are false. Null is
+    false. Everything else is true." """
+    ev, _ = flanders_ee
+    invalid = ee.Number(ee.Dictionary({}).get("missing"))  # fails whenever it is computed
+    with pytest.raises(Exception):  # noqa: B017 (the error the server would give too)
+        ev.evaluate(invalid.add(1))
+    assert ev.evaluate(ee.Algorithms.If(0, invalid.add(1), "guarded")) == "guarded"
+    for falsy in (0, float("nan"), "", [], {}, None):
+        assert ev.evaluate(ee.Algorithms.If(falsy, "yes", "no")) == "no", falsy
+    for truthy in (1, -0.5, "x", [0], {"a": 0}, True):
+        assert ev.evaluate(ee.Algorithms.If(truthy, "yes", "no")) == "yes", truthy

@@ -367,8 +367,9 @@ def _string(ev, input):
 
 @algorithm("If")
 def _if(ev, condition, trueCase, falseCase):
-    # arguments arrive evaluated: the graphs guard nulls with If, which is harmless here
-    return trueCase if condition not in (None, 0, 0.0, False, "") else falseCase
+    """Registered so the algorithm counts as implemented; the evaluator computes If lazily
+    itself (``Evaluator._if``) and never calls this."""
+    raise AssertionError("If is evaluated lazily by the evaluator")
 
 
 @algorithm("Number.and")

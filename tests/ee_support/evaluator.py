@@ -145,10 +145,31 @@ class Evaluator:
         raise NotImplementedError(f"graph node kind {kind!r} is not supported by the evaluator")
 
     def _invocation(self, body: dict, env: dict) -> Any:
+        if body.get("functionName") == "If":  # lazy: only the chosen branch is computed
+            return self._if(body.get("arguments", {}), env)
         args = {k: self._node(v, env) for k, v in body.get("arguments", {}).items()}
         if "functionReference" in body:
             return self._ref(body["functionReference"], env)(**args)
         return self.invoke(body["functionName"], args)
+
+    def _if(self, arguments: dict, env: dict) -> Any:
+        """ee.Algorithms.If: "Selects one of its inputs based on a condition" - the one chosen
+        only, as the server computes values on demand; the other branch may be invalid. The
+        condition is read as the reference says: "Numbers that are equal to 0 or a NaN are
+        false. Empty strings, lists and dictionaries are false. Null is false. Everything else
+        is true." """
+        condition = self._node(arguments["condition"], env) if "condition" in arguments else None
+        if isinstance(condition, bool):
+            true = condition
+        elif isinstance(condition, (int, float)):
+            true = condition == condition and condition != 0
+        elif isinstance(condition, (str, list, dict)):
+            true = len(condition) > 0
+        else:
+            true = condition is not None
+        self.calls["If"] = self.calls.get("If", 0) + 1
+        chosen = arguments.get("trueCase" if true else "falseCase")
+        return None if chosen is None else self._node(chosen, env)
 
     def call_closure(self, closure: Closure, args: tuple) -> Any:
         if len(args) != len(closure.arg_names):
