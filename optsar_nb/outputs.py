@@ -55,6 +55,44 @@ def _free(path: Path) -> str:
         return f"{path.parent} is not readable"
 
 
+def refuse_existing(paths) -> None:
+    """Raise OutputExists for the first of ``paths`` that exists (checked before any work)."""
+    for p in paths:
+        if Path(p).exists():
+            raise OutputExists(f"{p} exists: remove it, choose another output folder, or pass overwrite=True")
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Refuses (OutputExists) when ``path`` exists and ``overwrite`` is False, so that nothing a
+    user made is silently replaced; a failed write leaves no partial file behind.
+    """
+    path = Path(path)
+    if not overwrite:
+        refuse_existing([path])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the user's usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_csv(table, path: str | Path, *, overwrite: bool = False) -> Path:
+    """A pandas table as CSV (no index), written atomically (:func:`atomic_path`)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)
+
+
 def verify_geotiff(path: Path, *, count: int, height: int, width: int, dtype: str,
                    names: list[str] | None = None, label: Path | None = None) -> None:
     """Re-open a written GeoTIFF and check its header and that every block lies within the file.

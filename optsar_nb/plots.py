@@ -22,7 +22,7 @@ def _pyplot():
 
 def gap_panel(stats: xr.DataArray, path: str | Path, *, title: str = "Gap statistics", overwrite: bool = False) -> Path:
     """One map per statistic band of a (stat, y, x) array, each with a colorbar in its unit."""
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
 
     plt = _pyplot()
     values = stats.compute()

@@ -99,7 +99,7 @@ def scatter_figure(samples: dict[str, np.ndarray], path: Path, *, estimate: str 
 
     ``samples``: split -> (n, 5) observation, then the SAMPLE_COLUMNS estimates.
     """
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
 
     plt = _pyplot()
     col = 1 + SAMPLE_COLUMNS.index(estimate)
@@ -138,7 +138,7 @@ def scatter_figure(samples: dict[str, np.ndarray], path: Path, *, estimate: str 
 
 def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
     """MAE of every estimate per bin of distance to the nearest clear training view, one panel per split."""
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
 
     plt = _pyplot()
     splits = list(dict.fromkeys(by_gap.split))
@@ -167,7 +167,7 @@ def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> 
 
 def series_figure(series: dict, path: Path, *, overwrite: bool = False) -> Path:
     """NDVI over time for a few pixels: observed (clear), predicted, gap-free, interpolation."""
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
 
     plt = _pyplot()
     n = len(series.get("y", []))
@@ -203,7 +203,7 @@ def series_figure(series: dict, path: Path, *, overwrite: bool = False) -> Path:
 
 def write_report(run, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write the Markdown report of an :class:`~optsar_nb.local._pipeline.InfillRun` and its PNGs."""
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
 
     path = Path(path)
     p, meta = run.params, run.metadata

@@ -456,7 +456,7 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
 
     Written beside the outputs as ``NDVI_Comparison<suffix>.png`` unless ``path`` is given.
     """
-    from .local.stack import atomic_path
+    from .outputs import atomic_path
     from .plots import _pyplot
     from .ui.layers import NDVI_STYLE
 

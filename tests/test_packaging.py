@@ -1,4 +1,5 @@
-"""pyproject.toml and environment.yml declare the same dependencies with the same constraints."""
+"""pyproject.toml and environment.yml declare the same dependencies with the same constraints; the
+package's import structure."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def test_environment_matches_pyproject():
     assert conda == pyproject
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"]["optsar"] == "optsar_nb.cli:main"
+
+
+def test_the_earth_engine_engine_never_imports_the_local_engine():
+    """Both engines import the shared leaves (params, method, fusion_fit, outputs), never each other."""
+    import ast
+
+    package = ROOT / "optsar_nb"
+    found = []
+    for path in sorted((package / "ee").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                if module.startswith("..local") or module.startswith("optsar_nb.local"):
+                    found.append(f"{path.name}: from {module}")
+    assert found == []

@@ -9,7 +9,8 @@ import rasterio
 import xarray as xr
 
 from optsar_nb.errors import OutputExists, StackMismatch
-from optsar_nb.local.stack import read_netcdf, read_stack, write_csv, write_geotiff, write_stack
+from optsar_nb.local.stack import read_netcdf, read_stack, write_geotiff, write_stack
+from optsar_nb.outputs import write_csv
 
 
 def _stack(n=3, ny=40, nx=30, dtype="float32") -> xr.DataArray:

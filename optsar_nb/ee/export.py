@@ -141,7 +141,7 @@ class EarthEngineClient:
                                                     fileNamePrefix=_prefix(destination, name), fileFormat="CSV")
 
     def download(self, image, path, *, region, grid):
-        from ..local.stack import atomic_path
+        from ..outputs import atomic_path
 
         pinned = image.clip(region).reproject(crs=grid["crs"], crsTransform=grid["transform"])
         data = ee.data.computePixels({"expression": pinned, "fileFormat": "GEO_TIFF"})
@@ -241,7 +241,7 @@ def export_outputs(outputs: list[Output], *, destination: Destination, region, g
             if out.image is not None:
                 client.download(out.image, folder / f"{out.name}.tif", region=region, grid=grid)
             else:
-                from ..local.stack import write_csv
+                from ..outputs import write_csv
 
                 write_csv(out.rows(), folder / f"{out.name}.csv")
             report[out.name] = "done"

@@ -8,8 +8,8 @@ and ``covariates`` (B.3-B.4), ``pair_images`` and ``check_pairs`` (B.5), ``split
 
 Building makes two requests to the server. :func:`check_pairs` needs the number of
 optical-SAR pairs to decide whether to go on (B.5), and the same request returns the pairs'
-ids, times and cloud cover. With those, the split (B.6) is drawn on the client by the local
-engine's own :func:`optsar_nb.local.infill.split_pairs` (same seed, same pairs, same labels and
+ids, times and cloud cover. With those, the split (B.6) is drawn on the client by the engines'
+shared :func:`optsar_nb.method.split_pairs` (same seed, same pairs, same labels and
 donor on both engines), and the per-image steps are written per pair id. The second request
 fetches the fusion's leave-out rows of a sample of pixels, from which the client fits its
 weights and standard errors as the local engine does (:func:`optsar_nb.ee.fusion.fetch_fit`).
@@ -23,13 +23,13 @@ from typing import Any
 import ee
 import pandas as pd
 
+from .. import method
+from ..method import COEFFICIENT_BANDS, COVARIATES
 from ..missions import CLEAR, CLOUDY, get_mission
 from ..params import InfillParams
 from . import collections as col
 from . import fusion
 
-COVARIATES = ("VV_mean", "VH_mean", "VV_diff", "VH_diff", "VV_Nmean", "VH_Nmean", "VV_Ndiff", "VH_Ndiff")
-COEFFICIENT_BANDS = ("constant", *COVARIATES)
 OBS, PRED = "NDVI_Obs", "NDVI_Pred"
 S1_COUNT = "S1_COUNT"
 PAIR_COLUMNS = ("ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT, S1_COUNT)
@@ -133,7 +133,6 @@ def pairs_request(windows: ee.ImageCollection) -> ee.Dictionary:
 
 def check_pairs(windows: ee.ImageCollection, params: InfillParams, *, fetch: Fetch | None = None) -> pd.DataFrame:
     """B.5's decision: the pair table, or NotEnoughPairs naming the dates to widen (one round trip)."""
-    from ..local.infill import pair_images as local_pair_images
     from .export import fetch_info
 
     info = fetch_info(pairs_request(windows), fetch=fetch)
@@ -141,15 +140,13 @@ def check_pairs(windows: ee.ImageCollection, params: InfillParams, *, fetch: Fet
     lonely = pd.DataFrame({"ID": "", "CollectionTime": info["lonely"]})
     table = pd.concat([pairs, lonely], ignore_index=True).sort_values("CollectionTime", kind="stable")
     counts = table[S1_COUNT].fillna(0).to_numpy()
-    local_pair_images(table.reset_index(drop=True), counts, params)  # raises NotEnoughPairs
+    method.pair_images(table.reset_index(drop=True), counts, params)  # raises NotEnoughPairs
     return pairs.sort_values("CollectionTime", kind="stable").reset_index(drop=True)
 
 
 def split_pairs(table: pd.DataFrame, params: InfillParams) -> tuple[pd.DataFrame, str]:
     """B.6 split, drawn on the client exactly as the local engine draws it; returns (table, donor id)."""
-    from ..local.infill import split_pairs as local_split_pairs
-
-    table, donor = local_split_pairs(table, params)
+    table, donor = method.split_pairs(table, params)
     return table, str(table["ID"].iloc[donor])
 
 
@@ -232,9 +229,7 @@ def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillPa
     reconstructed from the leading floor(pca_fraction x n) components; the others keep their
     prediction, as in the local engine.
     """
-    from ..local.infill import pca_components
-
-    k = pca_components(len(ids), params)
+    k = method.pca_components(len(ids), params)
     if k < 1 or k >= len(ids):
         return predictions
     region = col.region_of(aoi)

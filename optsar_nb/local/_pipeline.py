@@ -42,12 +42,13 @@ import xarray as xr
 
 from ..errors import InsufficientDisk, NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
+from ..outputs import write_csv
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _fused, _kernels, _postprocess, fusion
 from . import infill as steps
 from .gaps import aoi_mask, select_period
-from .stack import TILE_PX, read_geotiff, write_csv, write_geotiff
+from .stack import TILE_PX, read_geotiff, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"

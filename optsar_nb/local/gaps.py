@@ -281,9 +281,9 @@ def characterize_gaps(
     one run per folder). Existing files are refused unless ``overwrite``. Returns the written
     paths by kind.
     """
-    from ..outputs import OutputSet, fingerprint
+    from ..outputs import OutputSet, fingerprint, write_csv
     from ..products import GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name
-    from .stack import metadata_of, write_csv, write_geotiff
+    from .stack import metadata_of, write_geotiff
 
     names = {
         "statistics": file_name(GAP_STATISTICS_FILE, params.suffix, ".tif"),

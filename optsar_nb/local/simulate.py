@@ -29,8 +29,9 @@ from scipy.special import ndtri
 
 from ..errors import OutputExists
 from ..missions import SCL
+from ..outputs import atomic_path, refuse_existing, write_csv
 from .gaps import aoi_cloud_stats, cloud_state
-from .stack import DEFAULT_CHUNK_PX, atomic_path, metadata_of, refuse_existing, write_csv, write_geotiff
+from .stack import DEFAULT_CHUNK_PX, metadata_of, write_geotiff
 
 # --------------------------------------------------------------------------------------------
 # the scene

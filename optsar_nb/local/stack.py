@@ -15,10 +15,7 @@ is ever held whole in memory.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import dask.array as da
@@ -26,8 +23,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import OutputExists, StackMismatch, UnreadableInput
-from ..outputs import verify_geotiff
+from ..errors import StackMismatch, UnreadableInput
+from ..outputs import atomic_path, refuse_existing, verify_geotiff, write_csv
 
 DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
 TILE_PX = 256  # tile edge of the GeoTIFFs written here
@@ -294,37 +291,6 @@ def read_stack(
     return stack.drop_vars("band", errors="ignore").sortby("time")
 
 
-def refuse_existing(paths) -> None:
-    """Raise OutputExists for the first of ``paths`` that exists (checked before any work)."""
-    for p in paths:
-        if Path(p).exists():
-            raise OutputExists(f"{p} exists: remove it, choose another output folder, or pass overwrite=True")
-
-
-@contextmanager
-def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    Refuses (OutputExists) when ``path`` exists and ``overwrite`` is False, so that nothing a
-    user made is silently replaced; a failed write leaves no partial file behind.
-    """
-    path = Path(path)
-    if not overwrite:
-        refuse_existing([path])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the user's usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_geotiff(
     data: xr.DataArray,
     path: str | Path,
@@ -424,12 +390,6 @@ def _write_windows(bytes_per_pixel: int, height: int, width: int, *, tiled: bool
         return int(np.clip(pixels // width, 1, height)), width
     tiles = max(1, int(np.sqrt(pixels / TILE_PX**2)))
     return min(tiles * TILE_PX, height), min(tiles * TILE_PX, width)
-
-
-def write_csv(table: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> Path:
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        table.to_csv(tmp, index=False)
-    return Path(path)
 
 
 def write_stack(
