@@ -125,7 +125,7 @@ def test_netcdf_missing_variable(flanders):
         read_netcdf(next(flanders.glob("S2_L2A_10m_*.nc")), "B99")
 
 
-def test_a_stack_on_another_crs_or_elsewhere_is_refused_by_name():
+def test_a_stack_elsewhere_is_refused_by_name_and_one_partly_over_is_cut():
     from optsar_nb.local.stack import align_to
 
     def grid(x0, crs):
@@ -133,12 +133,45 @@ def test_a_stack_on_another_crs_or_elsewhere_is_refused_by_name():
                             coords={"y": [25.0, 15.0, 5.0], "x": [x0 + 5.0, x0 + 15.0, x0 + 25.0]}, attrs={"crs": crs})
 
     optical = grid(500000.0, "EPSG:32631")
-    with pytest.raises(StackMismatch, match="Sentinel-1 VV stack is on EPSG:32632 but the optical grid on EPSG:32631"):
-        align_to(grid(500000.0, "EPSG:32632"), optical, what="the Sentinel-1 VV stack")
     with pytest.raises(StackMismatch, match="does not overlap the optical grid: it covers x 600005 to 600025"):
         align_to(grid(600000.0, "EPSG:32631"), optical, what="the Sentinel-1 VV stack")
     partly = align_to(grid(500020.0, "EPSG:32631").assign_coords(y=[27.0, 17.0, 7.0]), optical)
     assert np.isnan(partly.values[0, :, :2]).all() and not np.isnan(partly.values[0, :, 2]).any()
+
+
+def test_a_stack_on_another_crs_is_reprojected_by_nearest_neighbour():
+    """S1 on the next UTM zone (20 m) onto a 10 m optical grid: each optical pixel takes the value
+    of the source pixel whose centre is nearest to its own centre carried into the source's
+    system (checked by brute force over every source pixel); far from the source: NaN, and no
+    overlap at all: refused."""
+    from pyproj import Transformer
+
+    from optsar_nb.local.stack import align_to
+
+    to_32632 = Transformer.from_crs("EPSG:32631", "EPSG:32632", always_xy=True)
+    ox = 700_000 + np.arange(12) * 10.0 + 5
+    oy = 5_600_000 - np.arange(10) * 10.0 - 5
+    optical = xr.DataArray(np.zeros((1, 10, 12)), dims=("time", "y", "x"), coords={"y": oy, "x": ox},
+                           attrs={"crs": "EPSG:32631"})
+    cx, cy = to_32632.transform(ox.mean(), oy.mean())
+    sx = np.round(cx / 20) * 20 + np.arange(-4, 3) * 20.0 + 10  # the source covers most, not all
+    sy = np.round(cy / 20) * 20 - np.arange(-3, 4) * 20.0 - 10
+    values = np.arange(sy.size * sx.size, dtype=float).reshape(sy.size, sx.size)
+    s1 = xr.DataArray(np.stack([values, values + 100]), dims=("time", "y", "x"),
+                      coords={"time": [1, 2], "y": sy, "x": sx}, attrs={"crs": "EPSG:32632"}, name="VV")
+    out = align_to(s1, optical, what="the Sentinel-1 VV stack")
+    assert out.dims == ("time", "y", "x") and out.attrs["crs"] == "EPSG:32631"
+    got = out.values
+    for r, y in enumerate(oy):
+        for c, x in enumerate(ox):
+            px, py = to_32632.transform(x, y)
+            i, j = np.argmin(np.abs(sy - py)), np.argmin(np.abs(sx - px))
+            inside = abs(sy[i] - py) <= 10 and abs(sx[j] - px) <= 10
+            expected = values[i, j] if inside else np.nan
+            np.testing.assert_array_equal(got[:, r, c], [expected, expected + 100])
+    assert np.isnan(got).any() and np.isfinite(got).mean() > 0.5
+    with pytest.raises(StackMismatch, match="does not overlap"):
+        align_to(s1.assign_coords(x=sx + 50_000), optical)
 
 
 def test_damaged_inputs_are_named_in_one_line(tmp_path, capsys):
