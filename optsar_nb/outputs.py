@@ -1,11 +1,11 @@
 """Output sets: a job's files appear in its output folder complete, checked and together, or not at all.
 
 A job writes everything into a hidden staging folder inside the output folder (same file system,
-so moving a file into place is one rename). When the job has finished, every file is checked
-(GeoTIFFs re-opened, their header and the extent of every block compared with the file), its
-checksum is recorded in a manifest, and only then do the files replace what is in the output
-folder; the manifest, written last, marks the set complete. With ``overwrite``, nothing of an
-older set is touched before the new one is complete.
+so moving a file into place is one rename). Every GeoTIFF is checked as it is written
+(:func:`verify_geotiff`: re-opened, its header and the extent of every block compared with the
+file). When the job has finished, each file's checksum is recorded in a manifest, and only then
+do the files replace what is in the output folder; the manifest, written last, marks the set
+complete. With ``overwrite``, nothing of an older set is touched before the new one is complete.
 
 One job at a time writes into a folder: a lock file holds its process id and host. A lock left
 by a process that no longer runs is taken over (with a warning); staging folders left by killed
@@ -228,7 +228,7 @@ class OutputSet:
     """Stage a job's files and commit them as one set (see the module's docstring).
 
     Use as a context manager: ``path(name)`` is where the job writes file ``name``; on a clean
-    exit every file written to the staging folder is checked, moved into ``folder`` and listed
+    exit every file written to the staging folder is moved into ``folder`` and listed
     in the manifest ``<job>_Manifest<suffix>.json`` with ``params`` and ``inputs``; on an error
     nothing in ``folder`` changes. Without ``overwrite``, an existing file of the set (or the
     manifest) is refused before any work starts, and again before anything is moved.
@@ -250,12 +250,8 @@ class OutputSet:
         return self.folder / name
 
     def _refuse(self, names) -> None:
-        if self.overwrite:
-            return
-        for name in [*names, self.manifest]:
-            if (self.folder / name).exists():
-                raise OutputExists(f"{self.folder / name} exists: remove it, choose another output folder, or "
-                                   "pass overwrite=True")
+        if not self.overwrite:
+            refuse_existing(self.folder / name for name in [*names, self.manifest])
 
     def __enter__(self) -> OutputSet:
         _writable(self.folder)
@@ -288,12 +284,6 @@ class OutputSet:
         files = {}
         for name in written:
             path = self.staging / name
-            if path.suffix == ".tif":
-                import rasterio
-
-                with rasterio.open(path) as src:
-                    header = dict(count=src.count, height=src.height, width=src.width, dtype=src.dtypes[0])
-                verify_geotiff(path, **header)
             files[name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
         manifest = {"manifest": self.manifest, "job": self.job, "complete": True,
                     "written": dt.datetime.now().astimezone().isoformat(timespec="seconds"),

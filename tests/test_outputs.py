@@ -212,18 +212,6 @@ def test_kill_9_leaves_no_worker_and_the_next_run_cleans_up(tmp_path, wide_scene
     assert hidden(tmp_path) == [] and check_set(tmp_path, manifest(tmp_path, "Gap")) == []
 
 
-def test_sigterm_ends_with_one_line_and_removes_temporary_files(tmp_path):
-    run = optsar([*INFILL, "--out", tmp_path, "--workers", "1"], wait=False)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/pred.npy")):
-        time.sleep(0.1)
-    os.kill(run.pid, signal.SIGTERM)
-    assert run.wait(timeout=120) == 143
-    err = run.stderr.read()
-    assert "terminated; temporary files removed" in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     target = tmp_path / "results"
     target.write_text("a file the user made")
@@ -232,13 +220,15 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert target.read_text() == "a file the user made"
 
 
-def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize(("sent", "code", "said"), [(signal.SIGTERM, 143, "terminated"),
+                                                    (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_end_with_one_line_and_remove_temporary_files(tmp_path, sent, code, said):
     run = optsar([*INFILL, "--out", tmp_path, "--workers", "1"], wait=False)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/pred.npy")):
         time.sleep(0.1)
-    os.kill(run.pid, signal.SIGINT)
-    assert run.wait(timeout=120) == 130
+    os.kill(run.pid, sent)
+    assert run.wait(timeout=120) == code
     err = run.stderr.read()
-    assert "interrupted; temporary files removed" in err and "Traceback" not in err
+    assert f"{said}; temporary files removed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []

@@ -108,7 +108,7 @@ def estimate(a: Anchors, i: int, skip: int = 1) -> dict[str, ee.Image]:
     def ends(key):  # one-sided: both ends at the one anchor
         return p[key].where(has_p.Not(), q[key]), q[key].where(has_q.Not(), p[key])
 
-    (vp, vq), (dp, dq) = ends("value"), ends("day")
+    dp, dq = ends("day")
     day = ee.Image.constant(t)
     frac = day.subtract(dp).divide(dq.subtract(dp)).where(both.Not(), 0)
 
@@ -116,9 +116,10 @@ def estimate(a: Anchors, i: int, skip: int = 1) -> dict[str, ee.Image]:
         xp, xq = ends(key)
         return xp.add(frac.multiply(xq.subtract(xp)))
 
-    interp = vp.add(frac.multiply(vq.subtract(vp)))
+    interp = line("value")
     distance = day.subtract(dp).min(dq.subtract(day)).where(both.Not(), day.subtract(dp).abs())
-    s1_ok = a.s1_ok.select(band).And(ends("s1_ok")[0]).And(ends("s1_ok")[1])
+    ok_p, ok_q = ends("s1_ok")
+    s1_ok = a.s1_ok.select(band).And(ok_p).And(ok_q)
     lo_n, lo_s = p_rank.multiply(has_p), p["cumsum"].multiply(has_p)
     hi_n = q_rank.subtract(1).where(has_q.Not(), a.count)
     hi_s = q["cumsum"].subtract(q["value"]).where(has_q.Not(), a.total)

@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import StackMismatch, UnreadableInput
-from ..outputs import atomic_path, refuse_existing, verify_geotiff, write_csv
+from ..outputs import atomic_path, incomplete_block, refuse_existing, verify_geotiff, write_csv
 
 DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
 TILE_PX = 256  # tile edge of the GeoTIFFs written here
@@ -258,8 +258,6 @@ def read_geotiff(path: str | Path, *, chunk_px: int | None = None) -> xr.DataArr
     whole tiles of the file within READ_WINDOW_BYTES.
     """
     import rasterio
-
-    from ..outputs import incomplete_block
 
     path = Path(path)
     if not path.exists():
