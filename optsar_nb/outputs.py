@@ -6,6 +6,10 @@ so moving a file into place is one rename). Every GeoTIFF is checked as it is wr
 file). When the job has finished, each file's checksum is recorded in a manifest, and only then
 do the files replace what is in the output folder; the manifest, written last, marks the set
 complete. With ``overwrite``, nothing of an older set is touched before the new one is complete.
+``overwrite`` is False (refuse any existing file), True (replace), or ``"own"``: replace only the
+files of this job's earlier set in the folder that its manifest still vouches for (unchanged
+since); anything else, a file the job did not write or one changed since, is refused. "own" is
+what re-running a notebook needs.
 
 One job at a time writes into a folder: a lock file holds its process id and host. A lock left
 by a process that no longer runs is taken over (with a warning); staging folders left by killed
@@ -28,12 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExists, OutputLocked, WriteFailed
+from .errors import InvalidParameter, OutputExists, OutputLocked, WriteFailed
 
 LOCK_FILE = ".optsar.lock"
 STAGING_PREFIX = ".optsar-staging-"
 WORK_PREFIX = ".optsar-work-"  # the local infilling's temporary stacks (``<prefix><pid>-...``)
 COMMITTED = "manifest-committed.json"  # inside a staging folder: its manifest, once every file is checked
+OWN = "own"  # overwrite mode: replace only this job's own earlier, unchanged outputs
 
 
 def _alive(pid: int) -> bool:
@@ -55,11 +60,22 @@ def _free(path: Path) -> str:
         return f"{path.parent} is not readable"
 
 
-def refuse_existing(paths) -> None:
-    """Raise OutputExists for the first of ``paths`` that exists (checked before any work)."""
+def overwrite_mode(value) -> bool | str:
+    """``overwrite`` checked: False, True or "own" (see the module's docstring)."""
+    if value is True or value is False or value == OWN:
+        return value
+    raise InvalidParameter(f"overwrite={value!r}: use False (refuse existing outputs), True (replace them) or "
+                           f"'{OWN}' (replace only this job's own earlier outputs)")
+
+
+def refuse_existing(paths, *, why: str = "exists") -> None:
+    """Raise OutputExists for the first of ``paths`` that exists (checked before any work); the
+    error's ``path`` attribute is that file."""
     for p in paths:
         if Path(p).exists():
-            raise OutputExists(f"{p} exists: remove it, choose another output folder, or pass overwrite=True")
+            error = OutputExists(f"{p} {why}: remove it, choose another output folder, or pass overwrite=True")
+            error.path = Path(p)
+            raise error
 
 
 @contextmanager
@@ -239,7 +255,8 @@ class OutputSet:
         self.folder = Path(folder)
         self.names = list(names)
         self.manifest = manifest_name(job, suffix)
-        self.job, self.params, self.inputs, self.overwrite = job, params, inputs, overwrite
+        self.job, self.params, self.inputs = job, params, inputs
+        self.overwrite = overwrite_mode(overwrite)
         self.staging: Path | None = None
         self._lock = None
 
@@ -250,8 +267,26 @@ class OutputSet:
         return self.folder / name
 
     def _refuse(self, names) -> None:
-        if not self.overwrite:
-            refuse_existing(self.folder / name for name in [*names, self.manifest])
+        if self.overwrite is True:
+            return
+        existing = [self.folder / name for name in [*names, self.manifest] if (self.folder / name).exists()]
+        if self.overwrite == OWN and existing:
+            own = self._own_files()
+            refuse_existing([p for p in existing if p.name not in own],
+                            why=f"exists and is not an unchanged output of an earlier {self.job} run here")
+            return
+        refuse_existing(existing)
+
+    def _own_files(self) -> set[str]:
+        """Names of this job's earlier set in the folder that its manifest vouches for (checksums
+        equal), the manifest included; empty without an intact manifest."""
+        try:
+            manifest = json.loads((self.folder / self.manifest).read_text())
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+        changed = set(check_set(self.folder, manifest))
+        return {self.manifest, *(name for name in files if name not in changed)}
 
     def __enter__(self) -> OutputSet:
         _writable(self.folder)

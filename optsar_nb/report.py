@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .plots import _pyplot
+from .plots import new_figure, save_png
 
 METHOD_LABELS = {
     "model": "S1 regression (paper)",
@@ -99,12 +99,9 @@ def scatter_figure(samples: dict[str, np.ndarray], path: Path, *, estimate: str 
 
     ``samples``: split -> (n, 5) observation, then the SAMPLE_COLUMNS estimates.
     """
-    from .outputs import atomic_path
-
-    plt = _pyplot()
     col = 1 + SAMPLE_COLUMNS.index(estimate)
     splits = [s for s in ("train", "validation", "test") if s in samples]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.4), squeeze=False)
+    fig, axes = new_figure(1, len(splits), figsize=(5.2 * len(splits), 4.4), squeeze=False)
     for ax, split in zip(axes[0], splits):
         s = samples[split]
         ok = np.isfinite(s[:, 0]) & np.isfinite(s[:, col]) if len(s) else np.zeros(0, bool)
@@ -130,19 +127,13 @@ def scatter_figure(samples: dict[str, np.ndarray], path: Path, *, estimate: str 
     # fixed margins: tight_layout draws the figure once more just to measure it, which was the
     # larger part of the report's time
     fig.subplots_adjust(**SCATTER_MARGINS)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=90, overwrite=overwrite)
 
 
 def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> Path:
     """MAE of every estimate per bin of distance to the nearest clear training view, one panel per split."""
-    from .outputs import atomic_path
-
-    plt = _pyplot()
     splits = list(dict.fromkeys(by_gap.split))
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.6 * len(splits), 3.8), squeeze=False, sharey=True)
+    fig, axes = new_figure(1, len(splits), figsize=(5.6 * len(splits), 3.8), squeeze=False, sharey=True)
     for ax, split in zip(axes[0], splits):
         t = by_gap[(by_gap.split == split) & (by_gap.gap_bin != "all")]
         bins = list(dict.fromkeys(t.gap_bin))
@@ -159,19 +150,13 @@ def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> 
     axes[0, 0].set_ylabel("MAE (NDVI)")
     axes[0, 0].legend(fontsize=8)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.22, top=0.9, wspace=0.08)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=90, overwrite=overwrite)
 
 
 def series_figure(series: dict, path: Path, *, overwrite: bool = False) -> Path:
     """NDVI over time for a few pixels: observed (clear), predicted, gap-free, interpolation."""
-    from .outputs import atomic_path
-
-    plt = _pyplot()
     n = len(series.get("y", []))
-    fig, axes = plt.subplots(max(n, 1), 1, figsize=(10, 2.6 * max(n, 1)), sharex=True, squeeze=False)
+    fig, axes = new_figure(max(n, 1), 1, figsize=(10, 2.6 * max(n, 1)), sharex=True, squeeze=False)
     start = pd.Timestamp(series.get("start", "1970-01-01")) if n else None
     for i, ax in enumerate(axes[:, 0][:n]):
         t = start + pd.to_timedelta(series["days"], unit="D")
@@ -195,10 +180,7 @@ def series_figure(series: dict, path: Path, *, overwrite: bool = False) -> Path:
     rows = max(n, 1)  # margins in inches (for ticks, labels, titles) whatever the figure's height
     fig.subplots_adjust(left=0.07, right=0.96, bottom=0.45 / (2.6 * rows), top=1 - 0.3 / (2.6 * rows),
                         hspace=0.9 / 2.6)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=90, overwrite=overwrite)
 
 
 def write_report(run, path: str | Path, *, overwrite: bool = False) -> Path:

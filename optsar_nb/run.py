@@ -25,8 +25,8 @@ from .params import GapParams, InfillParams
 from .products import GAP_STATISTIC_NAMES, GAP_STATISTICS, STATISTICS_BY_NAME
 
 BACKENDS = ("auto", "ee", "local")
-# The demo scene beside the package in a source checkout (made by optsar_nb.local.simulate).
-DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "sample"
+# The demo scene, installed with the package (made by optsar_nb.local.simulate).
+DEMO_DIR = Path(__file__).resolve().parent / "demo_scene"
 DEMO_PERIOD = ("2021-01-01", "2022-01-01")
 EE_INIT_TIMEOUT_S = 20.0  # ee.Initialize() talks to Google; never let a notebook hang on it
 
@@ -115,7 +115,7 @@ def input_dir(inputs: str | Path | None) -> Path:
     """The local input folder; ``None`` means the bundled demo scene."""
     folder = Path(inputs) if inputs else DEMO_DIR
     if not folder.is_dir():
-        hint = ("regenerate it with `python -m optsar_nb.local.simulate --out data/sample`" if inputs is None
+        hint = ("regenerate it with `python -m optsar_nb.local.simulate --out optsar_nb/demo_scene`" if inputs is None
                 else "give the folder holding the exported inputs (e.g. SCL_Input_S2_...tif and its CSV)")
         raise OptsarError(f"input folder {folder} does not exist: {hint}")
     return folder
@@ -207,7 +207,7 @@ def gap_params(mission: str, start, end, **extra) -> GapParams:
 
 
 def local_gap_run(params: GapParams, aoi: AOI | None, folder: Path, engine: Engine, *,
-                  out_dir: str | Path | None = None, overwrite: bool = False) -> GapResult:
+                  out_dir: str | Path | None = None, overwrite: bool | str = False) -> GapResult:
     """Run part A on the local inputs in ``folder``; write the outputs when ``out_dir`` is given.
 
     Arrays stay lazy (dask) so that large AOIs are only computed block by block, on writing or
@@ -251,7 +251,7 @@ def run_gaps(
     backend: str = "auto",
     inputs: str | Path | None = None,
     out_dir: str | Path | None = "out/gaps",
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     export: str = "drive",
     engine: Engine | None = None,
     progress=None,
@@ -264,7 +264,9 @@ def run_gaps(
     input folder's ``aoi.geojson``, else the whole stack). ``inputs``: local input folder (None:
     the demo scene). ``out_dir``: where files are written (None: in memory only). ``export``:
     Earth Engine destination ("drive", "asset", "gcs", "local"). ``extra``: further GapParams fields.
-    Existing outputs are refused unless ``overwrite``. ``progress(name, state, fraction)`` is called
+    ``overwrite``: False refuses existing outputs, True replaces them, ``"own"`` replaces only the
+    outputs an earlier run of the same job wrote into ``out_dir`` and nobody changed since (what a
+    re-run notebook does; :mod:`optsar_nb.outputs`). ``progress(name, state, fraction)`` is called
     as Earth Engine export tasks change state. ``export_options``: Earth Engine only, further keyword
     arguments of :func:`optsar_nb.ee.export.export_gaps` / ``export_infill`` (e.g. ``wait=False`` to
     start the tasks and return, ``retries``, ``poll_s``, ``timeout_s``, or ``client``: an object with
@@ -416,7 +418,7 @@ def run_infill(
     backend: str = "auto",
     inputs: str | Path | None = None,
     out_dir: str | Path = "out/infill",
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     export: str = "drive",
     engine: Engine | None = None,
     progress=None,
@@ -456,19 +458,16 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
 
     Written beside the outputs as ``NDVI_Comparison<suffix>.png`` unless ``path`` is given.
     """
-    from .outputs import atomic_path
-    from .plots import _pyplot
+    from .plots import colormap, new_figure, save_png
     from .ui.layers import NDVI_STYLE
 
     table = result.metadata
     candidates = table[(table["Cloud_cover"] > 0) & (table["Cloud_cover"] < 90)]
     row = (candidates if len(candidates) else table).sort_values("Cloud_cover").iloc[-1]
     index = int(np.flatnonzero(table["ID"].astype(str).to_numpy() == str(row["ID"]))[0])
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    fig, axes = new_figure(1, 3, figsize=(12, 4.2))
     palette, vmin, vmax = NDVI_STYLE
-    cmap = plt.get_cmap(palette).copy()
-    cmap.set_bad("lightgrey")
+    cmap = colormap(palette, bad="lightgrey")
     for ax, (label, stack) in zip(axes, (("observed (clear pixels)", result.observed),
                                          ("predicted from S1", result.predicted), ("gap-free", result.gapfree))):
         image = ax.imshow(np.ma.masked_invalid(stack.isel(time=index).values), cmap=cmap, vmin=vmin, vmax=vmax,
@@ -480,10 +479,7 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
     date = str(pd.to_datetime(row["CollectionTime"], unit="ms").date())
     fig.suptitle(f"{row['ID']} ({date}): {row['Cloud_cover']:.0f} % cloudy  (grey: no data)")
     path = Path(path) if path else result.paths["metadata"].with_name(f"NDVI_Comparison{result.params.suffix}.png")
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=80, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "data" / "sample"
+SAMPLE = ROOT / "optsar_nb" / "demo_scene"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The scene simulator and the committed demo scene (data/sample)."""
+"""The scene simulator and the committed demo scene (optsar_nb/demo_scene)."""
 
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def test_sample_reads_back(sample_dir, optical):
     np.testing.assert_allclose(stats.CLOUD_PERCENTAGE_AOI, ndvi.CLOUD_PERCENTAGE_AOI.values)
     assert np.array_equal(stats.PIXEL_COUNT_AOI, ndvi.PIXEL_COUNT_AOI.values)
     readme = (sample_dir / "README.md").read_text()
-    assert "SIMULATED" in readme and "python -m optsar_nb.local.simulate --out data/sample" in readme
+    assert "SIMULATED" in readme and "python -m optsar_nb.local.simulate --out optsar_nb/demo_scene" in readme
     assert json.loads((sample_dir / "aoi.geojson").read_text())["features"][0]["properties"]["simulated"]
 
 

@@ -126,8 +126,8 @@ def test_gap_statistics_button_shows_layer_colorbar_and_direct_numbers(app, demo
     app.buttons["gaps"].click()
     assert "gap statistics ready" in app.message.value, app.message.value
     assert "gap_mean (days)" in layer_names(app)
-    colorbar = app.stat_layer.colorbar.value
-    assert "gap_mean (days)" in colorbar and "linear-gradient" in colorbar
+    colorbar = app.stat_layer.legend.value
+    assert "gap_mean (days)" in colorbar and "linear-gradient" in colorbar and "stretched" in colorbar
     direct = direct_statistics(demo_dir, load_aoi(feature(RECTANGLE)), tmp_path)
     inside = direct["valid_count"] > 0
     shown = app.stat_layer.values("gap_mean")
@@ -139,8 +139,11 @@ def test_gap_statistics_button_shows_layer_colorbar_and_direct_numbers(app, demo
 
     app.stat_layer.dropdown.value = "clear_fraction"
     assert "clear_fraction (fraction)" in layer_names(app) and "gap_mean (days)" not in layer_names(app)
-    assert "clear_fraction (fraction)" in app.stat_layer.colorbar.value
-    assert (app.stat_layer.style.vmin, app.stat_layer.style.vmax) == (0.0, 1.0)
+    assert "clear_fraction (fraction)" in app.stat_layer.legend.value
+    # stretched to the AOI's own range (a fixed 0-1 range made the layer look uniform)
+    fractions = direct["clear_fraction"][inside]
+    assert (app.stat_layer.style.vmin, app.stat_layer.style.vmax) == pytest.approx((fractions.min(), fractions.max()))
+    assert fractions.max() - fractions.min() < 0.5
     assert "Gap statistics: done" in app.progress.label.value
 
 
@@ -171,11 +174,29 @@ def test_export_button_writes_files(demo_dir, tmp_path):
     app = OptsarApp(backend="local", inputs=demo_dir, out_dir=tmp_path)
     draw(app, RECTANGLE)
     app.buttons["export"].click()
-    assert (tmp_path / "gaps" / f"Gap_Statistics{SUFFIX}.tif").exists()
-    assert "written to" in app.message.value
-    app.buttons["export"].click()  # a second export refuses to overwrite, and says how to
-    assert "overwrite" in app.message.value
+    written = tmp_path / "gaps" / f"Gap_Statistics{SUFFIX}.tif"
+    assert written.exists()
+    assert f"written to {tmp_path / 'gaps'}: " in app.message.value  # the folder the files are in
+    app.buttons["export"].click()  # pressing it again replaces the app's own earlier outputs
+    assert f"written to {tmp_path / 'gaps'}" in app.message.value, app.message.value
+    written.write_bytes(b"changed by the user")  # no longer the app's output: refused, pointing to the checkbox
+    app.buttons["export"].click()
+    assert "tick &#x27;overwrite outputs&#x27;" in app.message.value and "overwrite=True" not in app.message.value
+    assert written.read_bytes() == b"changed by the user"
+    app.overwrite.value = True
+    app.buttons["export"].click()
+    assert "written to" in app.message.value and written.read_bytes() != b"changed by the user"
     app.cleanup()
+
+
+def test_an_old_error_does_not_stay_beside_a_later_result(app):
+    app.aoi_control._handle_upload({"new": ({"name": "notes.txt", "content": memoryview(b"hello")},)})
+    app.map._handle_leaflet_event(None, {"event": "interaction", "type": "click", "coordinates": [0.0, 0.0]}, [])
+    assert "optsar-error" in app.aoi_control.message.value and "optsar-error" in app.inspector.message.value
+    draw(app, RECTANGLE)
+    app.buttons["gaps"].click()
+    assert "gap statistics ready" in app.message.value
+    assert "optsar-error" not in app.aoi_control.message.value + app.inspector.message.value
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +218,70 @@ def test_clicking_a_pixel_plots_its_ndvi_and_s1_series(app, demo_dir):
     assert "no data" in app.inspector.message.value
 
 
+def test_one_data_layer_at_a_time_with_its_legend_only(app):
+    from ipyleaflet import ImageOverlay
+
+    def overlays():
+        return [layer.name for layer in app.map.layers if isinstance(layer, ImageOverlay)]
+
+    assert app.layers.widget.layout.display == "none" and app.mask_controls.layout.display == "none"
+    draw(app, RECTANGLE)
+    app.buttons["gaps"].click()  # the masks and the statistics: the statistic (last given) is shown
+    assert overlays() == ["gap_mean (days)"]
+    assert app.layers.legend_box.children == (app.stat_layer.legend,)
+    assert "gap_mean (days)" in app.layers.status.value
+    assert list(app.layers.choice.options) == ["clear-day mask", "gap statistic"]
+    app.layers.choice.value = "clear-day mask"
+    dates = app.mask_layer.dates
+    assert overlays() == [f"clear-day mask {dates[0]}"]
+    assert app.layers.legend_box.children == (app.mask_layer.legend,)
+    app.mask_layer.slider.value = 3  # the group touched stays the one shown
+    assert overlays() == [f"clear-day mask {dates[3]}"]
+    app.stat_layer.dropdown.value = "gap_max"  # picking a statistic brings the statistics back
+    assert overlays() == ["gap_max (days)"] and app.layers.choice.value == "gap statistic"
+    app.layers.opacity_slider.value = 0.4
+    assert [layer.opacity for layer in app.map.layers if isinstance(layer, ImageOverlay)] == [0.4]
+    app.layers.choice.value = "clear-day mask"
+    assert [layer.opacity for layer in app.map.layers if isinstance(layer, ImageOverlay)] == [0.4]
+
+
+def test_the_map_opens_on_the_data(app, demo_dir):
+    """Without an AOI the map opens on the input scene, not on the whole world at (0, 0)."""
+    import json as _json
+
+    ring = _json.loads((demo_dir / "aoi.geojson").read_text())
+    scene = load_aoi(ring)
+    lat, lon = app.map.center
+    west, south, east, north = scene.bounds
+    assert south - 0.01 < lat < north + 0.01 and west - 0.01 < lon < east + 0.01
+    assert app.map.zoom >= 13
+
+
+def test_figures_leave_the_notebooks_matplotlib_backend_alone(app, tmp_path):
+    """Writing a PNG (panel, report) once switched the kernel to Agg, after which a clicked pixel's
+    figure showed as text ("<Figure size 800x320 with 2 Axes>") instead of a picture."""
+    import matplotlib
+
+    from optsar_nb.plots import gap_panel
+
+    before = matplotlib.get_backend()
+    matplotlib.use("module://matplotlib_inline.backend_inline")
+    try:
+        draw(app, RECTANGLE)
+        app.buttons["gaps"].click()
+        gap_panel(app.gap_result.statistics, tmp_path / "panel.png")
+        assert matplotlib.get_backend() == "module://matplotlib_inline.backend_inline"
+        app.inspector.inspect(148.7700, -31.3180)
+        assert matplotlib.get_backend() == "module://matplotlib_inline.backend_inline"
+        shown = app.inspector.output.outputs
+        assert len(shown) == 1 and "image/png" in shown[0]["data"]
+        import matplotlib.pyplot as plt
+
+        assert plt.get_fignums() == []  # no figure left open in pyplot either
+    finally:
+        matplotlib.use(before)
+
+
 def test_cleanup_removes_everything_the_app_added(app):
     draw(app, RECTANGLE)
     app.buttons["gaps"].click()
@@ -212,7 +297,7 @@ def test_cleanup_removes_everything_the_app_added(app):
 def test_array_overlay_is_georeferenced_and_transparent_where_nan():
     from PIL import Image
 
-    from optsar_nb.ui.layers import LayerStyle, array_to_overlay
+    from optsar_nb.ui.layers import LayerStyle, array_to_overlay, to_lonlat_grid
 
     values = np.arange(20 * 30, dtype="float32").reshape(20, 30)
     values[:5, :5] = np.nan
@@ -223,6 +308,12 @@ def test_array_overlay_is_georeferenced_and_transparent_where_nan():
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
     assert image.shape[2] == 4
     assert image[0, 0, 3] == 0 and image[-1, -1, 3] == 255  # NaN corner transparent
+    # pixels are drawn as k x k blocks of one colour (crisp squares when the browser enlarges them)
+    warped, _ = to_lonlat_grid(values, crs="EPSG:32755", transform=transform)
+    k = image.shape[0] // warped.shape[0]
+    assert k > 1 and image.shape[:2] == (k * warped.shape[0], k * warped.shape[1])
+    blocks = image.reshape(warped.shape[0], k, warped.shape[1], k, 4)
+    assert (blocks == blocks[:, :1, :, :1]).all()
     (south, west), (north, east) = bounds
     from pyproj import Transformer
 
@@ -299,7 +390,7 @@ def test_infill_button_shows_ndvi_toggle_and_pixel_series(demo_dir, tmp_path):
     assert (tmp_path / "infill" / f"NDVI_gapfree{SUFFIX}.tif").exists()
     first = app.ndvi.dates[0]
     assert f"NDVI gap-free {first}" in layer_names(app)
-    assert "NDVI gap-free (NDVI)" in app.ndvi.colorbar.value
+    assert "NDVI gap-free (NDVI)" in app.ndvi.legend.value
     app.ndvi.toggle.value = "observed"
     assert f"NDVI observed {first}" in layer_names(app) and f"NDVI gap-free {first}" not in layer_names(app)
     app.ndvi.slider.value = 5

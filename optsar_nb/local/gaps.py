@@ -269,7 +269,7 @@ def characterize_gaps(
     out_dir: str | Path,
     *,
     aoi=None,
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     plot: bool = True,
 ) -> dict[str, Path]:
     """Run part A on a state stack and write its outputs into ``out_dir``.
@@ -278,8 +278,8 @@ def characterize_gaps(
     (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI per input image) and, with
     ``plot``, ``Gap_Statistics<suffix>.png``, and ``Gap_Manifest<suffix>.json`` last, which marks
     the set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then moved into place;
-    one run per folder). Existing files are refused unless ``overwrite``. Returns the written
-    paths by kind.
+    one run per folder). Existing files are refused unless ``overwrite`` (True, or "own": only this
+    job's own unchanged earlier outputs). Returns the written paths by kind.
     """
     from ..outputs import OutputSet, fingerprint, write_csv
     from ..products import GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name

@@ -10,7 +10,7 @@ come from a counter-based hash of those integers, never from a stateful generato
 chunks agree at their edges and results do not depend on chunking. Stacks are lazy dask arrays
 chunked in space, so stacks of the published case sizes never sit whole in memory.
 
-Run ``python -m optsar_nb.local.simulate --out data/sample`` to write the demo scene.
+Run ``python -m optsar_nb.local.simulate --out optsar_nb/demo_scene`` to write the demo scene.
 """
 
 from __future__ import annotations
@@ -579,7 +579,8 @@ def _readme(scene: Scene, optical: xr.Dataset, radar: xr.Dataset, clouds: pd.Dat
     n_clear, n_overcast = int((pct == 0).sum()), int((pct == 100).sum())
     covers = pd.Series(np.asarray(land_cover(scene)).ravel()).map(lambda i: LAND_COVERS[i].name).value_counts()
     case = next((k for k in BENCHMARK_CASES if scene == benchmark_scene(k, seed=scene.seed)), None)
-    command = "python -m optsar_nb.local.simulate " + (f"--case {case} --out <folder>" if case else "--out data/sample")
+    command = "python -m optsar_nb.local.simulate " + (f"--case {case} --out <folder>" if case
+                                                        else "--out optsar_nb/demo_scene")
     command += f" --seed {scene.seed}" if scene.seed != DEMO_SEED else ""
     return f"""# {"Demo scene" if scene == DEMO else "Scene"}: SIMULATED data
 
@@ -642,7 +643,7 @@ scattering (more in VH) and attenuates the soil; speckle is gamma-distributed in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a SIMULATED scene (default: the demo) in the seed's format.")
-    parser.add_argument("--out", required=True, help="output folder, e.g. data/sample")
+    parser.add_argument("--out", required=True, help="output folder, e.g. optsar_nb/demo_scene")
     parser.add_argument("--case", type=int, choices=sorted(BENCHMARK_CASES),
                         help="write a stack of the size of published case 1, 2 or 3 instead of the demo")
     parser.add_argument("--seed", type=int, default=DEMO_SEED)

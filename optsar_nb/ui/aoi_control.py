@@ -28,7 +28,14 @@ def message_html(text: str, *, kind: str = "info") -> str:
 
     color = {"error": "#b2182b", "ok": "#1a7837", "info": "#333333"}.get(kind, "#333333")
     icon = {"error": "&#9888; ", "ok": "&#10003; "}.get(kind, "")
-    return f'<div style="color:{color};font:13px sans-serif;white-space:normal">{icon}{html.escape(text)}</div>'
+    return (f'<div class="optsar-message optsar-{kind}" style="color:{color};font:13px sans-serif;'
+            f'white-space:normal">{icon}{html.escape(text)}</div>')
+
+
+def clear_error(panel) -> None:
+    """Empty a message panel (an ipywidgets.HTML) that shows an error: a later action supersedes it."""
+    if "optsar-error" in panel.value:
+        panel.value = ""
 
 
 def geojson_from_upload(name: str, content: bytes) -> dict | str:
@@ -124,6 +131,9 @@ class AOIControl:
 
     def show_error(self, text: str) -> None:
         self.message.value = message_html(text, kind="error")
+
+    def clear_error(self) -> None:
+        clear_error(self.message)
 
     def _draw_layer(self, aoi: AOI) -> None:
         ipyleaflet = require("ipyleaflet")

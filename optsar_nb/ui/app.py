@@ -14,17 +14,19 @@ import html
 from pathlib import Path
 
 from .. import run
-from ..errors import OptsarError
+from ..errors import OptsarError, OutputExists
 from ..missions import MISSIONS
 from ..params import GapParams
 from ._deps import require
-from .aoi_control import AOIControl, message_html
+from .aoi_control import AOIControl, clear_error, message_html
 from .inspector import PixelInspector
 from .layers import lonlat_bounds, nice_bounds_center
-from .map_widgets import ClearMaskLayer, NDVICompare, StatisticLayer, ee_statistic_styles
+from .map_widgets import ClearMaskLayer, LayerSwitch, NDVICompare, StatisticLayer, ee_statistic_styles
 from .progress import ProgressPanel
 
 MAP_HEIGHT = "480px"
+# Leaflet draws an image overlay as an <img> that the browser smooths when enlarged: keep pixels square.
+PIXELATED_CSS = "<style>.leaflet-image-layer { image-rendering: pixelated; }</style>"
 
 
 def make_map(engine: run.Engine):
@@ -49,7 +51,9 @@ class OptsarApp:
     """The app widget. Display it in a notebook (``display(app)`` or as a cell's last value).
 
     ``backend``: "auto" | "ee" | "local"; ``inputs``: local input folder (None: the demo scene);
-    ``out_dir``: where Export writes; ``gaps``/``infill``: results of :func:`optsar_nb.run.run_gaps`
+    ``out_dir``: where Export (``out_dir/gaps``) and Infill (``out_dir/infill``) write; pressing
+    them again replaces the app's own earlier outputs there, and any other file only when
+    "overwrite outputs" is ticked. ``gaps``/``infill``: results of :func:`optsar_nb.run.run_gaps`
     / :func:`optsar_nb.run.run_infill` to show at once (as the notebooks do after their runs).
     ``export_options``: Earth Engine export settings for Infill and Export (``export_options`` of
     :func:`optsar_nb.run.run_gaps`, e.g. ``{"wait": False}`` to start the tasks without waiting).
@@ -72,6 +76,8 @@ class OptsarApp:
         self.mask_layer = ClearMaskLayer(self.map)
         self.stat_layer = StatisticLayer(self.map)
         self.ndvi = NDVICompare(self.map)
+        self.layers = LayerSwitch(self.map, {"clear-day mask": self.mask_layer, "gap statistic": self.stat_layer,
+                                             "NDVI": self.ndvi})
         self.inspector = PixelInspector(self.map, self.pixel_stacks)
         self.progress = ProgressPanel()
 
@@ -79,7 +85,8 @@ class OptsarApp:
                                         layout=widgets.Layout(width="160px"))
         self.start = widgets.DatePicker(value=_date(start), description="Start")
         self.end = widgets.DatePicker(value=_date(end), description="End")
-        self.overwrite = widgets.Checkbox(value=False, description="overwrite outputs", indent=False)
+        self.overwrite = widgets.Checkbox(value=False, description="overwrite outputs", indent=False,
+                                          tooltip="replace files in the output folder that this app did not write")
         self.buttons = {
             "preview": self._button("Preview masks", "eye", self.preview_masks),
             "gaps": self._button("Gap statistics", "bar-chart", self.compute_gaps),
@@ -87,22 +94,29 @@ class OptsarApp:
             "export": self._button("Export", "download", self.export),
         }
         self.message = widgets.HTML(message_html(str(self.engine)))
+        hidden = widgets.Layout(display="none")  # each row of layer controls appears with its data
+        self.mask_controls = widgets.HBox([self.mask_layer.slider], layout=hidden)
+        self.stat_controls = widgets.HBox([self.stat_layer.dropdown], layout=widgets.Layout(display="none"))
+        self.ndvi_controls = widgets.HBox([self.ndvi.toggle, self.ndvi.slider], layout=widgets.Layout(display="none"))
         self.widget = widgets.VBox([
+            widgets.HTML(PIXELATED_CSS),
             widgets.HBox([self.mission, self.start, self.end]),
             widgets.HBox([*self.buttons.values(), self.aoi_control.upload, self.overwrite]),
             self.aoi_control.message, self.message, self.progress.widget, self.map,
-            widgets.HBox([self.mask_layer.slider, self.stat_layer.dropdown]),
-            widgets.HBox([self.ndvi.toggle, self.ndvi.slider]),
+            self.layers.status, self.layers.widget, self.mask_controls, self.stat_controls, self.ndvi_controls,
             self.inspector.message, self.inspector.output,
         ])
+        result_aoi = next((r.aoi for r in (gaps, infill) if r is not None and r.aoi is not None), None)
         if aoi is not None:
             self.aoi_control.set_aoi(aoi, origin="parameters")
-        elif gaps is not None and gaps.aoi is not None:
-            self.aoi_control.set_aoi(gaps.aoi, origin="the notebook's run")
+        elif result_aoi is not None:
+            self.aoi_control.set_aoi(result_aoi, origin="the notebook's run")
         if gaps is not None:
             self.show_gaps(gaps)
         if infill is not None:
             self.show_infill(infill)
+        if self.aoi is None and gaps is None and infill is None and self.engine.name == "local":
+            self._zoom_to_results(next(iter(run.input_stacks(self.params(), self.inputs).values()), None))
 
     # display ---------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
@@ -110,17 +124,22 @@ class OptsarApp:
 
     def _button(self, text: str, icon: str, action):
         widgets = require("ipywidgets")
-        button = widgets.Button(description=text, icon=icon, layout=widgets.Layout(width="140px"))
+        button = widgets.Button(description=text, icon=icon, layout=widgets.Layout(width="auto"))
         button.on_click(lambda _: self._guarded(text, action))
         return button
 
     def _guarded(self, text: str, action) -> None:
-        """Run a button's action; bad input or a failed step becomes a message, not a traceback."""
+        """Run a button's action; bad input or a failed step becomes a message, not a traceback.
+        Messages of earlier actions are cleared first, so that an old error never stands beside a
+        new result."""
+        self.show_message(f"{text}: running...")
+        for panel in (self.aoi_control.message, self.inspector.message):
+            clear_error(panel)
         try:
             with self.progress.step(text):
                 action()
         except OptsarError as exc:
-            self.show_message(f"{text}: {exc}", kind="error")
+            self.show_message(f"{text}: {_in_app_terms(exc)}", kind="error")
         except Exception as exc:  # an unexpected failure: say what and where, keep the app alive
             self.show_message(f"{text} failed ({type(exc).__name__}): {exc}", kind="error")
 
@@ -157,9 +176,13 @@ class OptsarApp:
         self.show_gaps(result)
         self.show_message("gap statistics ready: pick one in the Statistic list", kind="ok")
 
+    def _overwrite(self) -> bool | str:
+        """The checkbox ticked: replace any file; else only the app's own earlier outputs."""
+        return True if self.overwrite.value else "own"
+
     def compute_infill(self) -> None:
         """Infill cloudy NDVI from Sentinel-1 (writes the infill outputs into the output folder)."""
-        result = run.run_infill(out_dir=self.out_dir / "infill", overwrite=self.overwrite.value,
+        result = run.run_infill(out_dir=self.out_dir / "infill", overwrite=self._overwrite(),
                                 progress=self.progress.ee_task_update, export_options=self.export_options,
                                 **self._run_kwargs())
         self.show_infill(result)
@@ -167,7 +190,7 @@ class OptsarApp:
 
     def export(self) -> None:
         """Write (local) or start exporting (Earth Engine) the gap statistics of the AOI."""
-        result = run.run_gaps(out_dir=self.out_dir / "gaps", overwrite=self.overwrite.value,
+        result = run.run_gaps(out_dir=self.out_dir / "gaps", overwrite=self._overwrite(),
                               progress=self.progress.ee_task_update, export_options=self.export_options,
                               **self._run_kwargs())
         self.gap_result = result
@@ -175,11 +198,9 @@ class OptsarApp:
             states = ", ".join(f"{name}: {state}" for report in result.tasks for name, state in report.items())
             self.show_message(f"Earth Engine exports: {states}", kind="ok")
             return
-        files = [*result.paths.values()]
-        if self.infill_result is not None:
-            files += list(self.infill_result.paths.values())
-        listing = ", ".join(html.escape(Path(p).name) for p in files)
-        self.show_message(f"written to {self.out_dir}: {listing}", kind="ok")
+        folder = Path(next(iter(result.paths.values()))).parent
+        listing = ", ".join(html.escape(Path(p).name) for p in result.paths.values())
+        self.show_message(f"written to {folder}: {listing}", kind="ok")
 
     # showing results ---------------------------------------------------------------------------
     def _show_masks(self, result: run.GapResult) -> None:
@@ -187,6 +208,7 @@ class OptsarApp:
             self.mask_layer.set_source(result.daily_state)
         elif result.ee_image is not None:
             self.mask_layer.set_source(result.ee_collection, dates=result.dates)
+        self.mask_controls.layout.display = "flex"
         self._zoom_to_results(result.statistics)
 
     def show_gaps(self, result: run.GapResult) -> None:
@@ -198,23 +220,32 @@ class OptsarApp:
         else:  # Earth Engine: colour ranges from the AOI's values, as local layers have
             self.stat_layer.set_source(result.ee_image, ee_styles=ee_statistic_styles(
                 result.ee_image, result.aoi.to_ee(), result.params))
+        self.stat_controls.layout.display = "flex"
 
     def show_infill(self, result) -> None:
         """Show an infill run: observed / gap-free / predicted NDVI and the pixel inspector's series."""
         self.infill_result = result
         self.ndvi.set_source({"observed": result.observed, "gap-free": result.gapfree, "predicted": result.predicted},
                              dates=getattr(result, "dates", None))
+        self.ndvi_controls.layout.display = "flex"
+        self._zoom_to_results(result.gapfree)
 
     def pixel_stacks(self) -> dict:
-        """What the pixel inspector plots: the infill run's stacks, else the local input stacks."""
+        """What the pixel inspector plots: the infill run's stacks, else the local input stacks; on
+        Earth Engine, the request of a clicked pixel's series (:mod:`optsar_nb.ee.pixel`)."""
         if self.infill_result is not None:
             r = self.infill_result
+            if r.engine.name == "ee":
+                from ..ee.pixel import infill_series
+
+                return infill_series(r)
             stacks = {"observed": r.observed, "predicted": r.predicted, "gap-free": r.gapfree, "VV": r.vv, "VH": r.vh}
-            # Earth Engine results are server-side images: the inspector plots local arrays only
-            return {k: v for k, v in stacks.items() if v is not None and not _is_ee_object(v)}
+            return {k: v for k, v in stacks.items() if v is not None}
         if self.engine.name == "local":
             return run.input_stacks(self.params(), self.inputs)
-        return {}
+        from ..ee.pixel import input_series
+
+        return input_series(self.aoi, self.params())
 
     def _zoom_to_results(self, stack) -> None:
         """Centre the map on a local result when no AOI is drawn (the AOI control zooms otherwise)."""
@@ -223,10 +254,33 @@ class OptsarApp:
         bounds = lonlat_bounds(stack.attrs.get("crs"), stack.attrs["transform"], stack.sizes["y"], stack.sizes["x"])
         self.map.center, self.map.zoom = nice_bounds_center(bounds)
 
+    def save_pictures(self, folder: str | Path) -> list[Path]:
+        """A PNG of each data layer as it is set now (the mask's date, the statistic, the NDVI kind
+        and date), ``Map_<layer>.png`` in ``folder`` (replaced at each call: the folder is the
+        app's): a static view for saved notebooks, whose live map needs the widget scripts.
+        Earth Engine layers are tiles on Google's servers and are not drawn here."""
+        from ..plots import map_picture
+
+        paths = []
+        for group in self.layers.groups.values():
+            picture = group.picture()
+            if picture is not None:
+                name = "Map_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in picture["title"]) + ".png"
+                paths.append(map_picture(path=Path(folder) / name, overwrite=True, **picture))
+        return paths
+
     def cleanup(self) -> None:
         """Take every widget's layers, controls and callbacks off the map."""
-        for part in (self.aoi_control, self.mask_layer, self.stat_layer, self.ndvi, self.inspector):
+        for part in (self.aoi_control, self.mask_layer, self.stat_layer, self.ndvi, self.layers, self.inspector):
             part.cleanup()
+
+
+def _in_app_terms(exc: OptsarError) -> str:
+    """The error's message, with the app's own fix where the library's names a keyword."""
+    if isinstance(exc, OutputExists) and getattr(exc, "path", None) is not None:
+        return (f"{exc.path} exists and is not an unchanged output of this app: tick 'overwrite outputs' to "
+                "replace it, or remove it")
+    return str(exc)
 
 
 def _date(value) -> dt.date:

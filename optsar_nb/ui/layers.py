@@ -49,6 +49,7 @@ class LayerStyle:
     vmax: float
     label: str
     unit: str = ""
+    note: str = ""  # a line under the colorbar's title, e.g. how the range was chosen
 
     def vis_params(self) -> dict:
         """Earth Engine visualization parameters with the same palette and range."""
@@ -69,14 +70,16 @@ def value_range(values: np.ndarray, *, robust: bool = False) -> tuple[float, flo
 
 
 def statistic_style(name: str, values: np.ndarray | None = None) -> LayerStyle:
-    """The style of a gap statistic band: its palette and unit from ``optsar_nb.products``."""
+    """The style of a gap statistic band: its palette and unit from ``optsar_nb.products``, its
+    colours stretched from the lowest to the highest of ``values`` (the shown area's), so that
+    differences within an area show even when they are small (a clear fraction of 0.55 to 0.65)."""
     info = STATISTICS_BY_NAME.get(name)
     palette, unit = (info.palette, info.unit) if info else ("viridis", "")
-    if unit == "fraction":
-        vmin, vmax = 0.0, 1.0
-    else:
-        vmin, vmax = value_range(values) if values is not None else (0.0, 1.0)
-    return LayerStyle(palette=palette, vmin=vmin, vmax=vmax, label=name, unit=unit)
+    if values is None:
+        return LayerStyle(palette=palette, vmin=0.0, vmax=1.0, label=name, unit=unit)
+    vmin, vmax = value_range(values)
+    return LayerStyle(palette=palette, vmin=vmin, vmax=vmax, label=name, unit=unit,
+                      note="colours stretched from this area's lowest to its highest value")
 
 
 def ndvi_style(label: str = "NDVI") -> LayerStyle:
@@ -158,7 +161,15 @@ def array_to_overlay(values, *, crs, transform, style: LayerStyle | None = None,
         rgba = categorical_rgba(codes, colors)
     else:
         rgba = colorize(warped, style or LayerStyle("viridis", *value_range(warped), label=""))
-    return png_data_url(rgba), bounds
+    return png_data_url(blocky(rgba)), bounds
+
+
+def blocky(rgba: np.ndarray, *, target_px: int = 1024, max_factor: int = 16) -> np.ndarray:
+    """Each pixel repeated into a k x k block (k up to ``max_factor``, the image up to about
+    ``target_px`` wide): browsers smooth an image they enlarge, and a small scene seen at a high
+    zoom would otherwise show blurred pixels instead of crisp squares."""
+    k = max(1, min(max_factor, target_px // max(rgba.shape[:2])))
+    return np.repeat(np.repeat(rgba, k, axis=0), k, axis=1) if k > 1 else rgba
 
 
 def image_overlay(values, *, crs, transform, name: str, style: LayerStyle | None = None,
@@ -189,9 +200,10 @@ def colorbar_html(style: LayerStyle, *, ticks: int = 5, width_px: int = 220) -> 
         for i, v in enumerate(values)
     )
     title = f"{style.label} ({style.unit})" if style.unit else style.label
+    note = f'<div style="color:#555">{style.note}</div>' if style.note else ""
     return (
         f'<div class="optsar-colorbar" style="width:{width_px}px;font:11px sans-serif;padding:4px 10px 2px">'
-        f'<div style="font-weight:bold">{title}</div>'
+        f'<div style="font-weight:bold">{title}</div>{note}'
         f'<div style="height:12px;background:linear-gradient(to right, {stops});border:1px solid #777"></div>'
         f'<div style="position:relative;height:14px">{tick_cells}</div></div>'
     )
