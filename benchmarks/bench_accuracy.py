@@ -20,7 +20,7 @@ import rasterio
 
 ROOT = Path(__file__).resolve().parents[1]
 FLANDERS = ROOT.parent / "shared" / "data" / "flanders_2017"
-DEMO = ROOT / "data" / "sample"
+DEMO = ROOT / "optsar_nb" / "demo_scene"
 
 
 def pooled(tables: list[pd.DataFrame]) -> pd.DataFrame:

@@ -181,8 +181,8 @@ def run_batch(
             row.status, row.error, row.notebook, row.out_dir = "invalid", str(exc), "", ""
         else:
             (folder / "aoi.geojson").write_text(json.dumps(aoi.to_geojson()))
-            if previous and "overwrite" in identity:  # this AOI's own earlier outputs (other parameters, or unfinished)
-                values["overwrite"] = True
+            if previous and "overwrite" in identity and "overwrite" not in values:
+                values["overwrite"] = "own"  # this AOI's own earlier outputs (other parameters), nothing else
             _write_json(folder / STATUS_FILE, {**asdict(row), "status": "running", "parameters": identity})
             try:
                 run_one(notebook, folder, values, kernel_name=kernel_name, timeout_s=timeout_s)

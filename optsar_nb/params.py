@@ -191,6 +191,9 @@ class InfillParams(_Params):
     min_valid_pixels: int = 100  # B.2: drop images with <= 100 valid AOI pixels
     s1_window_days: int = 12  # B.3: S1 mean within +-12 days of the optical date
     s1_min_db: float = -40.0  # S1 backscatter below -40 dB is masked (dark swath edges)
+    # S1 backscatter above +30 dB is masked too (beyond the paper): calibrated sigma0 of land stays
+    # below about +20 dB; higher values are artefacts (linear power x 10000, amplitudes read as dB)
+    s1_max_db: float = 30.0
     neighbourhood_radius_px: int = 10  # B.3: square kernel radius for Nmean/Ndiff
     focal_median_radius_px: float = 1.5  # B.4 and B.10: circular focal median radius
     min_pairs: int = 10  # B.5: fewer pairs is an error
@@ -245,6 +248,9 @@ class InfillParams(_Params):
             _check_range(name, low, 0.0, 1.0)
             _check_range(name, high, low, 1.0)
             object.__setattr__(self, name, (float(low), float(high)))
+        if self.s1_min_db >= self.s1_max_db:
+            raise InvalidParameter(f"s1_min_db={self.s1_min_db!r} must be below s1_max_db={self.s1_max_db!r}: S1 "
+                                   "values outside [s1_min_db, s1_max_db] dB are masked (defaults -40 and 30)")
         for name in ("min_pairs", "s1_window_days", "neighbourhood_radius_px", "irls_max_iterations"):
             if getattr(self, name) < 1:
                 raise InvalidParameter(f"{name}={getattr(self, name)!r} must be at least 1")

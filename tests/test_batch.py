@@ -142,7 +142,7 @@ def test_force_interruption_and_resume(demo_dir, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "demo_south_field" / "status.json").read_text())["status"] == "running"
     summary = run_batch(AOIS, NOTEBOOK, tmp_path, parameters={"inputs": str(demo_dir)}, progress=False)
     assert list(summary.status) == ["skipped", "invalid", "ok"]
-    assert calls[-1] == ("demo_south_field", True)  # over its own unfinished outputs
+    assert calls[-1] == ("demo_south_field", "own")  # over its own outputs, never over a file it did not write
     summary = run_batch(AOIS, NOTEBOOK, tmp_path, parameters={"inputs": str(demo_dir)}, force=True, progress=False)
     assert list(summary.status) == ["ok", "invalid", "ok"]
 

@@ -46,7 +46,7 @@ def test_demo_prints_outputs_and_truth_mae(tmp_path, capsys):
     meta = out / "infill" / "Output_Metadata_S2_2021-01-01_2022-01-01.csv"
     gapfree = read_stack(out / "infill" / "NDVI_gapfree_S2_2021-01-01_2022-01-01.tif", meta)
     mask = read_stack(out / "infill" / "NDVI_Mask_S2_2021-01-01_2022-01-01.tif", meta).values
-    truth = read_stack(ROOT / "data" / "sample" / "NDVI_Truth_S2_2021-01-01_2022-01-01.tif")
+    truth = read_stack(ROOT / "optsar_nb" / "demo_scene" / "NDVI_Truth_S2_2021-01-01_2022-01-01.tif")
     err = np.abs(gapfree.values - truth.sel(time=gapfree.time).values)[mask == 0]
     assert mae == pytest.approx(float(np.nanmean(err)), abs=1e-4)
     # a second run keeps the first run's files and says how to replace them
@@ -62,7 +62,7 @@ def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, 
 
     free = 10**6
     monkeypatch.setattr(_pipeline.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
-    sample = ROOT / "data" / "sample"
+    sample = ROOT / "optsar_nb" / "demo_scene"
     args = ["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01"]
     work = tmp_path / "scratch"
     assert main([*args, "--out", str(tmp_path / "out"), "--work-dir", str(work)]) == 2
@@ -79,7 +79,7 @@ def test_infill_stages_in_the_work_dir(tmp_path, monkeypatch):
     used = []
     mkdtemp = _pipeline.tempfile.mkdtemp
     monkeypatch.setattr(_pipeline.tempfile, "mkdtemp", lambda **kw: used.append(kw["dir"]) or mkdtemp(**kw))
-    sample = ROOT / "data" / "sample"
+    sample = ROOT / "optsar_nb" / "demo_scene"
     work = tmp_path / "scratch"
     assert main(["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01", "--workers", "1",
                  "--out", str(tmp_path / "out"), "--work-dir", str(work), "--method", "paper"]) == 0

@@ -55,10 +55,12 @@ def test_qa_pixel_bits(ee_offline, mission):
 
 
 def test_s1_filters(ee_offline):
-    expr = encode(col.s1_collection(flanders_aoi(), start=InfillParams().start, end=InfillParams().end, min_db=-40.0))
+    p = InfillParams()
+    expr = encode(col.s1_collection(flanders_aoi(), start=p.start, end=p.end, min_db=p.s1_min_db, max_db=p.s1_max_db))
     constants = constants_of(expr)
     assert _loaded_ids(expr) == {S1.collection_id}
-    assert S1.instrument_mode in constants and "VV" in constants and "VH" in constants and -40.0 in constants
+    assert S1.instrument_mode in constants and "VV" in constants and "VH" in constants
+    assert -40.0 in constants and 30.0 in constants and {"Image.gte", "Image.lte"} <= algorithms_in(expr)
 
 
 def test_building_gaps_makes_no_round_trip(ee_offline, monkeypatch):

@@ -151,6 +151,44 @@ def test_too_few_pairs_is_a_clear_error(flanders_ee, aoi):
     assert len(fetches) == 1
 
 
+def test_sentinel1_above_the_db_range_is_masked_as_locally(flanders_ee, aoi):
+    """The real S1 cubes with values above +30 dB and +inf put in: the graph's S1 window means
+    (masked with gte(s1_min_db) and lte(s1_max_db)) equal the local engine's and numpy's."""
+    import dataclasses
+
+    import pandas as pd
+    from ee_support.cubes import s1_collection, s2_collection
+    from ee_support.evaluator import Evaluator
+    from test_infill import reference_window_mean, with_implausible_values
+
+    from optsar_nb.ee import collections as col
+    from optsar_nb.missions import MISSIONS, S1
+
+    _, cubes = flanders_ee
+    bad = dataclasses.replace(cubes, vv=with_implausible_values(cubes.vv, seed=1),
+                              vh=with_implausible_values(cubes.vh, seed=2))
+    ev = Evaluator(cubes.grid)
+    ev.register(MISSIONS["S2"].collection_id, s2_collection(cubes))
+    ev.register(S1.collection_id, s1_collection(bad))
+    region = col.region_of(aoi)
+    optical = col.optical_collection(region, mission=MISSIONS["S2"], start=PARAMS.start, end=PARAMS.end)
+    windows = ev.evaluate(ee_infill.s1_window_mean(optical, region, PARAMS, col.optical_grid(region, PARAMS)))
+    times = pd.to_datetime([image.props["system:time_start"] for image in windows.images], unit="ms").to_numpy()
+    inside = _inside(flanders_ee, aoi)
+    for band, s1 in (("VV", bad.vv), ("VH", bad.vh)):
+        ours = np.stack([band_array(image, band) for image in windows.images])
+        local = local_infill.s1_window_mean(s1, times, PARAMS)[0].values
+        expected = reference_window_mean(s1.values, s1.time.values, times, PARAMS.s1_window_days,
+                                         PARAMS.s1_min_db, PARAMS.s1_max_db)
+        assert np.isnan(ours[:, ~inside]).all()  # clipped to the AOI
+        np.testing.assert_allclose(ours[:, inside], local[:, inside], rtol=1e-6, atol=0, err_msg=band)
+        np.testing.assert_allclose(ours[:, inside], expected[:, inside], rtol=1e-6, atol=0, err_msg=band)
+        # unmasked, the finite values put in would move most means inside the AOI by more than 1 dB
+        with_them = reference_window_mean(s1.values, s1.time.values, times, PARAMS.s1_window_days,
+                                          PARAMS.s1_min_db, np.inf)
+        assert (np.abs(with_them - expected)[:, inside] > 1).mean() > 0.4
+
+
 def test_inputs_export_in_the_seed_format(flanders_ee, ee_run, tmp_path):
     """export_infill_inputs writes NDVI_Input, NDVI_Mask, VV_Input, VH_Input and both metadata
     tables; the images evaluate to one band per image ID."""

@@ -162,13 +162,15 @@ def test_s1_window_mean_matches_hand_loop():
     s1 = rng.normal(-12, 3, size=(12, 4, 5))
     s1[2, 0, 0] = -45.0  # below -40 dB: masked
     s1[3, 1, 1] = np.nan
+    s1[6, 2, 2] = 31.0  # above +30 dB: masked
+    s1[7, 3, 3] = np.inf
     w = _kernels.window_weights(opt_times, s1_times, 12)
-    got = _kernels.window_mean(s1, w, -40.0)
+    got = _kernels.window_mean(s1, w, -40.0, 30.0)
     for i, t in enumerate(opt_times):
         sel = [j for j, s in enumerate(s1_times) if t - pd.Timedelta(days=12) <= s < t + pd.Timedelta(days=12)]
         for y in range(4):
             for x in range(5):
-                vals = [s1[j, y, x] for j in sel if np.isfinite(s1[j, y, x]) and s1[j, y, x] >= -40]
+                vals = [s1[j, y, x] for j in sel if np.isfinite(s1[j, y, x]) and -40 <= s1[j, y, x] <= 30]
                 expected = np.mean(vals) if vals else np.nan
                 np.testing.assert_allclose(got[i, y, x], expected, rtol=1e-12)
     # S1_COUNT: S1 on days 0, 6, ..., 66; windows [-10, 14), [28, 52), [66, 90) hold 3, 4 and 1 images
@@ -533,8 +535,8 @@ def test_a_scaled_ndvi_stops_with_the_reason(sample_dir, tmp_path):
 
 
 def test_sentinel1_without_a_valid_value_stops_with_the_reason(sample_dir, tmp_path):
-    """All-no-data S1 (or S1 in linear power read as dB: every value below -40 dB would do the
-    same): the regression has nothing to learn from; the error says so, and nothing is written."""
+    """All-no-data S1 (every value below s1_min_db would do the same): the regression has nothing
+    to learn from; the error says so, and nothing is written."""
     from optsar_nb.errors import NoImages
 
     p = inf.InfillParams(mission="S2", start="2021-01-01", end="2022-01-01")
@@ -542,4 +544,70 @@ def test_sentinel1_without_a_valid_value_stops_with_the_reason(sample_dir, tmp_p
     empty = (vv * np.nan).assign_attrs(vv.attrs)
     with pytest.raises(NoImages, match="Sentinel-1 has no valid VV value"):
         inf.infill(ndvi, state, empty, vh, p, tmp_path, report=False, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentinel-1 above the plausible dB range
+IMPLAUSIBLE_DB = (30.5, 45.0, 1.2e4, np.inf)  # a glitch, amplitudes read as dB, linear power x 10000, +inf
+
+
+def with_implausible_values(s1: xr.DataArray, seed: int = 0) -> xr.DataArray:
+    """A copy of a real S1 stack with about one value in ten replaced by one above +30 dB or by
+    +inf, +inf in every image at pixel (0, 0), and +30 dB itself (the bound, kept) every 7th image
+    at the last pixel."""
+    rng = np.random.default_rng(seed)
+    values = np.array(s1.values, dtype="float32")
+    hit = rng.random(values.shape) < 0.1
+    values[hit] = rng.choice(np.array(IMPLAUSIBLE_DB, "float32"), size=int(hit.sum()))
+    values[:, 0, 0] = np.inf
+    values[::7, -1, -1] = 30.0
+    return s1.copy(data=values)
+
+
+def reference_window_mean(s1, s1_times, optical_times, days: float, low: float, high: float) -> np.ndarray:
+    """Per optical date t, numpy's per-pixel mean of the finite S1 values within [low, high] dB of
+    the images in [t - days, t + days); NaN where there is none."""
+    s1_times = pd.DatetimeIndex(s1_times)
+    kept = np.where(np.isfinite(s1) & (s1 >= low) & (s1 <= high), np.asarray(s1, "float64"), np.nan)
+    out = np.full((len(optical_times), *kept.shape[1:]), np.nan)
+    for i, t in enumerate(pd.DatetimeIndex(optical_times)):
+        window = kept[(s1_times >= t - pd.Timedelta(days=days)) & (s1_times < t + pd.Timedelta(days=days))]
+        n = np.isfinite(window).sum(axis=0)
+        out[i] = np.where(n > 0, np.nansum(window, axis=0) / np.maximum(n, 1), np.nan)
+    return out
+
+
+def test_sentinel1_above_the_db_range_or_infinite_is_missing(flanders):
+    """In the real Flanders S1 cube, values above s1_max_db (+30 dB) and +inf are left out of the
+    window means as values below s1_min_db are; +30 dB itself is kept."""
+    p = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
+    ndvi, _, vv, _ = inf.load_flanders(flanders, p)
+    s1 = with_implausible_values(vv.isel(y=slice(8, 20), x=slice(8, 20)))
+    values, times = s1.values, ndvi.time.values
+    assert (p.s1_min_db, p.s1_max_db) == (-40.0, 30.0)
+    got, _ = inf.s1_window_mean(s1, times, p)
+    expected = reference_window_mean(values, s1.time.values, times, 12, -40.0, 30.0)
+    np.testing.assert_allclose(got.values, expected, rtol=1e-6, atol=0)
+    assert np.isnan(got.values[:, 0, 0]).all() and np.isfinite(got.values[:, 1:, 1:]).all()
+    # the masked values lie within the windows: kept, the finite ones alone would move 46 % of
+    # the means by more than 1 dB
+    with_them = reference_window_mean(values, s1.time.values, times, 12, -40.0, np.inf)
+    assert (np.abs(with_them - expected) > 1).mean() > 0.4
+    # +30 dB is within the range: the means at that pixel include it
+    assert np.nanmax(expected[:, -1, -1]) > np.nanmax(reference_window_mean(
+        np.where(values == 30.0, np.nan, values), s1.time.values, times, 12, -40.0, 30.0)[:, -1, -1])
+
+
+def test_sentinel1_above_the_db_range_stops_with_the_reason(flanders, tmp_path):
+    """The real VV cube as linear power x 10000 (as some exports store it): every value is above
+    +30 dB, so none is usable; the error names the bound and the fix, and nothing is written."""
+    from optsar_nb.errors import NoImages
+
+    p = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01")
+    ndvi, state, vv, vh = inf.load_flanders(flanders, p)
+    power = (10 ** (vv / 10) * 1e4).assign_attrs(vv.attrs)
+    assert float(power.min()) > p.s1_max_db  # 85 in this cube
+    with pytest.raises(NoImages, match=r"no valid VV value .* above s1_max_db=30.0 dB.* in dB \(not linear power"):
+        inf.infill(ndvi, state, power, vh, p, tmp_path, report=False, workers=1)
     assert list(tmp_path.iterdir()) == []

@@ -167,6 +167,35 @@ def test_infill_notebook_numbers_equal_its_files(infill_run):
     assert any("image/png" in o.get("data", {}) for o in accuracy.outputs)
 
 
+def test_running_a_notebook_again_replaces_its_own_outputs(gaps_run, demo_inputs):
+    """Restart-and-run-all (or a second papermill run) into the same out_dir works: the notebook's
+    default overwrite="own" replaces the files its first run wrote; a file it did not write stays."""
+    nb, out_dir = gaps_run
+    folder = out_dir.parent / "again"
+    folder.mkdir()
+    tif = out_dir / f"Gap_Statistics{SUFFIX}.tif"
+    first = tif.stat().st_mtime_ns
+    (out_dir / "my_notes.txt").write_text("the user's")
+    papermill_parameters = {"out_dir": str(out_dir), **({"inputs": demo_inputs} if demo_inputs else {})}
+    import papermill
+
+    papermill.execute_notebook(str(GAPS_NB), str(folder / GAPS_NB.name), parameters=papermill_parameters,
+                               cwd=str(folder), progress_bar=False, kernel_name="python3")
+    again = nbformat.read(folder / GAPS_NB.name, as_version=4)
+    assert not [o for c in again.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert tif.stat().st_mtime_ns > first and (out_dir / "my_notes.txt").read_text() == "the user's"
+
+
+def test_the_map_is_also_saved_as_pictures(gaps_run):
+    """A static copy of the notebook shows the map's layers as PNGs (the live map needs its scripts)."""
+    nb, out_dir = gaps_run
+    pictures = sorted(p.name for p in (out_dir / "map_pictures").glob("Map_*.png"))
+    assert len(pictures) == 2 and pictures[0].startswith("Map_clear-day_mask_2021-"), pictures
+    assert pictures[1] == "Map_gap_mean.png"  # the statistic shown at start
+    cell = next(c for c in nb.cells if "save_pictures" in c.source)
+    assert sum("image/png" in o.get("data", {}) for o in cell.outputs) == 2
+
+
 def test_papermill_runs_are_independent_of_the_notebook_folder(gaps_run):
     nb, _ = gaps_run
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]

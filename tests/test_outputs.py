@@ -1,17 +1,23 @@
 """Output sets under faults: a full disk, two runs at once, a stale lock, a run killed with SIGKILL
-or stopped with SIGTERM. Real processes, real files: the faults are injected by the operating
-system (a file size limit stands for a full disk), not by mocks."""
+or stopped with SIGTERM, a folder the user cannot write into. Real processes, real files: the
+faults are injected by the operating system (a file size limit stands for a full disk), not by
+mocks."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +34,7 @@ from optsar_nb.outputs import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample"
+SAMPLE = ROOT / "optsar_nb" / "demo_scene"
 SUFFIX = "_S2_2021-01-01_2022-01-01"
 GAPS = ["gaps", "--qa", str(SAMPLE / f"SCL_Input{SUFFIX}.tif"), "--start", "2021-01-01", "--end", "2022-01-01"]
 INFILL = ["infill", "--inputs", str(SAMPLE), "--start", "2021-01-01", "--end", "2022-01-01"]
@@ -220,6 +226,129 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert target.read_text() == "a file the user made"
 
 
+NOBODY = 65534  # the unprivileged user and group ("nobody", "nogroup") of Debian, Ubuntu and most Linux systems
+
+
+@dataclass
+class Unprivileged:
+    """The command line run by a user whom a folder of mode 0o555 stops: as root (permission bits do
+    not stop root), the user nobody; otherwise this user."""
+
+    folder: Path  # searchable by everyone; holds the folders of the runs
+    python: str
+    env: dict
+    inputs: Path  # the demo scene, readable by the user
+    user: int | None
+
+    def own_folder(self, name: str) -> Path:
+        """A new folder the user can write into."""
+        path = self.folder / name
+        path.mkdir()
+        if self.user is not None:
+            os.chown(path, self.user, self.user)
+        return path
+
+    def run(self, args) -> subprocess.CompletedProcess:
+        ids = {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
+        return subprocess.run([self.python, "-m", "optsar_nb.cli", *map(str, args)], env=self.env, cwd=self.folder,
+                              capture_output=True, text=True, timeout=600, **ids)
+
+
+def _succeeds(python: str, code: str, *args, env: dict, cwd: Path, user: int) -> bool:
+    try:
+        done = subprocess.run([python, "-c", code, *map(str, args)], env=env, cwd=cwd, capture_output=True,
+                              timeout=300, user=user, group=user, extra_groups=[])
+    except OSError:  # the interpreter itself cannot be reached
+        return False
+    return done.returncode == 0
+
+
+def _interpreter_copy(folder: Path) -> tuple[str, dict]:
+    """A virtual environment in ``folder`` over a copy of this interpreter (executable, shared
+    library, standard library) that uses this environment's packages, for a user who cannot reach
+    the interpreter itself (installed in root's home, say); returns it and the variables it needs."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base, copy = Path(sys.base_prefix), folder / "base"
+    (copy / "bin").mkdir(parents=True)
+    shutil.copy2(base / "bin" / version, copy / "bin" / version)
+    (copy / "lib").mkdir()
+    for library in (base / "lib").glob("libpython*.so*"):
+        shutil.copy2(library, copy / "lib" / library.name, follow_symlinks=False)
+    shutil.copytree(base / "lib" / version, copy / "lib" / version,
+                    ignore=shutil.ignore_patterns("site-packages", "test", "idlelib", "tkinter", "turtledemo"))
+    venv = folder / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(copy / "bin" / version)
+    (venv / "pyvenv.cfg").write_text(f"home = {copy / 'bin'}\ninclude-system-site-packages = false\n")
+    (venv / "lib" / version).mkdir(parents=True)
+    (venv / "lib" / version / "site-packages").symlink_to(sysconfig.get_path("purelib"))
+    libraries = os.pathsep.join(filter(None, [str(copy / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
+    return str(venv / "bin" / "python"), {"LD_LIBRARY_PATH": libraries}
+
+
+@pytest.fixture(scope="module")
+def unprivileged():
+    # in the system's temporary folder: pytest's own is private to this user
+    folder = Path(tempfile.mkdtemp(prefix="optsar-read-only-"))
+    folder.chmod(0o755)
+    user = NOBODY if os.geteuid() == 0 else None
+    home = folder / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "PYTHONDONTWRITEBYTECODE": "1",
+           "MPLCONFIGDIR": str(home / "matplotlib"), "NUMBA_CACHE_DIR": str(home / "numba")}
+    python, inputs = sys.executable, SAMPLE
+    if user is not None:
+        os.chown(home, user, user)
+        check = dict(env=env, cwd=folder, user=user)
+        if not _succeeds(python, "import optsar_nb.cli", **check):
+            python, extra = _interpreter_copy(folder / "python")
+            env.update(extra)
+            assert _succeeds(python, "import optsar_nb.cli", **check), f"user {user} cannot run {python}"
+        files = sorted(SAMPLE.iterdir())
+        if not _succeeds(python, "import sys\nfor f in sys.argv[1:]: open(f, 'rb').read(1)", *files, **check):
+            inputs = folder / "inputs"
+            shutil.copytree(SAMPLE, inputs)
+            for path in [inputs, *inputs.iterdir()]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+    try:
+        yield Unprivileged(folder, python, env, inputs, user)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("job", ["gaps", "infill"])
+def test_a_read_only_output_folder_is_refused_before_any_work(unprivileged, job):
+    """An output folder the user cannot write into (mode 0o555; as root, root's folder and the user
+    nobody): exit 2 and one line naming the folder and the fix, before any work: nothing appears in
+    the folder, and the infilling's work folder (given with --work-dir) is never made. The same
+    user completes the same gap job into a folder of its own."""
+    run = unprivileged
+    read_only = run.folder / f"{job}-read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if run.user is None:
+        try:
+            tempfile.TemporaryFile(dir=read_only).close()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user writes into a folder of mode 0o555 (not root, yet permission bits do not stop it)")
+    scratch = run.own_folder(f"{job}-scratch")
+    period = ["--start", "2021-01-01", "--end", "2022-01-01"]
+    args = (["gaps", "--qa", run.inputs / f"SCL_Input{SUFFIX}.tif", *period] if job == "gaps" else
+            ["infill", "--inputs", run.inputs, *period, "--workers", "1", "--work-dir", scratch / "work"])
+    done = run.run([*args, "--out", read_only])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"optsar {job}: error: cannot write into {read_only} "
+                                        f"({os.strerror(errno.EACCES)}): choose a folder you can write to"]
+    assert list(read_only.iterdir()) == [] and list(scratch.iterdir()) == []
+    assert read_only.stat().st_mode & 0o777 == 0o555
+    if job == "gaps":
+        done = run.run([*args, "--out", scratch / "out"])
+        assert done.returncode == 0, done.stderr
+        assert (scratch / "out" / f"Gap_Manifest{SUFFIX}.json").is_file()
+
+
 @pytest.mark.parametrize(("sent", "code", "said"), [(signal.SIGTERM, 143, "terminated"),
                                                     (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_ctrl_c_end_with_one_line_and_remove_temporary_files(tmp_path, sent, code, said):
@@ -232,3 +361,37 @@ def test_sigterm_and_ctrl_c_end_with_one_line_and_remove_temporary_files(tmp_pat
     err = run.stderr.read()
     assert f"{said}; temporary files removed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def _write_set(folder: Path, content: bytes, *, overwrite) -> None:
+    with OutputSet(folder, ["a.txt", "b.txt"], job="Gap", suffix=SUFFIX, params={}, inputs={},
+                   overwrite=overwrite) as out:
+        out.path("a.txt").write_bytes(content)
+        out.path("b.txt").write_bytes(content * 2)
+
+
+def test_overwrite_own_replaces_only_the_jobs_own_unchanged_outputs(tmp_path):
+    """Re-running a notebook (overwrite="own") replaces the set its earlier run wrote, and nothing
+    else: a file the job did not write, or one changed since, is refused and left as it is."""
+    from optsar_nb.errors import InvalidParameter, OutputExists
+
+    _write_set(tmp_path, b"first", overwrite=False)
+    with pytest.raises(OutputExists, match="overwrite=True"):
+        _write_set(tmp_path, b"second", overwrite=False)
+    _write_set(tmp_path, b"second", overwrite="own")
+    assert (tmp_path / "a.txt").read_bytes() == b"second" and check_set(tmp_path, manifest(tmp_path, "Gap")) == []
+
+    (tmp_path / "b.txt").write_bytes(b"edited by hand")
+    with pytest.raises(OutputExists, match="b.txt exists and is not an unchanged output of an earlier Gap run") as exc:
+        _write_set(tmp_path, b"third", overwrite="own")
+    assert exc.value.path == tmp_path / "b.txt"
+    assert (tmp_path / "b.txt").read_bytes() == b"edited by hand" and (tmp_path / "a.txt").read_bytes() == b"second"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_bytes(b"a file of the user's, no manifest")
+    with pytest.raises(OutputExists, match="a.txt exists and is not"):
+        _write_set(other, b"x", overwrite="own")
+    assert (other / "a.txt").read_bytes() == b"a file of the user's, no manifest"
+    with pytest.raises(InvalidParameter, match="overwrite='yes'"):
+        _write_set(other, b"x", overwrite="yes")

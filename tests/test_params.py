@@ -18,7 +18,8 @@ def test_defaults_are_the_published_ones():
     p = InfillParams()
     assert (p.s1_window_days, p.neighbourhood_radius_px, p.focal_median_radius_px) == (12, 10, 1.5)
     assert (p.min_pairs, p.train_fraction, p.validation_fraction, p.pca_fraction) == (10, 0.6, 0.2, 0.1)
-    assert p.artificial_cloud_range == (0.5, 0.55) and p.min_valid_pixels == 100 and p.s1_min_db == -40
+    assert p.artificial_cloud_range == (0.5, 0.55) and p.min_valid_pixels == 100
+    assert (p.s1_min_db, p.s1_max_db) == (-40, 30)
 
 
 def test_dict_round_trip_is_plain_and_lossless():
@@ -89,6 +90,16 @@ def test_catalogue_uses_current_collections():
 def test_every_field_has_a_strict_type(kwargs, message):
     with pytest.raises(InvalidParameter, match=message):
         InfillParams(**kwargs)
+
+
+def test_the_s1_range_must_be_ordered():
+    for low, high in ((10, -5), (0, 0)):
+        with pytest.raises(InvalidParameter, match=f"s1_min_db={float(low)} must be below s1_max_db={float(high)}"):
+            InfillParams(s1_min_db=low, s1_max_db=high)
+    with pytest.raises(InvalidParameter, match="s1_max_db=inf must be a finite number"):
+        InfillParams(s1_max_db=float("inf"))
+    p = InfillParams(s1_min_db=-35, s1_max_db=25)
+    assert (p.s1_min_db, p.s1_max_db) == (-35.0, 25.0) and InfillParams.from_dict(p.to_dict()) == p
 
 
 def test_whole_numbers_from_json_and_iso_times_are_accepted():

@@ -157,8 +157,8 @@ def ndvi(image: ee.Image, *, mission: Mission) -> ee.Image:
     return nir.subtract(red).divide(nir.add(red)).rename(NDVI_BAND).toFloat()
 
 
-def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float) -> ee.ImageCollection:
-    """Sentinel-1 GRD in IW mode with both VV and VH, backscatter below ``min_db`` masked."""
+def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float, max_db: float) -> ee.ImageCollection:
+    """Sentinel-1 GRD in IW mode with both VV and VH, backscatter below ``min_db`` or above ``max_db`` masked."""
     region = region_of(aoi)
     collection = (
         ee.ImageCollection(S1.collection_id)
@@ -169,11 +169,11 @@ def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float) -> e
     for band in S1.bands:
         collection = collection.filter(ee.Filter.listContains("transmitterReceiverPolarisation", band))
 
-    def mask_dark(image):
+    def mask_implausible(image):
         image = ee.Image(image).select(list(S1.bands))
-        return image.updateMask(image.gte(min_db)).clip(region)
+        return image.updateMask(image.gte(min_db).And(image.lte(max_db))).clip(region)
 
-    return collection.map(mask_dark)
+    return collection.map(mask_implausible)
 
 
 def metadata_request(collection: ee.ImageCollection, columns: list[str]) -> ee.List:

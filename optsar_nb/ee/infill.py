@@ -72,7 +72,8 @@ def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams,
     region = col.region_of(aoi)
     pad = pd.Timedelta(days=params.s1_window_days)
     s1 = col.s1_collection(region, start=(pd.Timestamp(params.start) - pad).date(),
-                           end=(pd.Timestamp(params.end) + pad).date(), min_db=params.s1_min_db)
+                           end=(pd.Timestamp(params.end) + pad).date(), min_db=params.s1_min_db,
+                           max_db=params.s1_max_db)
     window_ms = params.s1_window_days * col.MS_PER_DAY
 
     def one(image):
@@ -413,6 +414,7 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
     }
     if params.method == "fusion":
         outputs["NDVI_gapfree_SE"] = col.bands_by_id(errors, ids)
-    s1 = col.s1_collection(region, start=params.start, end=params.end, min_db=params.s1_min_db)
+    s1 = col.s1_collection(region, start=params.start, end=params.end, min_db=params.s1_min_db,
+                           max_db=params.s1_max_db)
     return InfillRun(params=params, aoi=aoi, table=table, donor_id=donor_id, observations=optical, s1=s1,
                      coefficients=coefficients, outputs=outputs, mae=ee.List(mae), fusion_fit=fitted)

@@ -211,15 +211,16 @@ def window_weights(optical_times, s1_times, window_days: float) -> np.ndarray:
     return ((t_s1 >= t_opt - half) & (t_s1 < t_opt + half)).astype("float64")
 
 
-def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float) -> np.ndarray:
+def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float, max_db: float) -> np.ndarray:
     """Per-pixel mean of the S1 images in each optical window: (n_s1, y, x) -> (n_optical, y, x).
 
-    Values below ``min_db`` and NaN are masked and left out of the mean; NaN where a window
-    holds no valid value. Each window's images are summed in time order, so the result does
-    not depend on the block shape (a matrix product's summation order could).
+    Values below ``min_db`` or above ``max_db``, infinities and NaN are masked and left out of
+    the mean; NaN where a window holds no valid value. Each window's images are summed in time
+    order, so the result does not depend on the block shape (a matrix product's summation order
+    could).
     """
     s1 = np.asarray(s1)
-    valid = np.isfinite(s1) & (s1 >= min_db)
+    valid = np.isfinite(s1) & (s1 >= min_db) & (s1 <= max_db)
     values = np.where(valid, s1, s1.dtype.type(0))  # input precision; sums accumulate in float64
     out = np.full((weights.shape[0], *s1.shape[1:]), np.nan)
     done: dict[bytes, int] = {}  # optical dates a few days apart often share their S1 window: reuse it

@@ -138,7 +138,7 @@ def infill(
     out_dir: str | Path,
     *,
     aoi=None,
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     report: bool = True,
     workers: int | None = None,
     work_dir: str | Path | None = None,
@@ -152,7 +152,8 @@ def infill(
     pair ID, ``NDVI_Model`` (the coefficient image), ``Output_Metadata`` CSV and, with
     ``report``, the accuracy report, and ``Infill_Manifest<suffix>.json`` last, which marks the
     set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then moved into place;
-    one run per folder). Existing files are refused unless ``overwrite``.
+    one run per folder). Existing files are refused unless ``overwrite`` (True, or "own": only this
+    job's own unchanged earlier outputs).
 
     ``workers``: cores to use (default: all). ``work_dir``: where the job stages its temporary
     stacks (default: ``out_dir``); it needs about STAGING_BYTES_PER_SAMPLE bytes per pixel and
@@ -274,7 +275,8 @@ def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.
     """
     T = shape[0]
     staged = [_memmap(work, name, shape, "float32") for name in ("win_vv", "win_vh")]
-    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+    bounds = (params.s1_min_db, params.s1_max_db)
+    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds).astype("float32"),
                           chunks=((T,), *s1.chunks[1:]), dtype="float32")
             for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
     da.store(wins, staged, lock=False)
@@ -286,8 +288,9 @@ def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.
     if n_vv.sum() == 0 or n_vh.sum() == 0:
         raise NoImages(
             f"Sentinel-1 has no valid {'VV' if n_vv.sum() == 0 else 'VH'} value over the optical grid within "
-            f"{params.s1_window_days} days of any optical image (values below s1_min_db={params.s1_min_db} dB and "
-            "no-data count as missing): check that the S1 files cover the area and period, and are in dB")
+            f"{params.s1_window_days} days of any optical image (values below s1_min_db={params.s1_min_db} dB or "
+            f"above s1_max_db={params.s1_max_db} dB, and no-data, count as missing): check that the S1 files cover "
+            "the area and period, and are in dB (not linear power or amplitude)")
     with np.errstate(invalid="ignore", divide="ignore"):
         return s_vv / n_vv, s_vh / n_vh
 

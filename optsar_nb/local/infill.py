@@ -150,13 +150,14 @@ def align_s1(s1: xr.DataArray, template: xr.DataArray) -> xr.DataArray:
 def s1_window_mean(s1: xr.DataArray, optical_times, params: InfillParams) -> tuple[xr.DataArray, np.ndarray]:
     """B.3: per optical date, the per-pixel mean of S1 images within ``+-s1_window_days``.
 
-    ``s1``: (time, y, x) backscatter in dB on the optical grid; values below ``s1_min_db`` are
-    masked. Returns the (time = optical dates, y, x) float32 mean (NaN where the window holds
-    no valid value) and ``S1_COUNT``, the number of S1 images in each window.
+    ``s1``: (time, y, x) backscatter in dB on the optical grid; values below ``s1_min_db`` or
+    above ``s1_max_db`` are masked. Returns the (time = optical dates, y, x) float32 mean (NaN
+    where the window holds no valid value) and ``S1_COUNT``, the number of S1 images in each window.
     """
     weights = _kernels.window_weights(optical_times, s1.time.values, params.s1_window_days)
     data = _dask(s1, (-1, *(_dask(s1, "auto").chunks[1:])))
-    out = data.map_blocks(lambda b: _kernels.window_mean(b, weights, params.s1_min_db).astype("float32"),
+    bounds = (params.s1_min_db, params.s1_max_db)
+    out = data.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds).astype("float32"),
                           chunks=((len(weights),), *data.chunks[1:]), dtype="float32")
     coords = {"time": pd.DatetimeIndex(optical_times), "y": s1.y, "x": s1.x}
     result = xr.DataArray(out, dims=("time", "y", "x"), coords=coords, attrs=_grid_attrs(s1), name=s1.name)

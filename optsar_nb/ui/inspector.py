@@ -63,10 +63,11 @@ def pixel_series(stacks: Mapping[str, object], lon: float, lat: float) -> pd.Dat
 
 
 def plot_pixel_series(table: pd.DataFrame, *, title: str = ""):
-    """A matplotlib figure: NDVI series on the left axis, VV/VH (dB) on the right."""
-    import matplotlib.pyplot as plt
+    """A matplotlib figure: NDVI series on the left axis, VV/VH (dB) on the right (made without
+    pyplot: the notebook's backend is left as it is)."""
+    from ..plots import new_figure
 
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = new_figure(figsize=(8, 3.2))
     for kind in NDVI_SERIES:
         if kind in table:
             series = table[kind].dropna()
@@ -94,7 +95,9 @@ class PixelInspector:
     """Plots the time series of the pixel clicked on ``host`` into ``output`` (an ipywidgets.Output).
 
     ``stacks`` returns the current kind -> (time, y, x) stacks (observed, predicted, gap-free NDVI;
-    VV, VH); it is a callable so that the inspector follows new results without re-wiring.
+    VV, VH), or a server-side source with ``pixel_table(lon, lat)`` and ``hint`` (on Earth
+    Engine: :class:`optsar_nb.ee.pixel.PixelSeries`, one request per click); it is a callable so
+    that the inspector follows new results without re-wiring.
     """
 
     def __init__(self, host, stacks: Callable[[], Mapping[str, object]]):
@@ -117,26 +120,34 @@ class PixelInspector:
 
     def inspect(self, lon: float, lat: float) -> pd.DataFrame | None:
         """Plot the series at ``lon, lat`` (degrees); returns the table (None outside the data)."""
-        from IPython.display import display
+        from IPython.display import Image
 
+        from ..plots import png_bytes
         from .aoi_control import message_html
 
-        table = pixel_series(self.stacks(), lon, lat)
+        source = self.stacks()
+        where = lonlat_label(lon, lat)
+        if hasattr(source, "pixel_table"):  # server-side (Earth Engine): one request
+            try:
+                table = source.pixel_table(lon, lat)
+            except Exception as exc:  # a failed request: say so, keep the map alive
+                self.last_table = None
+                self.message.value = message_html(f"no series at {where}: the request failed "
+                                                  f"({type(exc).__name__}: {exc})", kind="error")
+                return None
+        else:
+            table = pixel_series(source, lon, lat)
         self.last_table = table
         if table is None:
-            where = lonlat_label(lon, lat)
-            self.message.value = message_html(f"no data at {where}: click inside the scene", kind="error")
+            hint = getattr(source, "hint", "click inside the scene")
+            self.message.value = message_html(f"no data at {where}: {hint}", kind="error")
             return None
         self.marker.location = (lat, lon)
         if self.marker not in self.host.layers:
             self.host.add(self.marker)
-        import matplotlib.pyplot as plt
-
         self.last_figure = plot_pixel_series(table, title=f"pixel at {lonlat_label(lon, lat)}")
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(self.last_figure)
-        plt.close(self.last_figure)
+        self.output.outputs = ()  # a PNG: shown as an image whatever the notebook's matplotlib backend
+        self.output.append_display_data(Image(data=png_bytes(self.last_figure), format="png"))
         self.message.value = message_html(f"pixel at {lonlat_label(lon, lat)}: {len(table)} dates", kind="ok")
         return table
 

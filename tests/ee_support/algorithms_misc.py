@@ -259,6 +259,13 @@ def _polygon(ev, coordinates, crs=None, geodesic=None, maxError=None, evenOdd=Tr
     return Geometry({"type": kind, "coordinates": coordinates}, bool(geodesic))
 
 
+@algorithm("GeometryConstructors.Point")
+def _point(ev, coordinates, crs=None):
+    if crs is not None and crs.crs not in ("EPSG:4326",):
+        raise NotImplementedError(f"geometries in {crs.crs}: the evaluator models EPSG:4326 geometries only")
+    return Geometry({"type": "Point", "coordinates": [float(c) for c in coordinates]})
+
+
 @algorithm("Feature")
 def _feature(ev, geometry=None, metadata=None, geometryKey=None):
     return Feature(geometry, dict(metadata or {}))

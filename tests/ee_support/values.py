@@ -109,7 +109,10 @@ class Geometry:
         return shape(self.geojson)
 
     def pixel_mask(self, grid: Grid) -> np.ndarray:
-        """Pixels whose centre lies inside the geometry (as optsar_nb.local.gaps.aoi_mask)."""
+        """Pixels whose centre lies inside the geometry (as optsar_nb.local.gaps.aoi_mask); for a
+        point, the pixel containing it (none when it lies outside the grid)."""
+        if "mask" not in self._cache and self.geojson["type"] == "Point":
+            self._cache["mask"] = self._point_mask(grid)
         if "mask" not in self._cache:
             import shapely
             from pyproj import CRS, Transformer
@@ -122,6 +125,18 @@ class Geometry:
             self._cache["mask"] = ~geometry_mask([mapping(geom)], out_shape=grid.shape,
                                                  transform=Affine(*grid.transform[:6]))
         return self._cache["mask"]
+
+    def _point_mask(self, grid: Grid) -> np.ndarray:
+        from pyproj import CRS, Transformer
+        from rasterio.transform import Affine, rowcol
+
+        lon, lat = self.geojson["coordinates"][:2]
+        x, y = Transformer.from_crs("EPSG:4326", CRS.from_user_input(grid.crs), always_xy=True).transform(lon, lat)
+        row, col = (int(v) for v in rowcol(Affine(*grid.transform[:6]), x, y, op=np.floor))
+        mask = np.zeros(grid.shape, bool)
+        if 0 <= row < grid.height and 0 <= col < grid.width:
+            mask[row, col] = True
+        return mask
 
 
 @dataclass
