@@ -26,6 +26,18 @@ fi
 
 cmd=${1:-}
 shift || true
+
+# The browser tests drive the system's Chromium (Debian's package; no browser is downloaded).
+if [ "$cmd" = test ] && ! command -v chromium >/dev/null 2>&1 && [ -z "${OPTSAR_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Chromium for the browser tests (apt-get install chromium chromium-driver)..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      >/dev/null 2>&1 || echo "could not install Chromium: the browser tests will say how" >&2
+  else
+    echo "no Chromium here: the browser tests will fail until it is installed" \
+         "(sudo apt-get install chromium chromium-driver, or set OPTSAR_CHROMIUM)" >&2
+  fi
+fi
 case "$cmd" in
   demo) exec "$VENV/bin/optsar" demo --out out/demo "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;

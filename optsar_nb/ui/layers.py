@@ -23,7 +23,7 @@ Bounds = list  # [[south, west], [north, east]] in degrees, as ipyleaflet wants
 # NDVI layers share one fixed range so that observed and gap-free images compare by eye.
 NDVI_STYLE = ("RdYlGn", -0.2, 1.0)
 # Clear-day mask: pixel states of optsar_nb.missions (MISSING -1 is left transparent).
-MASK_COLORS = {"clear": "#1a9850", "cloudy": "#d9d9d9"}
+MASK_COLORS = {"clear": "#1a9850", "cloudy": "#8c8c8c"}  # cloudy: darker than a blank map
 
 
 def _colormap(name: str):
@@ -202,7 +202,7 @@ def colorbar_html(style: LayerStyle, *, ticks: int = 5, width_px: int = 220) -> 
     title = f"{style.label} ({style.unit})" if style.unit else style.label
     note = f'<div style="color:#555">{style.note}</div>' if style.note else ""
     return (
-        f'<div class="optsar-colorbar" style="width:{width_px}px;font:11px sans-serif;padding:4px 10px 2px">'
+        f'<div class="optsar-colorbar" style="width:{width_px}px;font:11px sans-serif;padding:4px 16px 2px 10px">'
         f'<div style="font-weight:bold">{title}</div>{note}'
         f'<div style="height:12px;background:linear-gradient(to right, {stops});border:1px solid #777"></div>'
         f'<div style="position:relative;height:14px">{tick_cells}</div></div>'
