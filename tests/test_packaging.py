@@ -50,3 +50,17 @@ def test_the_earth_engine_engine_never_imports_the_local_engine():
                 if module.startswith("..local") or module.startswith("optsar_nb.local"):
                     found.append(f"{path.name}: from {module}")
     assert found == []
+
+
+def test_the_demo_scene_is_installed_with_the_package():
+    """`pip install optsar_nb` brings the demo scene the notebooks use when ``inputs`` is None:
+    it lies inside the package and pyproject's package data covers every file of it."""
+    from fnmatch import fnmatch
+
+    from optsar_nb.run import DEMO_DIR
+
+    package = ROOT / "optsar_nb"
+    assert DEMO_DIR.resolve().is_relative_to(package) and (DEMO_DIR / "aoi.geojson").exists()
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["optsar_nb"]
+    files = [p.relative_to(package).as_posix() for p in DEMO_DIR.rglob("*") if p.is_file()]
+    assert files and all(any(fnmatch(f, pattern) for pattern in patterns) for f in files)
