@@ -19,10 +19,21 @@ from .errors import (
     WriteFailed,
 )
 from .params import GapParams, InfillParams
+from .run import describe_inputs, infill_figure, list_outputs, resolve_backend, run_gaps, run_infill
+from .ui import OptsarApp  # after .run: the app is built on it
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # the jobs, as the notebooks, the app, the command line and batch run them
+    "run_gaps",
+    "run_infill",
+    "resolve_backend",
+    "describe_inputs",
+    "list_outputs",
+    "infill_figure",
+    "OptsarApp",
+    # inputs, parameters and errors
     "AOI",
     "AOITooLarge",
     "GapParams",

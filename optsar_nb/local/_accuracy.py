@@ -20,8 +20,7 @@ import pandas as pd
 
 from ..missions import CLEAR
 from ..params import InfillParams
-from . import _kernels, _postprocess, fusion
-from . import infill as steps
+from . import _kernels, _postprocess, fusion, steps
 from ._fused import read_with_halo
 
 ESTIMATES = ("model", "fusion", "pixel_mean", "interpolation")

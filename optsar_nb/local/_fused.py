@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerFailed
-from . import fusion
-from . import infill as steps
+from . import fusion, steps
 
 
 def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:

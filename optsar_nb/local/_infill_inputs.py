@@ -13,7 +13,9 @@ import xarray as xr
 
 from ..errors import NoImages
 from ..params import InfillParams
+from .gaps import cloud_state
 from .stack import align_to, read_netcdf, read_stack
+from .steps import ndvi as compute_ndvi
 
 InfillInputs = tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]
 
@@ -37,8 +39,6 @@ def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | 
     read holds the full time axis; by default whole tiles of each file within a byte budget
     (see :func:`optsar_nb.local.stack.read_geotiff`).
     """
-    from .gaps import cloud_state
-
     folder = Path(folder)
     ndvi_path = _find(folder, "NDVI_Input", suffix, params.mission)
     if ndvi_path is None:
@@ -67,9 +67,6 @@ def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | 
 def load_netcdf_inputs(s2_10m: str | Path, s2_20m: str | Path, s1: str | Path, params: InfillParams,
                        *, red: str = "B04", nir: str = "B08", qa: str = "SCL") -> InfillInputs:
     """NDVI from a 10 m cube's red/NIR, state from a 20 m cube's SCL aligned to 10 m, and S1 VV/VH."""
-    from .gaps import cloud_state
-    from .infill import ndvi as compute_ndvi
-
     bands = read_netcdf(s2_10m, [red, nir])
     ndvi = compute_ndvi(bands[red], bands[nir])
     scl = align_to(read_netcdf(s2_20m, qa)[qa], ndvi, what=f"the {qa} stack of {s2_20m}")

@@ -3,7 +3,7 @@
 Every function works on plain arrays whose last two axes are (y, x), with NaN as "masked".
 Neighbourhoods follow Earth Engine: only neighbours inside the array and unmasked take part,
 and the output is masked where the centre pixel is masked (``reduceNeighborhood``'s default
-``skipMasked=True``). The dask wrappers in ``infill.py`` call these per block with an explicit
+``skipMasked=True``). The dask wrappers in ``steps.py`` call these per block with an explicit
 halo, so a block edge inside the image sees its true neighbours and only the image edge is an
 edge.
 """

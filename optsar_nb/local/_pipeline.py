@@ -45,8 +45,7 @@ from ..missions import CLEAR, MISSING
 from ..outputs import write_csv
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
-from . import _accuracy, _fused, _kernels, _postprocess, fusion
-from . import infill as steps
+from . import _accuracy, _fused, _kernels, _postprocess, fusion, steps
 from .gaps import aoi_mask, select_period
 from .stack import TILE_PX, read_geotiff, write_geotiff
 

@@ -94,8 +94,8 @@ class OptsarApp:
             "export": self._button("Export", "download", self.export),
         }
         self.message = widgets.HTML(message_html(str(self.engine)))
-        hidden = widgets.Layout(display="none")  # each row of layer controls appears with its data
-        self.mask_controls = widgets.HBox([self.mask_layer.slider], layout=hidden)
+        # each row of layer controls appears with its data (show_gaps, show_infill)
+        self.mask_controls = widgets.HBox([self.mask_layer.slider], layout=widgets.Layout(display="none"))
         self.stat_controls = widgets.HBox([self.stat_layer.dropdown], layout=widgets.Layout(display="none"))
         self.ndvi_controls = widgets.HBox([self.ndvi.toggle, self.ndvi.slider], layout=widgets.Layout(display="none"))
         self.widget = widgets.VBox([

@@ -124,11 +124,9 @@ class MapWidget:
 
 def _set_opacity(layer, opacity: float) -> None:
     """Opacity of a layer, or of both sides of a split-map control."""
-    for part in (getattr(layer, "left_layer", None), getattr(layer, "right_layer", None)) or ():
-        if part is not None:
+    for part in (layer, getattr(layer, "left_layer", None), getattr(layer, "right_layer", None)):
+        if part is not None and hasattr(part, "opacity"):
             part.opacity = opacity
-    if hasattr(layer, "opacity"):
-        layer.opacity = opacity
 
 
 class LayerSwitch(MapWidget):
