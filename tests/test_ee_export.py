@@ -152,3 +152,58 @@ def test_a_finished_export_is_found_among_the_projects_operations(monkeypatch):
     client, drive = export.EarthEngineClient(), export.Destination("drive", folder="f")
     assert client.exists(drive, "Gap_X")
     assert not client.exists(drive, "Gap_Y") and not client.exists(drive, "Gap_Z") and not client.exists(drive, "W")
+
+
+def test_real_export_tasks_are_watched_through_operations(run, fetch, monkeypatch):
+    """The real client's tasks (ee.batch.Export, started with ee.data.exportImage) are polled by
+    ``watch`` through ``Task.status()``, which in earthengine-api 1.7 asks ``ee.data.getOperation``
+    for the task's long-running operation (the deprecated getTaskStatus is never called). A FAILED
+    operation's error message reaches the user; a retry starts a new task."""
+    import ee
+
+    started, polls = [], {}
+    script = {1: ["RUNNING", "FAILED"], 2: ["PENDING", "RUNNING", "SUCCEEDED"]}
+
+    def export_image(request_id, config):
+        started.append(config)
+        name = f"projects/p/operations/{len(started)}"
+        polls[name] = list(script.get(len(started), ["RUNNING", "FAILED"]))
+        return {"name": name}
+
+    def get_operation(name):
+        state = polls[name].pop(0) if len(polls[name]) > 1 else polls[name][0]
+        operation = {"name": name, "metadata": {"state": state, "description": config_description()}}
+        if state in ("FAILED", "SUCCEEDED"):
+            operation["done"] = True
+        if state == "FAILED":
+            operation["error"] = {"message": "User memory limit exceeded."}
+        return operation
+
+    def config_description():
+        return started[-1].get("description", "")
+
+    def deprecated(*args, **kwargs):
+        raise AssertionError("getTaskStatus is deprecated")
+
+    monkeypatch.setattr(ee.data, "newTaskId", lambda *a, **k: ["request-id"])
+    monkeypatch.setattr(ee.data, "exportImage", export_image)
+    monkeypatch.setattr(ee.data, "getOperation", get_operation)
+    monkeypatch.setattr(ee.data, "getTaskStatus", deprecated)
+    monkeypatch.setattr(ee.data, "listOperations", lambda *a, **k: [])
+    changes = []
+    out = export.Output("Gap_Statistics_test", image=run.statistics)
+    report = export.export_outputs([out], destination=export.Destination("drive", folder="f"),
+                                   region=ee.Geometry.Rectangle([3.0, 50.8, 3.1, 50.9]),
+                                   grid={"crs": "EPSG:32631", "transform": [10, 0, 500000, 0, -10, 5600000]},
+                                   poll_s=0, sleep=lambda s: None,
+                                   progress=lambda name, state, fraction: changes.append(state))
+    assert report == {"Gap_Statistics_test": "done"}
+    assert len(started) == 2  # the FAILED attempt was started again
+    assert started[0]["description"] == "Gap_Statistics_test"
+    assert changes == ["RUNNING", "FAILED", "READY", "RUNNING", "COMPLETED"]  # operation states as task states
+    script.clear()  # every attempt fails: the server's message is raised after the retries
+    with pytest.raises(export.ExportFailed, match="failed 3 times; the server said: User memory limit exceeded"):
+        export.export_outputs([out], destination=export.Destination("drive", folder="f"),
+                              region=ee.Geometry.Rectangle([3.0, 50.8, 3.1, 50.9]),
+                              grid={"crs": "EPSG:32631", "transform": [10, 0, 500000, 0, -10, 5600000]},
+                              poll_s=0, sleep=lambda s: None)

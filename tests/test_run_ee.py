@@ -191,6 +191,25 @@ def _grid(flanders_ee) -> dict:
     return {"crs": cubes.grid.crs, "transform": [float(v) for v in cubes.grid.transform[:6]]}
 
 
+def _assert_window_of_the_aoi(window: dict, grid: dict) -> None:
+    """A download's grid: the native grid's CRS and pixel size, its origin on the grid's pixel
+    corners, and the AOI's bounding box inside it (corners transformed by pyproj here)."""
+    from pyproj import Transformer
+
+    from optsar_nb.aoi import load_aoi
+
+    a, _, c, _, e, f = grid["transform"]
+    wa, _, wc, _, we, wf = window["transform"]
+    assert window["crs"] == grid["crs"] and (wa, we) == (a, e)
+    assert ((wc - c) / a).is_integer() and ((wf - f) / e).is_integer()
+    west, south, east, north = load_aoi(AOI_FILE).bounds
+    to_grid = Transformer.from_crs("EPSG:4326", grid["crs"], always_xy=True)
+    xs, ys = zip(*(to_grid.transform(lon, lat) for lon in (west, east) for lat in (south, north)))
+    assert wc <= min(xs) and max(xs) <= wc + window["width"] * wa
+    assert wf + window["height"] * we <= min(ys) and max(ys) <= wf
+    assert window["width"] * wa - (max(xs) - min(xs)) <= 2 * a + 1e-6  # no wider than needed (a pixel each side)
+
+
 def test_gap_export_to_drive_reports_every_task_state(server, flanders_ee, local_gap_run, tmp_path):
     client, (seen, progress) = FakeClient(), progress_recorder()
     before = len(server.requests)
@@ -235,7 +254,9 @@ def test_gap_export_to_a_local_folder_writes_the_metadata_table(server, flanders
     result = run.run_gaps(aoi=str(AOI_FILE), start=START, end=END, engine=EE_ENGINE, out_dir=out, export="local",
                           export_options={"client": client})
     assert result.tasks == [{f"Gap_Statistics{SUFFIX}": "done", f"InputMask_Metadata{SUFFIX}": "done"}]
-    assert client.downloads == [(out / f"Gap_Statistics{SUFFIX}.tif", _grid(flanders_ee))]
+    [(path, grid)] = client.downloads
+    assert path == out / f"Gap_Statistics{SUFFIX}.tif"
+    _assert_window_of_the_aoi(grid, _grid(flanders_ee))
     assert encode(client.objects[f"Gap_Statistics{SUFFIX}"]) == encode(result.ee_image)
     assert len(server.requests) - before == 3  # the dates, the export grid, the table
     table = pd.read_csv(out / f"InputMask_Metadata{SUFFIX}.csv")

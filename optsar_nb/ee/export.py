@@ -24,8 +24,16 @@ import pandas as pd
 
 from ..errors import OptsarError
 from ..missions import MISSING
-from ..products import GAP_STATISTICS_FILE, INFILL_METADATA_FILE, MASK_INPUT_FILE, MASK_METADATA_FILE, file_name
+from ..products import (
+    GAP_STATISTIC_NAMES,
+    GAP_STATISTICS_FILE,
+    INFILL_METADATA_FILE,
+    MASK_INPUT_FILE,
+    MASK_METADATA_FILE,
+    file_name,
+)
 from . import collections as col
+from . import tiles as tiling
 
 # Earth Engine refuses direct downloads above 48 MiB per request (computePixels /
 # getDownloadURL "Total request size must be less than or equal to 50331648 bytes").
@@ -141,10 +149,18 @@ class EarthEngineClient:
                                                     fileNamePrefix=_prefix(destination, name), fileFormat="CSV")
 
     def download(self, image, path, *, region, grid):
+        """One GeoTIFF on ``grid`` (crs and transform; with width and height, exactly those pixels)."""
         from ..outputs import atomic_path
 
-        pinned = image.clip(region).reproject(crs=grid["crs"], crsTransform=grid["transform"])
-        data = ee.data.computePixels({"expression": pinned, "fileFormat": "GEO_TIFF"})
+        a, b, c, d, e, f = grid["transform"][:6]
+        request = {"expression": image.clip(region).reproject(crs=grid["crs"], crsTransform=grid["transform"]),
+                   "fileFormat": "GEO_TIFF"}
+        if "width" in grid:  # a window or tile: exactly its pixels
+            request["grid"] = {"dimensions": {"width": grid["width"], "height": grid["height"]},
+                               "crsCode": grid["crs"],
+                               "affineTransform": {"scaleX": a, "shearX": b, "translateX": c,
+                                                   "shearY": d, "scaleY": e, "translateY": f}}
+        data = ee.data.computePixels(request)
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
         return Path(path)
@@ -216,6 +232,7 @@ class Output:
     image: ee.Image | None = None
     table: ee.FeatureCollection | None = None
     rows: Callable[[], pd.DataFrame] | None = None  # for local CSVs: fetch the table
+    bands: int = 1  # of the image: sets the tile size of a local download (48 MiB per request)
 
 
 def export_grid(aoi, params, *, fetch: Callable | None = None) -> dict:
@@ -226,42 +243,92 @@ def export_grid(aoi, params, *, fetch: Callable | None = None) -> dict:
     return {"crs": info["crs"], "transform": list(info["transform"])}
 
 
+def _on_grid(aoi, params, fetch) -> dict:
+    """``grid`` and ``window`` arguments of :func:`export_outputs` for an AOI (one request)."""
+    from ..aoi import AOI, load_aoi
+
+    grid = export_grid(aoi, params, fetch=fetch)
+    return {"grid": grid, "window": tiling.aoi_window(aoi if isinstance(aoi, AOI) else load_aoi(aoi), grid)}
+
+
 def export_outputs(outputs: list[Output], *, destination: Destination, region, grid: dict,
+                   window: tiling.Window | None = None, max_tile_pixels: int = tiling.MAX_TILE_PIXELS,
                    client: Client | None = None, wait: bool = True, **watch_kwargs) -> dict[str, str]:
     """Export each output unless it already exists, on ``grid`` (:func:`export_grid`); returns
-    name -> "skipped" | "done" | "started"."""
+    name -> "skipped" | "done" | "started".
+
+    ``window``: the AOI's pixels on the grid (:func:`optsar_nb.ee.tiles.aoi_window`). An image over
+    ``max_tile_pixels`` (or, downloaded, over 48 MiB) is exported as tiles aligned to the grid,
+    named ``<name>_r<i>c<j>``; downloaded tiles are mosaicked into ``<name>.tif``.
+    """
     client = client or EarthEngineClient()
     report, jobs = {}, []
     for out in outputs:
         if client.exists(destination, out.name):
             report[out.name] = "skipped"
             continue
+        if out.image is not None and window is not None:
+            limit = max_tile_pixels
+            if destination.kind == "local":  # float64 at worst: 8 bytes per band and pixel
+                limit = min(limit, MAX_DOWNLOAD_BYTES // (8 * max(out.bands, 1)))
+            parts = tiling.split(window, limit)
+        else:
+            parts = [("", None)]
         if destination.kind == "local":
-            folder = Path(destination.folder)
-            if out.image is not None:
-                client.download(out.image, folder / f"{out.name}.tif", region=region, grid=grid)
-            else:
-                from ..outputs import write_csv
-
-                write_csv(out.rows(), folder / f"{out.name}.csv")
+            _download(client, out, Path(destination.folder), region, grid, window, parts)
             report[out.name] = "done"
             continue
-        jobs.append(Job(out.name, _task_factory(client, out, destination, region, grid)))
-        report[out.name] = "started"
+        for suffix, tile in parts:
+            name = out.name + suffix
+            if suffix and client.exists(destination, name):
+                report[name] = "skipped"
+                continue
+            tile_region = region if tile is None or not suffix else tiling.tile_region(grid, tile)
+            jobs.append(Job(name, _task_factory(client, out, destination, tile_region, grid, name)))
+            report[name] = "started"
     if jobs and wait:
         for job in watch(jobs, **watch_kwargs):
             report[job.name] = "done"
     return report
 
 
-def _task_factory(client: Client, out: Output, destination: Destination, region, grid) -> Callable[[], Task]:
-    """A function that starts afresh the task of one output (called again on retries)."""
+def _task_factory(client: Client, out: Output, destination: Destination, region, grid,
+                  name: str) -> Callable[[], Task]:
+    """A function that starts afresh the task of one output or tile (called again on retries)."""
     def make() -> Task:
         if out.image is not None:
-            return client.image_task(out.image, name=out.name, destination=destination, region=region, grid=grid)
-        return client.table_task(out.table, name=out.name, destination=destination)
+            return client.image_task(out.image, name=name, destination=destination, region=region, grid=grid)
+        return client.table_task(out.table, name=name, destination=destination)
 
     return make
+
+
+def _download(client: Client, out: Output, folder: Path, region, grid: dict, window, parts) -> None:
+    """A table as CSV; an image as one GeoTIFF of the AOI window, tile by tile and mosaicked
+    (the tiles are removed once the mosaic is written)."""
+    from ..outputs import write_csv
+
+    if out.image is None:
+        write_csv(out.rows(), folder / f"{out.name}.csv")
+        return
+    path = folder / f"{out.name}.tif"
+    if window is None or len(parts) == 1:
+        client.download(out.image, path, region=region, grid=_window_grid(grid, window))
+        return
+    tiles = []
+    try:
+        for suffix, tile in parts:
+            tile_path = folder / f".{out.name}{suffix}.tif"
+            client.download(out.image, tile_path, region=region, grid=tiling.tile_grid(grid, tile))
+            tiles.append((tile, tile_path))
+        tiling.mosaic(tiles, window, grid, path)
+    finally:
+        for _, tile_path in tiles:
+            tile_path.unlink(missing_ok=True)
+
+
+def _window_grid(grid: dict, window) -> dict:
+    return grid if window is None else tiling.tile_grid(grid, window)
 
 
 def _default_destination(destination: Destination | None, params) -> Destination:
@@ -284,13 +351,13 @@ def export_gaps(run, *, destination: Destination | None = None, client: Client |
     params = run.params
     columns = ["ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT]
     outputs = [
-        Output(file_name(GAP_STATISTICS_FILE, params.suffix, ""), image=run.statistics),
+        Output(file_name(GAP_STATISTICS_FILE, params.suffix, ""), image=run.statistics,
+               bands=len(GAP_STATISTIC_NAMES)),
         Output(file_name(MASK_METADATA_FILE, params.suffix, ""), table=_rows_table(run.metadata_request(), columns),
                rows=lambda: run.metadata(fetch=fetch)),
     ]
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
-                          client=client, **kwargs)
+                          region=col.region_of(run.aoi), client=client, **_on_grid(run.aoi, params, fetch), **kwargs)
 
 
 def export_gap_inputs(run, *, destination: Destination | None = None, client: Client | None = None,
@@ -301,27 +368,33 @@ def export_gap_inputs(run, *, destination: Destination | None = None, client: Cl
     ids = run.states.aggregate_array("system:index")
     mask_input = run.states.select(col.STATE_BAND).toBands().rename(ids)
     columns = ["ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT]
+    destination = _default_destination(destination, params)
+    # a download needs the table anyway, and its tiles are sized by the image count
+    table = run.metadata(fetch=fetch) if destination.kind == "local" else None
     outputs = [
-        Output(file_name(MASK_INPUT_FILE, params.suffix, ""), image=mask_input),
+        Output(file_name(MASK_INPUT_FILE, params.suffix, ""), image=mask_input, bands=_count(table)),
         Output(file_name(MASK_METADATA_FILE, params.suffix, ""), table=_rows_table(run.metadata_request(), columns),
-               rows=lambda: run.metadata(fetch=fetch)),
+               rows=lambda: table),
     ]
-    return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
-                          client=client, **kwargs)
+    return export_outputs(outputs, destination=destination, region=col.region_of(run.aoi), client=client,
+                          **_on_grid(run.aoi, params, fetch), **kwargs)
+
+
+def _count(table: pd.DataFrame | None) -> int:
+    return 1 if table is None else max(len(table), 1)
 
 
 def export_infill(run, *, destination: Destination | None = None, client: Client | None = None,
                   fetch: Callable | None = None, **kwargs) -> dict[str, str]:
     """NDVI_gapfree, NDVI_Mask, NDVI_Pred, NDVI_Obs (band per pair ID) and Output_Metadata."""
     params = run.params
-    outputs = [Output(file_name(name, params.suffix, ""), image=image) for name, image in run.outputs.items()]
+    outputs = [Output(file_name(name, params.suffix, ""), image=image, bands=len(run.table))
+               for name, image in run.outputs.items()]
     metadata = run.metadata  # bound method: fetched only for a local CSV or the table below
     outputs.append(Output(file_name(INFILL_METADATA_FILE, params.suffix, ""),
                           table=_infill_table(run), rows=lambda: metadata(fetch=fetch)))
     return export_outputs(outputs, destination=_default_destination(destination, params),
-                          region=col.region_of(run.aoi), grid=export_grid(run.aoi, params, fetch=fetch),
-                          client=client, **kwargs)
+                          region=col.region_of(run.aoi), client=client, **_on_grid(run.aoi, params, fetch), **kwargs)
 
 
 def _infill_table(run) -> ee.FeatureCollection:
@@ -345,16 +418,23 @@ def export_infill_inputs(run, *, destination: Destination | None = None, client:
     ndvi_request = col.metadata_request(optical, [col.CLOUD_PERCENTAGE, col.PIXEL_COUNT])
     s1_request = col.metadata_request(s1, [])
     s = params.suffix
+    destination = _default_destination(destination, params)
+    local = destination.kind == "local"  # a download needs the tables anyway, and its tiles are sized by them
+    ndvi_table = fetch_table(ndvi_request, ndvi_columns, fetch=fetch) if local else None
+    s1_table = fetch_table(s1_request, ["ID", "CollectionTime"], fetch=fetch) if local else None
+    n_optical, n_s1 = _count(ndvi_table), _count(s1_table)
     outputs = [
-        Output(file_name("NDVI_Input", s, ""), image=optical.select(col.NDVI_BAND).toBands().rename(optical_ids)),
+        Output(file_name("NDVI_Input", s, ""), image=optical.select(col.NDVI_BAND).toBands().rename(optical_ids),
+               bands=n_optical),
         Output(file_name("NDVI_Mask", s, ""),
-               image=optical.select(col.STATE_BAND).toBands().rename(optical_ids).unmask(MISSING, False).clip(region)),
-        Output(file_name("VV_Input", s, ""), image=s1.select("VV").toBands().rename(s1_ids)),
-        Output(file_name("VH_Input", s, ""), image=s1.select("VH").toBands().rename(s1_ids)),
+               image=optical.select(col.STATE_BAND).toBands().rename(optical_ids).unmask(MISSING, False).clip(region),
+               bands=n_optical),
+        Output(file_name("VV_Input", s, ""), image=s1.select("VV").toBands().rename(s1_ids), bands=n_s1),
+        Output(file_name("VH_Input", s, ""), image=s1.select("VH").toBands().rename(s1_ids), bands=n_s1),
         Output(file_name("InputNDVI_Metadata", s, ""), table=_rows_table(ndvi_request, ndvi_columns),
-               rows=lambda: fetch_table(ndvi_request, ndvi_columns, fetch=fetch)),
+               rows=lambda: ndvi_table),
         Output(file_name("InputS1_Metadata", s, ""), table=_rows_table(s1_request, ["ID", "CollectionTime"]),
-               rows=lambda: fetch_table(s1_request, ["ID", "CollectionTime"], fetch=fetch)),
+               rows=lambda: s1_table),
     ]
-    return export_outputs(outputs, destination=_default_destination(destination, params), region=region,
-                          grid=export_grid(run.aoi, params, fetch=fetch), client=client, **kwargs)
+    return export_outputs(outputs, destination=destination, region=region, client=client,
+                          **_on_grid(run.aoi, params, fetch), **kwargs)
