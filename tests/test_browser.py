@@ -298,6 +298,12 @@ def test_infill_notebook_in_jupyterlab(browser, lab, tmp_path):
         plot.wait_for(timeout=60_000)
         plot.scroll_into_view_if_needed()
         s.shot("infill_pixel_clicked")
+
+        s.run_all()  # again: the notebook replaces its own outputs
+        s.page.locator("img.leaflet-image-layer").first.wait_for(timeout=60_000)
+        _no_traceback(s)
+        s.app().scroll_into_view_if_needed()
+        s.shot("infill_second_run")
         _check(not s.console_errors(), f"console errors {s.console_errors()}", s)
     finally:
         s.shot("end")
