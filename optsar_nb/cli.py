@@ -11,6 +11,17 @@ from pathlib import Path
 
 from .errors import OptsarError, OutputExists
 from .params import METHODS, InfillParams
+from .products import (
+    NDVI_INPUT_FILE,
+    NDVI_MASK_FILE,
+    NDVI_METADATA_FILE,
+    NDVI_TRUTH_FILE,
+    S1_METADATA_FILE,
+    SCL_INPUT_FILE,
+    VH_INPUT_FILE,
+    VV_INPUT_FILE,
+    find_file,
+)
 
 
 def open_quality_stack(path: str | Path, *, metadata: str | Path | None = None, variable: str | None = None):
@@ -53,8 +64,8 @@ def open_infill_inputs(args: argparse.Namespace, params):
     if args.inputs:
         return load_seed_inputs(args.inputs, params, mask=args.mask_stack)
     if not (args.s2_10m and args.s2_20m and args.s1):
-        raise OptsarError("give --inputs (a folder of NDVI_Input/NDVI_Mask/VV_Input/VH_Input files) "
-                          "or all of --s2-10m, --s2-20m and --s1 (NetCDF cubes)")
+        raise OptsarError(f"give --inputs (a folder of {NDVI_INPUT_FILE}/{NDVI_MASK_FILE}/{VV_INPUT_FILE}/"
+                          f"{VH_INPUT_FILE} files) or all of --s2-10m, --s2-20m and --s1 (NetCDF cubes)")
     return load_netcdf_inputs(args.s2_10m, args.s2_20m, args.s1, params)
 
 
@@ -96,9 +107,9 @@ def demo_truth_mae(result) -> float:
     import numpy as np
 
     from .local.stack import read_stack
-    from .run import DEMO_DIR, find_product
+    from .run import DEMO_DIR
 
-    truth = read_stack(find_product(DEMO_DIR, "NDVI_Truth", result.params.mission)).sel(time=result.gapfree.time)
+    truth = read_stack(find_file(DEMO_DIR, NDVI_TRUTH_FILE, result.params.mission)).sel(time=result.gapfree.time)
     cloudy = result.mask.values == 0
     return float(np.nanmean(np.abs(result.gapfree.values - truth.values)[cloudy]))
 
@@ -159,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     gaps.set_defaults(func=cmd_gaps)
 
     inf = sub.add_parser("infill", help="gap-free NDVI infilled from Sentinel-1 (local engine)")
-    inf.add_argument("--inputs", help="folder of seed-format inputs (NDVI_Input, NDVI_Mask or SCL_Input, VV_Input, "
-                     "VH_Input + InputNDVI_Metadata, InputS1_Metadata CSVs)")
-    inf.add_argument("--mask-stack", default="auto", help="with --inputs: NDVI_Mask, SCL_Input or auto")
+    inf.add_argument("--inputs", help=f"folder of seed-format inputs ({NDVI_INPUT_FILE}, {NDVI_MASK_FILE} or "
+                     f"{SCL_INPUT_FILE}, {VV_INPUT_FILE}, {VH_INPUT_FILE} + {NDVI_METADATA_FILE}, {S1_METADATA_FILE} "
+                     "CSVs)")
+    inf.add_argument("--mask-stack", default="auto", help=f"with --inputs: {NDVI_MASK_FILE}, {SCL_INPUT_FILE} or auto")
     inf.add_argument("--s2-10m", help="NetCDF cube with red (B04) and NIR (B08) at 10 m")
     inf.add_argument("--s2-20m", help="NetCDF cube with SCL at 20 m (aligned to the 10 m grid)")
     inf.add_argument("--s1", help="NetCDF cube with Sentinel-1 VV and VH in dB")

@@ -60,7 +60,8 @@ def gap_panel(stats: xr.DataArray, path: str | Path, *, title: str = "Gap statis
     ncols = 4
     nrows = math.ceil(len(names) / ncols)
     fig, axes = new_figure(nrows, ncols, figsize=(4 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    cells = list(axes.flat)
+    for ax, name in zip(cells[:len(names)], names, strict=True):
         info = STATISTICS_BY_NAME.get(name)
         img = values.sel(stat=name).values
         finite = img[np.isfinite(img)]
@@ -74,7 +75,7 @@ def gap_panel(stats: xr.DataArray, path: str | Path, *, title: str = "Gap statis
         ax.set_yticks([])
         cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         cbar.set_label(info.unit if info else "")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in cells[len(names):]:
         ax.axis("off")
     fig.suptitle(f"{title}  (grey: undefined)")
     fig.tight_layout()

@@ -102,7 +102,7 @@ def scatter_figure(samples: dict[str, np.ndarray], path: Path, *, estimate: str 
     col = 1 + SAMPLE_COLUMNS.index(estimate)
     splits = [s for s in ("train", "validation", "test") if s in samples]
     fig, axes = new_figure(1, len(splits), figsize=(5.2 * len(splits), 4.4), squeeze=False)
-    for ax, split in zip(axes[0], splits):
+    for ax, split in zip(axes[0], splits, strict=True):
         s = samples[split]
         ok = np.isfinite(s[:, 0]) & np.isfinite(s[:, col]) if len(s) else np.zeros(0, bool)
         if ok.sum() > 0:
@@ -134,7 +134,7 @@ def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> 
     """MAE of every estimate per bin of distance to the nearest clear training view, one panel per split."""
     splits = list(dict.fromkeys(by_gap.split))
     fig, axes = new_figure(1, len(splits), figsize=(5.6 * len(splits), 3.8), squeeze=False, sharey=True)
-    for ax, split in zip(axes[0], splits):
+    for ax, split in zip(axes[0], splits, strict=True):
         t = by_gap[(by_gap.split == split) & (by_gap.gap_bin != "all")]
         bins = list(dict.fromkeys(t.gap_bin))
         methods = list(dict.fromkeys(t.method))
@@ -143,7 +143,7 @@ def gap_figure(by_gap: pd.DataFrame, path: Path, *, overwrite: bool = False) -> 
             v = t[t.method == m].set_index("gap_bin").loc[bins, "MAE"]
             ax.bar(np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * width, v, width, label=METHOD_LABELS[m])
         n = t[t.method == methods[0]].set_index("gap_bin").loc[bins, "n"]
-        ax.set_xticks(np.arange(len(bins)), [f"{b}\nn={int(k):,}" for b, k in zip(bins, n)], fontsize=8)
+        ax.set_xticks(np.arange(len(bins)), [f"{b}\nn={int(k):,}" for b, k in zip(bins, n, strict=True)], fontsize=8)
         ax.set_xlabel("days to the nearest clear training view")
         ax.set_title(split)
         ax.grid(axis="y", alpha=0.3)

@@ -22,7 +22,28 @@ import xarray as xr
 from .aoi import AOI, load_aoi
 from .errors import InvalidParameter, NoImages, OptsarError
 from .params import GapParams, InfillParams
-from .products import GAP_STATISTIC_NAMES, GAP_STATISTICS, STATISTICS_BY_NAME
+from .products import (
+    CSV,
+    GAP_STATISTIC_NAMES,
+    GAP_STATISTICS,
+    INFILL_COMPARISON_FILE,
+    MASK_INPUT_FILE,
+    MASK_METADATA_FILE,
+    NDVI_INPUT_FILE,
+    NDVI_MASK_FILE,
+    NDVI_METADATA_FILE,
+    PNG,
+    S1_METADATA_FILE,
+    SCL_INPUT_FILE,
+    STATISTICS_BY_NAME,
+    TIF,
+    VH_INPUT_FILE,
+    VV_INPUT_FILE,
+    file_name,
+    file_pattern,
+    find_file,
+    suffix_of,
+)
 
 BACKENDS = ("auto", "ee", "local")
 # The demo scene, installed with the package (made by optsar_nb.local.simulate).
@@ -33,7 +54,7 @@ EE_INIT_TIMEOUT_S = 20.0  # ee.Initialize() talks to Google; never let a noteboo
 # Local gap inputs, in order of preference: (GeoTIFF product, metadata CSV product, mask rule).
 # Mask_Input/InputMask_Metadata is the seed's export for gaps (1 clear, 0 cloudy); SCL_Input is
 # Sentinel-2's scene classification, classified with the mission's own rule.
-GAP_INPUTS = (("Mask_Input", "InputMask_Metadata", "clear_mask"), ("SCL_Input", "SCL_Input", None))
+GAP_INPUTS = ((MASK_INPUT_FILE, MASK_METADATA_FILE, "clear_mask"), (SCL_INPUT_FILE, SCL_INPUT_FILE, None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,19 +137,9 @@ def input_dir(inputs: str | Path | None) -> Path:
     folder = Path(inputs) if inputs else DEMO_DIR
     if not folder.is_dir():
         hint = ("regenerate it with `python -m optsar_nb.local.simulate --out optsar_nb/demo_scene`" if inputs is None
-                else "give the folder holding the exported inputs (e.g. SCL_Input_S2_...tif and its CSV)")
+                else f"give the folder holding the exported inputs (e.g. {SCL_INPUT_FILE}_S2_...tif and its CSV)")
         raise OptsarError(f"input folder {folder} does not exist: {hint}")
     return folder
-
-
-def find_product(folder: Path, product: str, mission: str, ext: str = ".tif") -> Path | None:
-    """The file ``<product>_<mission>_<start>_<end><ext>`` in ``folder`` (the first, sorted), or None."""
-    matches = sorted(folder.glob(f"{product}_{mission}_*{ext}"))
-    return matches[0] if matches else None
-
-
-def _suffix_of(path: Path, product: str) -> str:
-    return path.stem[len(product):]
 
 
 def resolve_aoi(aoi, folder: Path | None, *, max_area_km2: float) -> AOI | None:
@@ -147,13 +158,13 @@ def open_gap_state(params: GapParams, folder: Path) -> tuple[xr.DataArray, Path]
     from .local.stack import read_stack
 
     for product, meta, rule in GAP_INPUTS:
-        path = find_product(folder, product, params.mission)
+        path = find_file(folder, product, params.mission)
         if path is None:
             continue
-        qa = read_stack(path, path.with_name(f"{meta}{_suffix_of(path, product)}.csv"))
+        qa = read_stack(path, path.with_name(file_name(meta, suffix_of(path, product), CSV)))
         rule_name = params.mask_rule_name if (rule is None or params.mask != "qa") else rule
         return cloud_state(qa, rule_name, threshold=params.cloudscore_threshold), path
-    wanted = " or ".join(f"{p}_{params.mission}_<start>_<end>.tif" for p, _, _ in GAP_INPUTS)
+    wanted = " or ".join(file_pattern(p, params.mission) for p, _, _ in GAP_INPUTS)
     raise NoImages(f"no gap input for mission {params.mission} in {folder}: expected {wanted} with its CSV")
 
 
@@ -210,34 +221,23 @@ def local_gap_run(params: GapParams, aoi: AOI | None, folder: Path, engine: Engi
                   out_dir: str | Path | None = None, overwrite: bool | str = False) -> GapResult:
     """Run part A on the local inputs in ``folder``; write the outputs when ``out_dir`` is given.
 
-    Arrays stay lazy (dask) so that large AOIs are only computed block by block, on writing or
-    when a widget shows one date or one statistic.
+    Both ways the run is prepared once (:func:`optsar_nb.local.gaps.prepare_gaps`): the same
+    statistics (NaN outside the AOI, counts included), daily states and metadata. Arrays stay lazy
+    (dask) so that large AOIs are only computed block by block, on writing or when a widget shows
+    one date or one statistic; written statistics are read back from their file.
     """
-    from .local.gaps import (
-        aoi_cloud_stats,
-        aoi_mask,
-        characterize_gaps,
-        clip_to_aoi,
-        composite_same_day,
-        gap_statistics,
-        select_period,
-    )
-    from .local.stack import metadata_of, read_geotiff
+    from .local.gaps import prepare_gaps, write_gaps
+    from .local.stack import read_geotiff
 
     state, _ = open_gap_state(params, folder)
-    period = select_period(state, params.start, params.end)
-    if period.sizes["time"] == 0:
-        raise NoImages(f"no image between {params.start} and {params.end} in {folder}: widen the dates")
-    clipped = clip_to_aoi(period, aoi_mask(period, aoi) if aoi is not None else None)
-    result = GapResult(params=params, engine=engine, aoi=aoi)
-    result.daily_state = composite_same_day(clipped.sortby("time"))
+    gaps = prepare_gaps(state, params, aoi=aoi)
+    result = GapResult(params=params, engine=engine, aoi=aoi, daily_state=gaps.daily_state)
     if out_dir is None:
-        result.statistics = gap_statistics(clipped, params)
-        result.metadata = pd.concat([metadata_of(clipped)[["ID", "CollectionTime"]], aoi_cloud_stats(clipped)], axis=1)
+        result.statistics = gaps.statistics
+        result.metadata = gaps.metadata
         return result
-    result.paths = characterize_gaps(state, params, out_dir, aoi=aoi, overwrite=overwrite)
-    written = read_geotiff(result.paths["statistics"])
-    result.statistics = written.rename(band="stat").assign_coords(stat=list(GAP_STATISTIC_NAMES))
+    result.paths = write_gaps(gaps, out_dir, overwrite=overwrite)
+    result.statistics = read_geotiff(result.paths["statistics"]).rename(band="stat")
     result.metadata = pd.read_csv(result.paths["metadata"])
     return result
 
@@ -302,19 +302,19 @@ def input_stacks(params: GapParams, inputs: str | Path | None) -> dict[str, xr.D
 
     folder = input_dir(inputs)
     out: dict[str, xr.DataArray] = {}
-    ndvi_path = find_product(folder, "NDVI_Input", params.mission)
+    ndvi_path = find_file(folder, NDVI_INPUT_FILE, params.mission)
     if ndvi_path is not None:
-        suffix = _suffix_of(ndvi_path, "NDVI_Input")
-        meta = folder / f"InputNDVI_Metadata{suffix}.csv"
+        suffix = suffix_of(ndvi_path, NDVI_INPUT_FILE)
+        meta = folder / file_name(NDVI_METADATA_FILE, suffix, CSV)
         ndvi = read_stack(ndvi_path, meta)
-        mask_path = folder / f"NDVI_Mask{suffix}.tif"
+        mask_path = folder / file_name(NDVI_MASK_FILE, suffix, TIF)
         if mask_path.exists():
             mask = read_stack(mask_path, meta)
             ndvi = ndvi.where(mask == 1)  # 1 = clear in the seed's NDVI_Mask
         out["observed"] = ndvi
-        s1_meta = folder / f"InputS1_Metadata{suffix}.csv"
-        for band in ("VV", "VH"):
-            path = folder / f"{band}_Input{suffix}.tif"
+        s1_meta = folder / file_name(S1_METADATA_FILE, suffix, CSV)
+        for band, product in (("VV", VV_INPUT_FILE), ("VH", VH_INPUT_FILE)):
+            path = folder / file_name(product, suffix, TIF)
             if path.exists() and s1_meta.exists():
                 out[band] = read_stack(path, s1_meta)
     return out
@@ -469,7 +469,8 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
     palette, vmin, vmax = NDVI_STYLE
     cmap = colormap(palette, bad="lightgrey")
     for ax, (label, stack) in zip(axes, (("observed (clear pixels)", result.observed),
-                                         ("predicted from S1", result.predicted), ("gap-free", result.gapfree))):
+                                         ("predicted from S1", result.predicted), ("gap-free", result.gapfree)),
+                                  strict=True):
         image = ax.imshow(np.ma.masked_invalid(stack.isel(time=index).values), cmap=cmap, vmin=vmin, vmax=vmax,
                           interpolation="nearest")
         ax.set_title(label, fontsize=10)
@@ -478,7 +479,8 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
     fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02, label="NDVI")
     date = str(pd.to_datetime(row["CollectionTime"], unit="ms").date())
     fig.suptitle(f"{row['ID']} ({date}): {row['Cloud_cover']:.0f} % cloudy  (grey: no data)")
-    path = Path(path) if path else result.paths["metadata"].with_name(f"NDVI_Comparison{result.params.suffix}.png")
+    path = Path(path) if path else result.paths["metadata"].with_name(
+        file_name(INFILL_COMPARISON_FILE, result.params.suffix, PNG))
     return save_png(fig, path, dpi=80, overwrite=overwrite)
 
 

@@ -324,3 +324,61 @@ def test_a_stack_with_no_valid_value_stops_with_the_reason(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InvalidParameter, match="Landsat quality band but mission='S2'"):
         GapParams(mission="S2", mask="qa_pixel")
+
+
+def _west_half_aoi():
+    """An AOI covering the western half of the Flanders patch (UTM 31N -> lon/lat)."""
+    from pyproj import Transformer
+
+    from optsar_nb.aoi import load_aoi
+
+    tr = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    utm = [(501360, 5629040), (501680, 5629040), (501680, 5629680), (501360, 5629680)]
+    corners = [tr.transform(x, y) for x, y in utm]
+    return load_aoi({"type": "Polygon", "coordinates": [corners + [corners[0]]]})
+
+
+def _assert_identical(in_memory: np.ndarray, written: np.ndarray) -> None:
+    assert in_memory.dtype == written.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(in_memory), np.isnan(written))
+    np.testing.assert_array_equal(in_memory, written)  # NaN where NaN, equal elsewhere
+
+
+def test_in_memory_statistics_equal_the_written_geotiff(flanders, tmp_path):
+    """One preparation serves both uses: the lazy statistics equal the written GeoTIFF exactly, and
+    outside the AOI every statistic is NaN in both, counts included."""
+    from optsar_nb.local.stack import read_geotiff
+
+    scl = read_netcdf(next(flanders.glob("S2_L2A_20m_*.nc")), "SCL")["SCL"]
+    params = GapParams(mission="S2", start="2017-08-01", end="2018-11-30")
+    prepared = gaps.prepare_gaps(gaps.cloud_state(scl, "scl"), params, aoi=_west_half_aoi())
+    in_memory = prepared.statistics.compute()
+    paths = gaps.write_gaps(prepared, tmp_path, plot=False)
+    written = read_geotiff(paths["statistics"])
+    assert list(in_memory.stat.values) == list(written.band.values) == list(GAP_STATISTIC_NAMES)
+    _assert_identical(in_memory.values, written.values)
+    outside = ~prepared.inside.values
+    assert outside.any() and (~outside).any()
+    assert np.isnan(in_memory.values[:, outside]).all()
+    assert np.isfinite(in_memory.sel(stat="valid_count").values[~outside]).all()
+    pd.testing.assert_frame_equal(pd.read_csv(paths["metadata"]), prepared.metadata, check_dtype=False)
+    assert prepared.daily_state.sizes["time"] == len(np.unique(prepared.images.time.dt.floor("D")))
+
+
+def test_run_gaps_in_memory_equals_its_written_outputs(tmp_path):
+    """``run_gaps`` without and with an output folder (the map app and the notebooks) give the same
+    statistics and daily states, NaN outside the AOI."""
+    from optsar_nb import run
+    from optsar_nb.aoi import load_aoi
+
+    west, south, east, north = load_aoi(run.DEMO_DIR / "aoi.geojson").geometry.bounds
+    bbox = (west, south, (west + east) / 2, north)
+    engine = run.Engine("local", "test")
+    in_memory = run.run_gaps(aoi=bbox, out_dir=None, engine=engine)
+    on_disk = run.run_gaps(aoi=bbox, out_dir=tmp_path, engine=engine)
+    assert list(in_memory.statistics.stat.values) == list(on_disk.statistics.stat.values)
+    values = in_memory.statistics.values
+    _assert_identical(values, on_disk.statistics.values)
+    assert np.isnan(values).all(axis=0).any() and np.isfinite(values[GAP_STATISTIC_NAMES.index("valid_count")]).any()
+    np.testing.assert_array_equal(in_memory.daily_state.values, on_disk.daily_state.values)
+    pd.testing.assert_frame_equal(in_memory.metadata, on_disk.metadata, check_dtype=False)

@@ -30,6 +30,12 @@ from ..products import (
     INFILL_METADATA_FILE,
     MASK_INPUT_FILE,
     MASK_METADATA_FILE,
+    NDVI_INPUT_FILE,
+    NDVI_MASK_FILE,
+    NDVI_METADATA_FILE,
+    S1_METADATA_FILE,
+    VH_INPUT_FILE,
+    VV_INPUT_FILE,
     file_name,
 )
 from . import collections as col
@@ -424,16 +430,16 @@ def export_infill_inputs(run, *, destination: Destination | None = None, client:
     s1_table = fetch_table(s1_request, ["ID", "CollectionTime"], fetch=fetch) if local else None
     n_optical, n_s1 = _count(ndvi_table), _count(s1_table)
     outputs = [
-        Output(file_name("NDVI_Input", s, ""), image=optical.select(col.NDVI_BAND).toBands().rename(optical_ids),
+        Output(file_name(NDVI_INPUT_FILE, s, ""), image=optical.select(col.NDVI_BAND).toBands().rename(optical_ids),
                bands=n_optical),
-        Output(file_name("NDVI_Mask", s, ""),
+        Output(file_name(NDVI_MASK_FILE, s, ""),
                image=optical.select(col.STATE_BAND).toBands().rename(optical_ids).unmask(MISSING, False).clip(region),
                bands=n_optical),
-        Output(file_name("VV_Input", s, ""), image=s1.select("VV").toBands().rename(s1_ids), bands=n_s1),
-        Output(file_name("VH_Input", s, ""), image=s1.select("VH").toBands().rename(s1_ids), bands=n_s1),
-        Output(file_name("InputNDVI_Metadata", s, ""), table=_rows_table(ndvi_request, ndvi_columns),
+        Output(file_name(VV_INPUT_FILE, s, ""), image=s1.select("VV").toBands().rename(s1_ids), bands=n_s1),
+        Output(file_name(VH_INPUT_FILE, s, ""), image=s1.select("VH").toBands().rename(s1_ids), bands=n_s1),
+        Output(file_name(NDVI_METADATA_FILE, s, ""), table=_rows_table(ndvi_request, ndvi_columns),
                rows=lambda: ndvi_table),
-        Output(file_name("InputS1_Metadata", s, ""), table=_rows_table(s1_request, ["ID", "CollectionTime"]),
+        Output(file_name(S1_METADATA_FILE, s, ""), table=_rows_table(s1_request, ["ID", "CollectionTime"]),
                rows=lambda: s1_table),
     ]
     return export_outputs(outputs, destination=destination, region=region, client=client,

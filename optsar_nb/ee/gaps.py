@@ -116,9 +116,10 @@ def gap_statistics(composites: ee.ImageCollection, params: GapParams, aoi: Any) 
     last_clear = ee.Image(accumulator.get(-1)).select(LAST_CLEAR)
     open_gap = ee.Image.constant(params.period_days).toFloat().subtract(last_clear).updateMask(has_valid)
     clear_fraction = clear_count.divide(valid_count).updateMask(has_valid)
-    bands = [clear_count, clear_count, band("mean"), band("p50"), band("stdDev"), band("min"), band("max"),
-             band("p90"), open_gap, valid_count, clear_fraction]
-    named = [b.toFloat().rename(name) for b, name in zip(bands, GAP_STATISTIC_NAMES)]
+    bands = {"clear_count": clear_count, "gap_count": clear_count, "gap_mean": band("mean"), "gap_median": band("p50"),
+             "gap_std": band("stdDev"), "gap_min": band("min"), "gap_max": band("max"), "gap_p90": band("p90"),
+             "open_gap": open_gap, "valid_count": valid_count, "clear_fraction": clear_fraction}
+    named = [bands[name].toFloat().rename(name) for name in GAP_STATISTIC_NAMES]
     stats = named[0]
     for b in named[1:]:
         stats = stats.addBands(b)

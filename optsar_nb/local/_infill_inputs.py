@@ -13,6 +13,22 @@ import xarray as xr
 
 from ..errors import NoImages
 from ..params import InfillParams
+from ..products import (
+    CSV,
+    NDVI_INPUT_FILE,
+    NDVI_MASK_FILE,
+    NDVI_METADATA_FILE,
+    S1_METADATA_FILE,
+    SCL_INPUT_FILE,
+    TIF,
+    VH_INPUT_FILE,
+    VV_INPUT_FILE,
+    file_name,
+    file_pattern,
+    find_file,
+    metadata_beside,
+    suffix_of,
+)
 from .gaps import cloud_state
 from .stack import align_to, read_netcdf, read_stack
 from .steps import ndvi as compute_ndvi
@@ -22,10 +38,9 @@ InfillInputs = tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]
 
 def _find(folder: Path, product: str, suffix: str | None, mission: str) -> Path | None:
     if suffix is not None:
-        path = folder / f"{product}{suffix}.tif"
+        path = folder / file_name(product, suffix, TIF)
         return path if path.exists() else None
-    matches = sorted(folder.glob(f"{product}_{mission}_*.tif"))
-    return matches[0] if matches else None
+    return find_file(folder, product, mission)
 
 
 def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | None = None,
@@ -40,27 +55,27 @@ def load_seed_inputs(folder: str | Path, params: InfillParams, *, suffix: str | 
     (see :func:`optsar_nb.local.stack.read_geotiff`).
     """
     folder = Path(folder)
-    ndvi_path = _find(folder, "NDVI_Input", suffix, params.mission)
+    ndvi_path = _find(folder, NDVI_INPUT_FILE, suffix, params.mission)
     if ndvi_path is None:
-        raise NoImages(f"no NDVI_Input_{params.mission}_<start>_<end>.tif in {folder}: export the inputs first")
-    sfx = ndvi_path.stem[len("NDVI_Input"):]
-    ndvi_meta = folder / f"InputNDVI_Metadata{sfx}.csv"
-    s1_meta = folder / f"InputS1_Metadata{sfx}.csv"
+        raise NoImages(f"no {file_pattern(NDVI_INPUT_FILE, params.mission)} in {folder}: export the inputs first")
+    sfx = suffix_of(ndvi_path, NDVI_INPUT_FILE)
+    ndvi_meta = folder / file_name(NDVI_METADATA_FILE, sfx, CSV)
+    s1_meta = folder / file_name(S1_METADATA_FILE, sfx, CSV)
     ndvi = read_stack(ndvi_path, ndvi_meta, chunk_px=chunk_px).rename("NDVI")
-    mask_path, qa_path = folder / f"NDVI_Mask{sfx}.tif", folder / f"SCL_Input{sfx}.tif"
+    mask_path, qa_path = folder / file_name(NDVI_MASK_FILE, sfx, TIF), folder / file_name(SCL_INPUT_FILE, sfx, TIF)
     if mask == "auto":
-        mask = "NDVI_Mask" if mask_path.exists() else "SCL_Input"
-    if mask == "NDVI_Mask":
+        mask = NDVI_MASK_FILE if mask_path.exists() else SCL_INPUT_FILE
+    if mask == NDVI_MASK_FILE:
         flags = read_stack(mask_path, ndvi_meta, chunk_px=chunk_px)
         state = cloud_state(flags, "clear_mask", valid=(flags >= 0))
-    elif mask == "SCL_Input":
-        qa_meta = qa_path.with_suffix(".csv")
+    elif mask == SCL_INPUT_FILE:
+        qa_meta = metadata_beside(qa_path)
         qa = read_stack(qa_path, qa_meta if qa_meta.exists() else ndvi_meta, chunk_px=chunk_px)
         state = cloud_state(qa, params.mask_rule_name, threshold=params.cloudscore_threshold)
     else:
-        raise NoImages(f"mask={mask!r}: choose 'NDVI_Mask', 'SCL_Input' or 'auto'")
-    vv = read_stack(folder / f"VV_Input{sfx}.tif", s1_meta, chunk_px=chunk_px).rename("VV")
-    vh = read_stack(folder / f"VH_Input{sfx}.tif", s1_meta, chunk_px=chunk_px).rename("VH")
+        raise NoImages(f"mask={mask!r}: choose {NDVI_MASK_FILE!r}, {SCL_INPUT_FILE!r} or 'auto'")
+    vv = read_stack(folder / file_name(VV_INPUT_FILE, sfx, TIF), s1_meta, chunk_px=chunk_px).rename("VV")
+    vh = read_stack(folder / file_name(VH_INPUT_FILE, sfx, TIF), s1_meta, chunk_px=chunk_px).rename("VH")
     return ndvi, state.assign_coords(id=ndvi["id"]), vv, vh
 
 

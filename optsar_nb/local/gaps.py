@@ -4,7 +4,10 @@ Steps, named as in the Earth Engine engine:
 ``cloud_state`` (mask rule -> CLEAR/CLOUDY/MISSING per pixel and image),
 ``aoi_cloud_stats`` (per-image cloud percentage and valid pixel count over the AOI),
 ``composite_same_day``, ``day_counts`` and ``gap_statistics`` (the gap iteration and its
-statistics). ``characterize_gaps`` runs them all and writes the outputs.
+statistics). ``prepare_gaps`` runs them once for a period and AOI and holds what both uses need
+(lazy statistics, daily states, the metadata table); ``write_gaps`` writes a prepared run and
+``characterize_gaps`` does both. Outside the AOI every statistic is NaN, counts included, in
+memory as in the written GeoTIFF.
 
 All steps take and return lazy DataArrays chunked in space; the gap iteration needs the
 whole time axis of a pixel, so it rechunks to full time and bounded spatial blocks.
@@ -13,7 +16,10 @@ whole time axis of a pixel, so it rechunks to full time and bounded spatial bloc
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -220,7 +226,10 @@ def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_day
     with np.errstate(invalid="ignore", divide="ignore"):
         open_gap = np.where(valid_count > 0, period_days - final_last, np.nan)
         clear_fraction = np.where(valid_count > 0, count / np.maximum(valid_count, 1), np.nan)
-    out = np.stack([count, count, mean, median, np.sqrt(var), gmin, gmax, p90, open_gap, valid_count, clear_fraction])
+    by_name = {"clear_count": count, "gap_count": count, "gap_mean": mean, "gap_median": median,
+               "gap_std": np.sqrt(var), "gap_min": gmin, "gap_max": gmax, "gap_p90": p90, "open_gap": open_gap,
+               "valid_count": valid_count, "clear_fraction": clear_fraction}
+    out = np.stack([by_name[name] for name in GAP_STATISTIC_NAMES])
     return out.astype("float32").reshape(len(out), ny, nx)
 
 
@@ -231,11 +240,21 @@ def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
     and returns a lazy float32 (stat, y, x) DataArray with the bands of ``GAP_STATISTIC_NAMES``.
     Undefined statistics (no clear day; no valid day for open_gap/clear_fraction) are NaN.
     """
-    state = composite_same_day(select_period(state, params.start, params.end).sortby("time"))
+    return daily_gap_statistics(composite_same_day(select_period(state, params.start, params.end).sortby("time")),
+                                params)
+
+
+def _no_image(params: GapParams) -> NoImages:
+    return NoImages(
+        f"no image between {params.start} and {params.end} (end exclusive): widen the dates or check the inputs"
+    )
+
+
+def daily_gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
+    """:func:`gap_statistics` of a stack already within the period and composited (one image per
+    day, in time order, as :func:`composite_same_day` returns it)."""
     if state.sizes["time"] == 0:
-        raise NoImages(
-            f"no image between {params.start} and {params.end} (end exclusive): widen the dates or check the inputs"
-        )
+        raise _no_image(params)
     days = day_counts(state.time.values, params.start)
     n_time = len(days)
     edge = int(max(16, min(2048, np.sqrt(BLOCK_BYTES / (4 * n_time)))))
@@ -263,53 +282,82 @@ def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
 
 # --------------------------------------------------------------------------------------------
 # the whole job
-def characterize_gaps(
-    state: xr.DataArray,
-    params: GapParams,
-    out_dir: str | Path,
-    *,
-    aoi=None,
-    overwrite: bool | str = False,
-    plot: bool = True,
-) -> dict[str, Path]:
-    """Run part A on a state stack and write its outputs into ``out_dir``.
+@dataclass
+class GapPeriod:
+    """Part A of a state stack prepared once for the params' period and an AOI: what writing the
+    outputs and showing them in memory both use. Arrays are lazy (dask).
 
-    Writes ``Gap_Statistics<suffix>.tif`` (one band per statistic), ``InputMask_Metadata<suffix>.csv``
-    (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI per input image) and, with
-    ``plot``, ``Gap_Statistics<suffix>.png``, and ``Gap_Manifest<suffix>.json`` last, which marks
-    the set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then moved into place;
-    one run per folder). Existing files are refused unless ``overwrite`` (True, or "own": only this
-    job's own unchanged earlier outputs). Returns the written paths by kind.
+    ``images``: the period's (time, y, x) states, MISSING outside the AOI; ``daily_state``: their
+    same-day composites, one per UTC day in time order; ``statistics``: the float32 (stat, y, x) gap
+    statistics of ``daily_state``, named by ``stat``; ``inside``: the AOI's (y, x) mask, or None for
+    the whole stack. Outside the AOI every statistic is NaN, ``clear_count``, ``gap_count`` and
+    ``valid_count`` included: nothing is defined there (as Earth Engine's clip), and the written
+    GeoTIFF holds exactly these values. ``source``: the state stack as given, whose fingerprint the
+    manifest records.
     """
-    from ..outputs import OutputSet, fingerprint, write_csv
-    from ..products import GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, file_name
-    from .stack import metadata_of, write_geotiff
 
-    names = {
-        "statistics": file_name(GAP_STATISTICS_FILE, params.suffix, ".tif"),
-        "metadata": file_name(MASK_METADATA_FILE, params.suffix, ".csv"),
-    }
-    if plot:
-        names["panel"] = file_name(GAP_STATISTICS_FILE, params.suffix, ".png")
-    with OutputSet(out_dir, names.values(), job=GAP_MANIFEST_JOB, suffix=params.suffix, params=params.to_dict(),
-                   inputs={"state": fingerprint(state), "aoi": getattr(aoi, "name", None)},
-                   overwrite=overwrite) as out:
-        paths = {kind: out.path(name) for kind, name in names.items()}
-        state = select_period(state, params.start, params.end)
-        inside = aoi_mask(state, aoi) if aoi is not None else None
-        state = clip_to_aoi(state, inside)
-        table = metadata_of(state)[["ID", "CollectionTime"]]
-        table = pd.concat([table, aoi_cloud_stats(state)], axis=1)
+    params: GapParams
+    source: xr.DataArray
+    images: xr.DataArray
+    inside: xr.DataArray | None
+    daily_state: xr.DataArray
+    statistics: xr.DataArray
+    aoi: Any = None
+
+    @cached_property
+    def metadata(self) -> pd.DataFrame:
+        """One row per image: ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI (computed on first
+        use). Raises NoImages when no image has a valid quality value inside the AOI."""
+        from .stack import metadata_of
+
+        params = self.params
+        table = pd.concat([metadata_of(self.images)[["ID", "CollectionTime"]], aoi_cloud_stats(self.images)], axis=1)
         if not (table["PIXEL_COUNT_AOI"] > 0).any():
             raise NoImages(
                 f"no valid quality value inside the AOI in any of the {len(table)} images from {params.start} to "
                 f"{params.end} (mask rule {params.mask_rule_name!r}): the quality stack is empty there, or holds "
                 "values the rule does not define, which count as missing (SCL classes are 0-11; for a Landsat "
                 "QA_PIXEL band give mission L8 or L9)")
-        stats = gap_statistics(state, params)
-        if inside is not None:  # outside the AOI nothing is defined, counts included (as EE's clip)
-            stats = stats.where(inside)
-        write_geotiff(stats, paths["statistics"], band_names=list(GAP_STATISTIC_NAMES))
+        return table
+
+
+def prepare_gaps(state: xr.DataArray, params: GapParams, *, aoi=None) -> GapPeriod:
+    """Select the period of a (time, y, x) state stack, clip it to ``aoi`` (None: the whole stack),
+    composite same-day images and set up the statistics, once; nothing is computed yet."""
+    images = select_period(state, params.start, params.end)
+    if images.sizes["time"] == 0:
+        raise _no_image(params)
+    inside = aoi_mask(images, aoi) if aoi is not None else None
+    images = clip_to_aoi(images, inside)
+    daily = composite_same_day(images.sortby("time"))
+    stats = daily_gap_statistics(daily, params)
+    if inside is not None:  # outside the AOI nothing is defined, counts included
+        stats = stats.where(inside)
+    return GapPeriod(params=params, source=state, images=images, inside=inside, daily_state=daily,
+                     statistics=stats, aoi=aoi)
+
+
+def write_gaps(gaps: GapPeriod, out_dir: str | Path, *, overwrite: bool | str = False,
+               plot: bool = True) -> dict[str, Path]:
+    """Write a prepared run's outputs into ``out_dir``; see :func:`characterize_gaps`."""
+    from ..outputs import OutputSet, fingerprint, write_csv
+    from ..products import CSV, GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, PNG, TIF, file_name
+    from .stack import write_geotiff
+
+    params = gaps.params
+    names = {
+        "statistics": file_name(GAP_STATISTICS_FILE, params.suffix, TIF),
+        "metadata": file_name(MASK_METADATA_FILE, params.suffix, CSV),
+    }
+    if plot:
+        names["panel"] = file_name(GAP_STATISTICS_FILE, params.suffix, PNG)
+    with OutputSet(out_dir, names.values(), job=GAP_MANIFEST_JOB, suffix=params.suffix, params=params.to_dict(),
+                   inputs={"state": fingerprint(gaps.source), "aoi": getattr(gaps.aoi, "name", None)},
+                   overwrite=overwrite) as out:
+        paths = {kind: out.path(name) for kind, name in names.items()}
+        table = gaps.metadata  # the first computation: stops here when nothing is valid
+        stats = gaps.statistics
+        write_geotiff(stats, paths["statistics"], band_names=[str(name) for name in stats.stat.values])
         write_csv(table, paths["metadata"])
         if plot:
             from ..plots import gap_panel
@@ -321,3 +369,24 @@ def characterize_gaps(
             gap_panel(written[:, ::step, ::step], paths["panel"],
                       title=f"Gap statistics {params.mission} {params.start} to {params.end}")
     return {kind: out.final(name) for kind, name in names.items()}
+
+
+def characterize_gaps(
+    state: xr.DataArray,
+    params: GapParams,
+    out_dir: str | Path,
+    *,
+    aoi=None,
+    overwrite: bool | str = False,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Run part A on a state stack and write its outputs into ``out_dir``.
+
+    Writes ``Gap_Statistics<suffix>.tif`` (one band per statistic; NaN outside the AOI),
+    ``InputMask_Metadata<suffix>.csv`` (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI per
+    input image) and, with ``plot``, ``Gap_Statistics<suffix>.png``, and ``Gap_Manifest<suffix>.json``
+    last, which marks the set complete (:class:`optsar_nb.outputs.OutputSet`: staged, checked, then
+    moved into place; one run per folder). Existing files are refused unless ``overwrite`` (True, or
+    "own": only this job's own unchanged earlier outputs). Returns the written paths by kind.
+    """
+    return write_gaps(prepare_gaps(state, params, aoi=aoi), out_dir, overwrite=overwrite, plot=plot)

@@ -30,6 +30,19 @@ from scipy.special import ndtri
 from ..errors import OutputExists
 from ..missions import SCL
 from ..outputs import atomic_path, refuse_existing, write_csv
+from ..products import (
+    CSV,
+    NDVI_INPUT_FILE,
+    NDVI_MASK_FILE,
+    NDVI_METADATA_FILE,
+    NDVI_TRUTH_FILE,
+    S1_METADATA_FILE,
+    SCL_INPUT_FILE,
+    TIF,
+    VH_INPUT_FILE,
+    VV_INPUT_FILE,
+    file_name,
+)
 from .gaps import aoi_cloud_stats, cloud_state
 from .stack import DEFAULT_CHUNK_PX, metadata_of, write_geotiff
 
@@ -515,10 +528,12 @@ def scene_files(scene: Scene = DEMO) -> dict[str, str]:
     """File names of a written scene, by kind (seed names + ``_S2_<start>_<end>``)."""
     s = scene.suffix
     return {
-        "ndvi": f"NDVI_Input{s}.tif", "ndvi_csv": f"InputNDVI_Metadata{s}.csv", "mask": f"NDVI_Mask{s}.tif",
-        "scl": f"SCL_Input{s}.tif", "scl_csv": f"SCL_Input{s}.csv",
-        "truth": f"NDVI_Truth{s}.tif", "truth_csv": f"NDVI_Truth{s}.csv",
-        "vv": f"VV_Input{s}.tif", "vh": f"VH_Input{s}.tif", "s1_csv": f"InputS1_Metadata{s}.csv",
+        "ndvi": file_name(NDVI_INPUT_FILE, s, TIF), "ndvi_csv": file_name(NDVI_METADATA_FILE, s, CSV),
+        "mask": file_name(NDVI_MASK_FILE, s, TIF),
+        "scl": file_name(SCL_INPUT_FILE, s, TIF), "scl_csv": file_name(SCL_INPUT_FILE, s, CSV),
+        "truth": file_name(NDVI_TRUTH_FILE, s, TIF), "truth_csv": file_name(NDVI_TRUTH_FILE, s, CSV),
+        "vv": file_name(VV_INPUT_FILE, s, TIF), "vh": file_name(VH_INPUT_FILE, s, TIF),
+        "s1_csv": file_name(S1_METADATA_FILE, s, CSV),
         "aoi": "aoi.geojson", "readme": "README.md",
     }
 

@@ -25,6 +25,7 @@ import xarray as xr
 
 from ..errors import StackMismatch, UnreadableInput
 from ..outputs import atomic_path, incomplete_block, refuse_existing, verify_geotiff, write_csv
+from ..products import metadata_beside
 
 DEFAULT_CHUNK_PX = 512  # spatial chunk edge: a 380-image float32 block is ~400 MB at most
 TILE_PX = 256  # tile edge of the GeoTIFFs written here
@@ -316,7 +317,7 @@ def read_stack(
     descriptions must equal the CSV's IDs, in order, when the GeoTIFF has them.
     """
     tif_path = Path(tif_path)
-    metadata_csv = Path(metadata_csv) if metadata_csv else tif_path.with_suffix(".csv")
+    metadata_csv = Path(metadata_csv) if metadata_csv else metadata_beside(tif_path)
     raw = read_geotiff(tif_path, chunk_px=chunk_px)
     table = read_metadata(metadata_csv)
     stack = with_metadata(raw, table, source=str(tif_path))
@@ -438,7 +439,7 @@ def write_stack(
 ) -> tuple[Path, Path]:
     """Write a (time, y, x) stack in the seed's format: GeoTIFF (bands = IDs) + metadata CSV."""
     tif_path = Path(tif_path)
-    metadata_csv = Path(metadata_csv) if metadata_csv else tif_path.with_suffix(".csv")
+    metadata_csv = Path(metadata_csv) if metadata_csv else metadata_beside(tif_path)
     if not overwrite:
         refuse_existing((tif_path, metadata_csv))
     write_geotiff(stack, tif_path, overwrite=overwrite)
