@@ -116,7 +116,22 @@ def ee_status(*, timeout_s: float = EE_INIT_TIMEOUT_S, project: str | None = Non
 
 
 def resolve_backend(backend: str = "auto", *, timeout_s: float = EE_INIT_TIMEOUT_S) -> Engine:
-    """Choose the engine: "local", "ee" (fails if EE is unusable) or "auto" (EE if usable, else local)."""
+    """Choose the engine the jobs run on.
+
+    Parameters
+    ----------
+    backend : {"auto", "ee", "local"}
+        "local": the local engine on files; "ee": Earth Engine (an error says why when it cannot be
+        used); "auto": Earth Engine when credentials exist here and ``ee.Initialize()`` succeeds
+        within ``timeout_s``, else the local engine.
+    timeout_s : float
+        How long Earth Engine's initialization may take before "auto" gives up on it.
+
+    Returns
+    -------
+    Engine
+        Its ``name`` ("ee" or "local") and the ``reason`` it was chosen, printable as one line.
+    """
     backend = str(backend).strip().lower()
     if backend not in BACKENDS:
         raise InvalidParameter(f"backend={backend!r} is unknown: choose one of {BACKENDS}")
@@ -258,19 +273,46 @@ def run_gaps(
     export_options: dict | None = None,
     **extra,
 ) -> GapResult:
-    """Gap characterization (docs/method.md part A) for the notebooks' parameters.
+    """Gap characterization (docs/method.md part A): per pixel, the days between clear observations.
 
-    ``aoi``: GeoJSON/shapefile path, GeoJSON dict, (west, south, east, north) bbox or None (the
-    input folder's ``aoi.geojson``, else the whole stack). ``inputs``: local input folder (None:
-    the demo scene). ``out_dir``: where files are written (None: in memory only). ``export``:
-    Earth Engine destination ("drive", "asset", "gcs", "local"). ``extra``: further GapParams fields.
-    ``overwrite``: False refuses existing outputs, True replaces them, ``"own"`` replaces only the
-    outputs an earlier run of the same job wrote into ``out_dir`` and nobody changed since (what a
-    re-run notebook does; :mod:`optsar_nb.outputs`). ``progress(name, state, fraction)`` is called
-    as Earth Engine export tasks change state. ``export_options``: Earth Engine only, further keyword
-    arguments of :func:`optsar_nb.ee.export.export_gaps` / ``export_infill`` (e.g. ``wait=False`` to
-    start the tasks and return, ``retries``, ``poll_s``, ``timeout_s``, or ``client``: an object with
-    the methods of :class:`optsar_nb.ee.export.Client` that starts the export tasks).
+    Parameters
+    ----------
+    aoi : str, Path, dict, tuple or None
+        GeoJSON/shapefile path, GeoJSON dict, (west, south, east, north) in degrees, or None: the
+        input folder's ``aoi.geojson``, else the whole stack (local engine; Earth Engine needs one).
+    mission : {"S2", "L8", "L9"}
+        Sentinel-2, Landsat 8 or Landsat 9.
+    start, end : str or date
+        First day (inclusive) and last day (exclusive, as Earth Engine's filterDate), YYYY-MM-DD.
+    backend : {"auto", "ee", "local"}
+        The engine, when ``engine`` is not given (:func:`resolve_backend`).
+    inputs : str, Path or None
+        Local engine: the folder of exported inputs; None: the demo scene installed with the package.
+    out_dir : str, Path or None
+        Where files are written; None computes in memory only (the app's previews).
+    overwrite : bool or "own"
+        False refuses existing outputs, True replaces them, "own" replaces only the outputs an
+        earlier run of the same job wrote into ``out_dir`` and nobody changed since (what a re-run
+        notebook does; :mod:`optsar_nb.outputs`).
+    export : str
+        Earth Engine destination: "drive", "local", "asset:<folder id>" or "gcs:<bucket>".
+    engine : Engine, optional
+        An engine already chosen (skips :func:`resolve_backend`).
+    progress : callable, optional
+        ``progress(name, state, fraction)``, called as Earth Engine export tasks change state.
+    export_options : dict, optional
+        Earth Engine only: further keyword arguments of :func:`optsar_nb.ee.export.export_gaps`
+        (``wait=False`` to start the tasks and return, ``retries``, ``poll_s``, ``timeout_s``,
+        ``max_tile_pixels``, or ``client``: an object with the methods of
+        :class:`optsar_nb.ee.export.Client`).
+    **extra
+        Further :class:`optsar_nb.params.GapParams` fields (e.g. ``mask``, ``revisit_days``).
+
+    Returns
+    -------
+    GapResult
+        The statistics (lazy on the local engine, an ``ee.Image`` on Earth Engine), daily
+        clear-day states, per-image metadata, the written ``paths`` and Earth Engine ``tasks``.
     """
     params = gap_params(mission, start, end, **extra)
     engine = engine or resolve_backend(backend)
@@ -425,11 +467,24 @@ def run_infill(
     export_options: dict | None = None,
     **extra,
 ) -> InfillResult:
-    """Gap infilling (docs/method.md part B) for the notebooks' parameters; arguments as :func:`run_gaps`.
+    """Gap-free NDVI (docs/method.md parts B and C): cloudy dates predicted from Sentinel-1 and fused
+    with the clear views around them, with an accuracy report.
 
-    Local engine: reads ``NDVI_Input``, ``NDVI_Mask`` (or ``SCL_Input``), ``VV_Input``, ``VH_Input``
-    and their CSVs from ``inputs`` and writes the infill outputs and accuracy report into ``out_dir``.
-    ``extra``: further InfillParams fields (e.g. ``s1_window_days``).
+    Parameters
+    ----------
+    aoi, mission, start, end, backend, inputs, overwrite, export, engine, progress, export_options
+        As in :func:`run_gaps`. The local engine reads ``NDVI_Input``, ``NDVI_Mask`` (or
+        ``SCL_Input``), ``VV_Input``, ``VH_Input`` and their CSVs from ``inputs``.
+    out_dir : str or Path
+        Where the infill outputs and the accuracy report are written (the local engine needs one).
+    **extra
+        Further :class:`optsar_nb.params.InfillParams` fields (e.g. ``method``, ``s1_window_days``).
+
+    Returns
+    -------
+    InfillResult
+        Observed, predicted and gap-free NDVI stacks, S1 stacks, the per-image metadata, the
+        accuracy tables (``accuracy``, ``accuracy_by_gap``, ``verdict``; local engine) and ``paths``.
     """
     params = InfillParams.from_dict({"mission": mission, "start": start, "end": end, **extra})
     engine = engine or resolve_backend(backend)

@@ -48,15 +48,31 @@ def make_map(engine: run.Engine):
 
 
 class OptsarApp:
-    """The app widget. Display it in a notebook (``display(app)`` or as a cell's last value).
+    """The map app. Display it in a notebook (``display(app)`` or as a cell's last value).
 
-    ``backend``: "auto" | "ee" | "local"; ``inputs``: local input folder (None: the demo scene);
-    ``out_dir``: where Export (``out_dir/gaps``) and Infill (``out_dir/infill``) write; pressing
-    them again replaces the app's own earlier outputs there, and any other file only when
-    "overwrite outputs" is ticked. ``gaps``/``infill``: results of :func:`optsar_nb.run.run_gaps`
-    / :func:`optsar_nb.run.run_infill` to show at once (as the notebooks do after their runs).
-    ``export_options``: Earth Engine export settings for Infill and Export (``export_options`` of
-    :func:`optsar_nb.run.run_gaps`, e.g. ``{"wait": False}`` to start the tasks without waiting).
+    Parameters
+    ----------
+    backend : {"auto", "ee", "local"}
+        The engine, when neither ``engine`` nor ``gaps`` gives it (:func:`optsar_nb.run.resolve_backend`).
+    mission, start, end
+        The initial values of the Mission, Start and End controls (as in :func:`optsar_nb.run.run_gaps`).
+    inputs : str, Path or None
+        Local engine: the folder of exported inputs; None: the demo scene.
+    aoi : optional
+        The initial AOI (any source :func:`optsar_nb.aoi.load_aoi` takes); else that of ``gaps`` or
+        ``infill``; the user can draw or upload another.
+    out_dir : str or Path
+        Where Export (``out_dir/gaps``) and Infill (``out_dir/infill``) write. Pressing them again
+        replaces the app's own earlier outputs there; any other file only when "overwrite outputs"
+        is ticked.
+    gaps, infill : GapResult, InfillResult, optional
+        Results of :func:`optsar_nb.run.run_gaps` / :func:`optsar_nb.run.run_infill` to show at once
+        (as the notebooks do after their runs).
+    engine : Engine, optional
+        An engine already chosen.
+    export_options : dict, optional
+        Earth Engine export settings for Infill and Export (``export_options`` of
+        :func:`optsar_nb.run.run_gaps`, e.g. ``{"wait": False}`` to start the tasks without waiting).
     """
 
     def __init__(self, *, backend: str = "auto", mission: str = "S2", start=run.DEMO_PERIOD[0],
