@@ -24,7 +24,6 @@ from .errors import InvalidParameter, NoImages, OptsarError
 from .params import GapParams, InfillParams
 from .products import (
     CSV,
-    GAP_STATISTIC_NAMES,
     GAP_STATISTICS,
     INFILL_COMPARISON_FILE,
     MASK_INPUT_FILE,
@@ -35,7 +34,6 @@ from .products import (
     PNG,
     S1_METADATA_FILE,
     SCL_INPUT_FILE,
-    STATISTICS_BY_NAME,
     TIF,
     VH_INPUT_FILE,
     VV_INPUT_FILE,
@@ -322,15 +320,6 @@ def run_gaps(
     folder = input_dir(inputs)
     aoi_obj = resolve_aoi(aoi, folder, max_area_km2=params.max_aoi_km2)
     return local_gap_run(params, aoi_obj, folder, engine, out_dir=out_dir, overwrite=overwrite)
-
-
-def statistic_names() -> tuple[str, ...]:
-    return GAP_STATISTIC_NAMES
-
-
-def describe_statistic(name: str) -> str:
-    info = STATISTICS_BY_NAME[name]
-    return f"{name} ({info.unit}): {info.description}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from optsar_nb.aoi import load_aoi
 from optsar_nb.local.gaps import characterize_gaps, cloud_state
 from optsar_nb.local.stack import read_geotiff, read_stack
 from optsar_nb.params import GapParams
+from optsar_nb.products import GAP_STATISTIC_NAMES
 
 SUFFIX = "_S2_2021-01-01_2022-01-01"
 # inside the demo scene (lon 148.7654 to 148.7739, lat -31.3232 to -31.3159)
@@ -57,7 +58,7 @@ def direct_statistics(demo_dir, aoi, tmp_path) -> dict[str, np.ndarray]:
     state = cloud_state(read_stack(demo_dir / f"SCL_Input{SUFFIX}.tif"), params.mask_rule_name)
     paths = characterize_gaps(state, params, tmp_path, aoi=aoi, plot=False)
     stats = read_geotiff(paths["statistics"]).values
-    return {name: stats[i] for i, name in enumerate(run.GAP_STATISTIC_NAMES)}
+    return {name: stats[i] for i, name in enumerate(GAP_STATISTIC_NAMES)}
 
 
 # --------------------------------------------------------------------------------------------
