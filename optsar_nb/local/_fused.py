@@ -19,11 +19,11 @@ from ..errors import WorkerFailed
 from . import fusion, steps
 
 
-def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int) -> np.ndarray:
-    """(T, h + 2 depth, w + 2 depth) float32 copy of a block of ``stack`` and its halo; NaN beyond the image."""
+def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int, dtype="float32") -> np.ndarray:
+    """(T, h + 2 depth, w + 2 depth) copy of a block of ``stack`` and its halo; NaN beyond the image."""
     T, H, W = stack.shape
     r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
-    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype="float32")
+    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype=dtype)
     out[:, max(r0, 0) - r0 : min(r1, H) - r0, max(c0, 0) - c0 : min(c1, W) - c0] = \
         stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
     return out
@@ -78,7 +78,7 @@ def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
     g = _BLOCK_STAGE
     params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
-    win_vv, win_vh = (read_with_halo(g[name], rows, cols, depth) for name in ("win_vv", "win_vh"))
+    win_vv, win_vh = (read_with_halo(g[name], rows, cols, depth, "float64") for name in ("win_vv", "win_vh"))
     covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params)  # halo already removed
     del win_vv, win_vh
     o, s, donor = np.asarray(g["obs"][:, rows, cols]), np.asarray(g["state"][:, rows, cols]), g["donor"][rows, cols]

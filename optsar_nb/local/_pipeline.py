@@ -20,7 +20,7 @@ temporary memory-mapped file instead of in memory or recomputed; the observation
 are staged so that per-image steps read one contiguous image at a time; the S1 window means so
 that the fused stage reads them with their halo instead of re-reading and re-averaging S1 over
 every block's halo. Peak memory is then a few blocks per core, whatever the scene size; disk
-use is STAGING_BYTES_PER_SAMPLE (25) bytes per pixel and image during the fused stage, 22 after.
+use is STAGING_BYTES_PER_SAMPLE (33) bytes per pixel and image during the fused stage, 22 after.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
 METRICS_FILE = "Infill_Metrics"  # accuracy of every estimate by split and gap length
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
-# Per pixel and pair in that stage: window means with their halo, covariates, box-mean and
+# Per pixel and pair in that stage: window means (float64) with their halo, covariates, box-mean and
 # median temporaries, observations, prediction (about 40 measured, plus margin for the halo of
 # small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
 # pixels (``_regression.BATCH_BYTES``), a fixed cost whatever the block size.
@@ -182,10 +182,12 @@ def infill(
 
 
 # Temporary disk per pixel and image while the regression runs: observations (float32), states
-# (int8), the two S1 window means, the predictions and the fusion's two covariates (float32);
-# afterwards the window means are deleted and the fused estimate (float32) and its standard-error
-# bin (int8) are staged (22 bytes). The coefficient image adds 88 bytes per pixel.
-STAGING_BYTES_PER_SAMPLE = 25
+# (int8), the two S1 window means (float64, as Earth Engine's mean reducer keeps them: the
+# covariates are rounded to float32 only once computed), the predictions and the fusion's two
+# covariates (float32). Afterwards the window means are deleted; the PCA-smoothed predictions
+# are staged in float64 until B.9 has read them (25 bytes), then the fused estimate (float32) and
+# its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
+STAGING_BYTES_PER_SAMPLE = 33
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
 OUTPUT_BYTES_PER_SAMPLE = 17
@@ -268,20 +270,20 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
 def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.ndarray, np.ndarray]:
     """B.3: the pairs' S1 window means staged as ``win_vv`` and ``win_vh``; returns their AOI means.
 
-    The AOI means are a global reduction over the staged float32 values, the values the
-    covariates use. Nothing here keeps the staged files mapped once it returns, so deleting
-    them gives their disk back at once.
+    The window means are staged in float64 (see ``steps.covariate_block``); the AOI means are a
+    global reduction over the staged values, the values the covariates use. Nothing here keeps
+    the staged files mapped once it returns, so deleting them gives their disk back at once.
     """
     T = shape[0]
-    staged = [_memmap(work, name, shape, "float32") for name in ("win_vv", "win_vh")]
+    staged = [_memmap(work, name, shape, "float64") for name in ("win_vv", "win_vh")]
     bounds = (params.s1_min_db, params.s1_max_db)
-    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds).astype("float32"),
-                          chunks=((T,), *s1.chunks[1:]), dtype="float32")
+    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds),
+                          chunks=((T,), *s1.chunks[1:]), dtype="float64")
             for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
     da.store(wins, staged, lock=False)
     sums = []
     for mm in staged:
-        win = _lazy(mm, chunks=(-1, edge, edge)).astype("float64")
+        win = _lazy(mm, chunks=(-1, edge, edge))
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
     if n_vv.sum() == 0 or n_vh.sum() == 0:
@@ -353,11 +355,13 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
     lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
 
-    # B.8 PCA smoothing, in place
+    # B.8 PCA smoothing, staged in float64 for B.9 (see steps.pca_smooth)
     pred_lazy = xr.DataArray(_lazy(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
-    smoothed = steps.pca_smooth(pred_lazy, params)
+    smoothed = steps.pca_smooth(pred_lazy, params, dtype="float64")
+    mm_smooth = mm_pred
     if smoothed is not pred_lazy:
-        da.store(smoothed.data, mm_pred, lock=False)
+        mm_smooth = _memmap(work, "smoothed", (T, H, W), "float64")
+        da.store(smoothed.data, mm_smooth, lock=False)
     lap("PCA smoothing (B.8)")
 
     # B.9 standardization and the per-image MAE
@@ -369,13 +373,16 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         frac = 1.0 - used.sum() / max((s != MISSING).sum(), 1)
         # a validation pair is treated as the cloudier image its artificial clouds make it: the
         # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
-        cal = steps.standardize_one(np.asarray(mm_pred[t]), o, used, frac, params)
+        cal = steps.standardize_one(np.asarray(mm_smooth[t]), o, used, frac, params)
         mm_pred[t] = cal
         return frac, _postprocess.mae(o, cal, s == CLEAR)
 
     with ThreadPoolExecutor(max_workers=workers or 2) as pool:
         results = list(pool.map(one_image, range(T)))
     table = table.assign(MAE=[r[1] for r in results], Cloud_cover_used=[100 * r[0] for r in results])
+    if mm_smooth is not mm_pred:
+        del mm_smooth
+        (work / "smoothed.npy").unlink()
     lap("standardization, MAE (B.9-B.10)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length

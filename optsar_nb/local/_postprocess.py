@@ -39,12 +39,14 @@ def pca_basis(cross: np.ndarray, count: int, n_keep: int) -> np.ndarray:
     return vec[:, ::-1][:, :n_keep]
 
 
-def pca_reconstruct(block: np.ndarray, means: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """means + V V^T (x - means) for complete pixels; other pixels keep their series unchanged."""
+def pca_reconstruct(block: np.ndarray, means: np.ndarray, basis: np.ndarray, dtype="float32") -> np.ndarray:
+    """means + V V^T (x - means) for complete pixels; other pixels keep their series unchanged.
+
+    Computed in float64 and returned as ``dtype``."""
     ok = complete_pixels(block)
-    out = block.astype("float32", copy=True)
+    out = block.astype(dtype, copy=True)
     c = block[:, ok].astype("float64") - means[:, None]
-    out[:, ok] = (means[:, None] + basis @ (basis.T @ c)).astype("float32")
+    out[:, ok] = means[:, None] + basis @ (basis.T @ c)
     return out
 
 

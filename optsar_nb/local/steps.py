@@ -151,14 +151,16 @@ def s1_window_mean(s1: xr.DataArray, optical_times, params: InfillParams) -> tup
     """B.3: per optical date, the per-pixel mean of S1 images within ``+-s1_window_days``.
 
     ``s1``: (time, y, x) backscatter in dB on the optical grid; values below ``s1_min_db`` or
-    above ``s1_max_db`` are masked. Returns the (time = optical dates, y, x) float32 mean (NaN
+    above ``s1_max_db`` are masked. Returns the (time = optical dates, y, x) float64 mean (NaN
     where the window holds no valid value) and ``S1_COUNT``, the number of S1 images in each window.
+    The mean stays in float64, as Earth Engine's mean reducer returns it: the covariates are
+    computed from it in float64 and rounded to float32 once (:func:`covariate_block`).
     """
     weights = _kernels.window_weights(optical_times, s1.time.values, params.s1_window_days)
     data = _dask(s1, (-1, *(_dask(s1, "auto").chunks[1:])))
     bounds = (params.s1_min_db, params.s1_max_db)
-    out = data.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds).astype("float32"),
-                          chunks=((len(weights),), *data.chunks[1:]), dtype="float32")
+    out = data.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds),
+                          chunks=((len(weights),), *data.chunks[1:]), dtype="float64")
     coords = {"time": pd.DatetimeIndex(optical_times), "y": s1.y, "x": s1.x}
     result = xr.DataArray(out, dims=("time", "y", "x"), coords=coords, attrs=_grid_attrs(s1), name=s1.name)
     return result, weights.sum(axis=1).astype("int64")
@@ -186,6 +188,12 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     COVARIATES. Every covariate is NaN where the pixel's own window mean is NaN. The spatially
     constant AOI means are unchanged by a median; the median of ``pixel - mean`` is computed
     as ``median(pixel) - mean`` (a median commutes with a constant shift).
+
+    Precision: as the Earth Engine graph (``optsar_nb.ee.infill.covariates``: double window
+    means, AOI means and neighbourhood means, then ``toFloat``), every covariate is computed
+    in float64 from the float64 window means and AOI means and rounded to float32 once, at the
+    end. Computing in float32 instead moves covariates by an ulp or two, which is enough to
+    flip a Talwar weight whose residual lies near the threshold (docs/earth_engine.md).
     """
     depth = covariate_halo(params)
     T, h, w = vv_win.shape[0], vv_win.shape[-2] - 2 * depth, vv_win.shape[-1] - 2 * depth
@@ -193,7 +201,7 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     # images are independent: slabs of a few keep the kernels' temporaries small (cache-sized,
     # and recycled by the allocator instead of mapped afresh)
     step = max(1, COVARIATE_SLAB_PIXELS // (vv_win.shape[-2] * vv_win.shape[-1]))
-    vv_mean, vh_mean = (np.asarray(m, dtype="float32").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
+    vv_mean, vh_mean = (np.asarray(m, dtype="float64").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
     for t in range(0, T, step):
         sl = slice(t, t + step)
         _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl])
@@ -207,9 +215,9 @@ def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out:
     ring = (slice(None), slice(depth - m, depth + h + m), slice(depth - m, depth + w + m))  # core + median halo
     core = (slice(None), slice(m, m + h), slice(m, m + w))
     for k, (win, mean) in enumerate(((vv_win, vv_mean), (vh_win, vh_mean))):
-        win = np.asarray(win, dtype="float32")  # covariates are float32 whichever path computed the window means
+        win = np.asarray(win, dtype="float64")  # float64 throughout; ``out`` (float32) rounds once
         # the box mean over the core + median halo: the input's outer r_n pixels are its halo
-        nmean = _kernels.box_mean(win, r_n, inset=r_n).astype("float32")
+        nmean = _kernels.box_mean(win, r_n, inset=r_n)
         pix = win[ring]
         out[0 + k] = np.where(np.isfinite(pix[core]), mean, np.nan)
         # the medians read the median halo ``m`` and cover only the core
@@ -227,7 +235,8 @@ def covariates(vv_win: xr.DataArray, vh_win: xr.DataArray, vv_mean: np.ndarray, 
                params: InfillParams) -> xr.DataArray:
     """B.3 + B.4: the eight smoothed covariates, lazily, as (covariate, time, y, x) float32.
 
-    ``*_win``: S1 window means (NaN outside the AOI); ``*_mean``: their AOI means per date.
+    ``*_win``: S1 window means (NaN outside the AOI; float64, see :func:`s1_window_mean`);
+    ``*_mean``: their AOI means per date.
     """
     depth = covariate_halo(params)
     chunks = _dask(vv_win, (-1, "auto", "auto")).chunks
@@ -366,13 +375,16 @@ def predict(coefficients: xr.DataArray, covs: xr.DataArray) -> xr.DataArray:
 
 # ---------------------------------------------------------------------------------------------
 # B.8-B.10
-def pca_smooth(pred: xr.DataArray, params: InfillParams) -> xr.DataArray:
+def pca_smooth(pred: xr.DataArray, params: InfillParams, dtype="float32") -> xr.DataArray:
     """B.8: temporal PCA smoothing of a (time, y, x) prediction stack.
 
     Band means and the band-to-band covariance are global reductions over the pixels whose
     whole series is finite; those pixels are reconstructed from the leading
     floor(pca_fraction x T) components; other pixels keep their prediction. Returns a lazy
-    array (the two reductions are computed here).
+    array of ``dtype`` (the two reductions are computed here). The job asks for float64, the
+    precision of the Earth Engine graph's reconstruction, which B.9 reads before the calibrated
+    prediction is stored as float32: the interval means of B.9 include the values between two
+    quantiles, so a tie that float32 rounding creates at a quantile would move them.
     """
     k = pca_components(pred.sizes["time"], params)
     if k < 1 or k >= pred.sizes["time"]:
@@ -386,7 +398,7 @@ def pca_smooth(pred: xr.DataArray, params: InfillParams) -> xr.DataArray:
     cross = data.map_blocks(lambda b: _postprocess.pca_cross_sums(b, means)[:, :, None, None], new_axis=1,
                             chunks=((T,), (T,), *per_block), dtype="float64").sum(axis=(2, 3)).compute()
     basis = _postprocess.pca_basis(cross, int(sums[T]), k)
-    out = data.map_blocks(_postprocess.pca_reconstruct, means, basis, dtype="float32")
+    out = data.map_blocks(_postprocess.pca_reconstruct, means, basis, dtype, dtype=dtype)
     return pred.copy(data=out)
 
 
