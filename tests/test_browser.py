@@ -213,6 +213,14 @@ def test_gap_notebook_in_jupyterlab(browser, lab, tmp_path):
         _check(app.locator(".optsar-colorbar").count() == 1, "one colorbar on the map", s)
         _check("gap_mean (days)" in app.locator(".optsar-colorbar").inner_text(), "the gap_mean colorbar", s)
         _check(app.locator("img.leaflet-image-layer").count() == 1, "one data layer at a time", s)
+        # the basemap: its tiles where the kernel reaches the tile server, else a neutral
+        # background and a note saying so (the network here is closed)
+        offline = app.locator(".optsar-basemap-note").count() == 1
+        _check(offline != (app.locator("img.leaflet-tile").count() > 0), "basemap tiles or the offline note", s)
+        if offline:
+            _check("basemap offline" in app.locator(".optsar-basemap-note").inner_text(), "the note says so", s)
+            background = app.locator(".leaflet-container").first.evaluate("e => getComputedStyle(e).backgroundColor")
+            _check(background == "rgb(244, 243, 239)", f"a neutral background, not Leaflet's grey ({background})", s)
 
         # another statistic: layer and legend swap
         before = s.overlay_src()

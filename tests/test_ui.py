@@ -258,6 +258,45 @@ def test_the_map_opens_on_the_data(app, demo_dir):
     assert app.map.zoom >= 13
 
 
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_basemap_tiles_when_reachable_else_a_neutral_background_that_says_so(monkeypatch):
+    """Offline there are no tiles: the basemap layer goes, the map gets a neutral background
+    and says "basemap offline"; with a tile server answering, the basemap stays."""
+    import http.server
+    import threading
+
+    from optsar_nb.ui import app as app_module
+
+    class Tiles(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # a server that refuses anonymous clients still proves the network
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Tiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert app_module.tiles_reachable(f"http://127.0.0.1:{server.server_port}/{{z}}/{{x}}/{{y}}.png")
+    finally:
+        server.shutdown()
+        server.server_close()
+    # a port nothing listens on (the server's, now closed), and a name that does not resolve
+    assert not app_module.tiles_reachable(f"http://127.0.0.1:{server.server_port}/{{z}}/{{x}}/{{y}}.png", 1.5)
+    assert not app_module.tiles_reachable("http://tiles.invalid/{z}/{x}/{y}.png")
+
+    engine = run.resolve_backend("local")
+    for reachable in (False, True):
+        monkeypatch.setattr(app_module, "tiles_reachable", lambda url, reachable=reachable: reachable)
+        host = app_module.make_map(engine)
+        notes = [c.widget.value for c in host.controls if hasattr(c, "widget") and hasattr(c.widget, "value")]
+        has_basemap = any(getattr(layer, "base", False) for layer in host.layers)
+        assert has_basemap is reachable
+        assert ("optsar-basemap-offline" in host._dom_classes) is not reachable
+        assert any("basemap offline" in note for note in notes) is not reachable
+
+
 def test_figures_leave_the_notebooks_matplotlib_backend_alone(app, tmp_path):
     """Writing a PNG (panel, report) once switched the kernel to Agg, after which a clicked pixel's
     figure showed as text ("<Figure size 800x320 with 2 Axes>") instead of a picture."""

@@ -10,6 +10,7 @@ in the message panel, never as tracebacks.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
 from pathlib import Path
 
@@ -25,8 +26,13 @@ from .map_widgets import ClearMaskLayer, LayerSwitch, NDVICompare, StatisticLaye
 from .progress import ProgressPanel
 
 MAP_HEIGHT = "480px"
-# Leaflet draws an image overlay as an <img> that the browser smooths when enlarged: keep pixels square.
-PIXELATED_CSS = "<style>.leaflet-image-layer { image-rendering: pixelated; }</style>"
+# Leaflet draws an image overlay as an <img> that the browser smooths when enlarged: keep pixels
+# square. A map without basemap tiles gets a light neutral background instead of Leaflet's grey.
+MAP_CSS = ("<style>.leaflet-image-layer { image-rendering: pixelated; }"
+           ".optsar-basemap-offline.leaflet-container, .optsar-basemap-offline .leaflet-container"
+           " { background: #f4f3ef; }</style>")
+BASEMAP_OFFLINE = ("basemap offline: no map tiles can be fetched here (no network);"
+                   " the data layers and your AOI are drawn as usual")
 
 
 def make_map(engine: run.Engine):
@@ -44,7 +50,43 @@ def make_map(engine: run.Engine):
     host = ipyleaflet.Map(scroll_wheel_zoom=True, layout=widgets.Layout(height=MAP_HEIGHT))
     host.add(ipyleaflet.LayersControl(position="topright"))
     host.add(ipyleaflet.ScaleControl(position="bottomleft"))
+    basemap = next((layer for layer in host.layers if getattr(layer, "base", False)), None)
+    if basemap is not None and not tiles_reachable(basemap.url):
+        host.remove(basemap)
+        host.add_class("optsar-basemap-offline")
+        label = widgets.HTML(f'<div class="optsar-basemap-note" style="font:12px sans-serif;color:#555;'
+                             f'background:rgba(255,255,255,0.8);padding:2px 6px">{BASEMAP_OFFLINE}</div>')
+        host.add(ipyleaflet.WidgetControl(widget=label, position="topright"))
     return host
+
+
+@functools.lru_cache(maxsize=8)
+def tiles_reachable(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether this machine can fetch a tile of the basemap ``url`` (an XYZ template), asked once
+    per process: any HTTP answer counts (a tile server may refuse an anonymous client), no answer
+    within ``timeout_s`` (no network, no name resolution) does not. The notebook's browser
+    normally runs where its kernel does, so the kernel's network is the browser's."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    tile = url.replace("{s}", "a").replace("{z}", "0").replace("{x}", "0").replace("{y}", "0").replace("{r}", "")
+    answer = []
+
+    def ask():
+        try:
+            urllib.request.urlopen(urllib.request.Request(tile, method="HEAD"), timeout=timeout_s).close()
+            answer.append(True)
+        except urllib.error.HTTPError:
+            answer.append(True)
+        except Exception:  # no route, no name, a refused socket: no tiles either way
+            answer.append(False)
+
+    # name resolution is not bounded by the socket timeout: wait for the answer at most that long
+    worker = threading.Thread(target=ask, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(answer and answer[0])
 
 
 class OptsarApp:
@@ -115,7 +157,7 @@ class OptsarApp:
         self.stat_controls = widgets.HBox([self.stat_layer.dropdown], layout=widgets.Layout(display="none"))
         self.ndvi_controls = widgets.HBox([self.ndvi.toggle, self.ndvi.slider], layout=widgets.Layout(display="none"))
         self.widget = widgets.VBox([
-            widgets.HTML(PIXELATED_CSS),
+            widgets.HTML(MAP_CSS),
             widgets.HBox([self.mission, self.start, self.end]),
             widgets.HBox([*self.buttons.values(), self.aoi_control.upload, self.overwrite]),
             self.aoi_control.message, self.message, self.progress.widget, self.map,
