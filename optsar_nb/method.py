@@ -73,3 +73,10 @@ def split_pairs(table: pd.DataFrame, params: InfillParams) -> tuple[pd.DataFrame
 def pca_components(n_images: int, params: InfillParams) -> int:
     """B.8: number of components kept, floor(pca_fraction x n_images)."""
     return int(np.floor(params.pca_fraction * n_images + 1e-9))
+
+
+def covariate_halo(params: InfillParams) -> int:
+    """B.3-B.4: how far (pixels, square) a pixel's covariates read the S1 window means: the
+    neighbourhood radius plus the focal median's. The covariates of the AOI's pixels read the
+    S1 values within this distance of the AOI, inside it or not (docs/method.md B.3)."""
+    return int(params.neighbourhood_radius_px + np.ceil(params.focal_median_radius_px))

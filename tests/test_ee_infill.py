@@ -103,18 +103,20 @@ def test_predictions_equal_local(flanders_ee, aoi, ee_run, local_run):
     changes the pixel's fit. The engines therefore feed the regression the same float32
     covariates (computed in float64, rounded once), and the local engine standardizes the
     float64 PCA reconstruction, as the graph does. With one sample per coefficient every pixel
-    has a model, the least determined fits included: the largest difference is 2.9e-5 NDVI
-    (solver rounding amplified by the conditioning), the 99th percentile 1.5e-7. Bounds: 99 %
-    of pixel-dates within four float32 ulps, all within 1e-4."""
+    has a model, the least determined fits included: the median difference is 3e-8 NDVI, the 99th
+    percentile 1.8e-7, and one pixel near the AOI's edge (whose covariates read S1 beyond the AOI)
+    differs by up to 1.7e-4 on 10 of its dates (solver rounding amplified by the conditioning of a
+    fit with 9 samples for 9 coefficients). Bounds: 99 % of pixel-dates within four float32 ulps,
+    99.9 % within 1e-4, all within 1e-3."""
     run, result, _ = ee_run
     local = local_run
     for name in ("NDVI_Pred", "NDVI_gapfree"):
         ours = _stack(result[name], run.ids)
         theirs = read_geotiff(local.paths[name]).values.astype("float64")
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=name)
-        diff = np.abs(ours - theirs)
-        assert np.nanmax(diff) <= TOL, name
-        assert np.nanpercentile(diff, 99) <= 4 * FLOAT32_ULP_NDVI, name
+        diff = np.abs(ours - theirs)[~np.isnan(ours)]
+        assert (diff <= TOL).mean() >= 0.999 and diff.max() <= 10 * TOL, name
+        assert np.percentile(diff, 99) <= 4 * FLOAT32_ULP_NDVI, name
 
 
 def test_coefficients_are_finite_where_trained(ee_run, local_run):
@@ -152,12 +154,15 @@ def test_too_few_pairs_is_a_clear_error(flanders_ee, aoi):
 
 def test_sentinel1_above_the_db_range_is_masked_as_locally(flanders_ee, aoi):
     """The real S1 cubes with values above +30 dB and +inf put in: the graph's S1 window means
-    (masked with gte(s1_min_db) and lte(s1_max_db)) equal the local engine's and numpy's."""
+    (masked with gte(s1_min_db) and lte(s1_max_db)) equal the local engine's and numpy's, on the
+    AOI and the pixels within the covariates' reach of it (chessboard distance <= 12 px, by a
+    distance transform), and are masked beyond."""
     import dataclasses
 
     import pandas as pd
     from ee_support.cubes import s1_collection, s2_collection
     from ee_support.evaluator import Evaluator
+    from scipy import ndimage
     from test_infill import reference_window_mean, with_implausible_values
 
     from optsar_nb.ee import collections as col
@@ -174,14 +179,17 @@ def test_sentinel1_above_the_db_range_is_masked_as_locally(flanders_ee, aoi):
     windows = ev.evaluate(ee_infill.s1_window_mean(optical, region, PARAMS, col.optical_grid(region, PARAMS)))
     times = pd.to_datetime([image.props["system:time_start"] for image in windows.images], unit="ms").to_numpy()
     inside = _inside(flanders_ee, aoi)
+    reach = ndimage.distance_transform_cdt(~inside, metric="chessboard") <= 12
+    assert local_infill.covariate_halo(PARAMS) == 12 and (reach & ~inside).any() and not reach.all()
+    np.testing.assert_array_equal(local_infill.covariate_support(inside, PARAMS), reach)
     for band, s1 in (("VV", bad.vv), ("VH", bad.vh)):
         ours = np.stack([band_array(image, band) for image in windows.images])
         local = local_infill.s1_window_mean(s1, times, PARAMS)[0].values
         expected = reference_window_mean(s1.values, s1.time.values, times, PARAMS.s1_window_days,
                                          PARAMS.s1_min_db, PARAMS.s1_max_db)
-        assert np.isnan(ours[:, ~inside]).all()  # clipped to the AOI
-        np.testing.assert_allclose(ours[:, inside], local[:, inside], rtol=1e-6, atol=0, err_msg=band)
-        np.testing.assert_allclose(ours[:, inside], expected[:, inside], rtol=1e-6, atol=0, err_msg=band)
+        assert np.isnan(ours[:, ~reach]).all()  # masked beyond the covariates' reach
+        np.testing.assert_allclose(ours[:, reach], local[:, reach], rtol=1e-6, atol=0, err_msg=band)
+        np.testing.assert_allclose(ours[:, reach], expected[:, reach], rtol=1e-6, atol=0, err_msg=band)
         # unmasked, the finite values put in would move most means inside the AOI by more than 1 dB
         with_them = reference_window_mean(s1.values, s1.time.values, times, PARAMS.s1_window_days,
                                           PARAMS.s1_min_db, np.inf)
@@ -190,22 +198,26 @@ def test_sentinel1_above_the_db_range_is_masked_as_locally(flanders_ee, aoi):
 
 def test_inputs_export_in_the_seed_format(flanders_ee, ee_run, tmp_path):
     """export_infill_inputs writes NDVI_Input, NDVI_Mask, VV_Input, VH_Input and both metadata
-    tables; the images evaluate to one band per image ID."""
+    tables; the images evaluate to one band per image ID, on the AOI's window grown by the
+    covariates' reach (12 px), and S1 holds values there beyond the AOI."""
     import pandas as pd
+    from scipy import ndimage
 
     from optsar_nb.ee import export
+    from optsar_nb.ee import tiles as tiling
 
     ev, cubes = flanders_ee
     run, _, _ = ee_run
 
     class LocalClient:
-        images = {}
+        images, grids = {}, {}
 
         def exists(self, destination, name):
             return False
 
         def download(self, image, path, *, region, grid):
             self.images[path.name] = image
+            self.grids[path.name] = grid
             path.write_bytes(b"")
             return path
 
@@ -221,6 +233,19 @@ def test_inputs_export_in_the_seed_format(flanders_ee, ee_run, tmp_path):
     ndvi_table = pd.read_csv(tmp_path / f"InputNDVI_Metadata{suffix}.csv")
     ndvi = ev.evaluate(client.images[f"NDVI_Input{suffix}.tif"])
     assert ndvi.names == list(ndvi_table["ID"]) == [str(i) for i in cubes.red["id"].values]
+    # the window: the AOI's, 12 px more on each side, on the cube's grid (the same for every image)
+    grid = {"crs": cubes.grid.crs, "transform": [float(v) for v in cubes.grid.transform[:6]]}
+    aoi_window = tiling.aoi_window(run.aoi, grid)
+    expected = tiling.tile_grid(grid, tiling.Window(aoi_window.col - 12, aoi_window.row - 12,
+                                                    aoi_window.width + 24, aoi_window.height + 24))
+    assert all(g == expected for g in client.grids.values()) and len(client.grids) == 4
+    inside = _inside(flanders_ee, run.aoi)
+    reach = ndimage.distance_transform_cdt(~inside, metric="chessboard") <= 12
+    vv_mask = np.stack([vv.bands[name].mask for name in vv.names])
+    assert vv_mask[:, reach & ~inside].any(axis=0).all()  # S1 beyond the AOI, within reach
+    assert not vv_mask[:, ~reach].any()
+    ndvi_mask = np.stack([ndvi.bands[name].mask for name in ndvi.names])
+    assert not ndvi_mask[:, ~inside].any()  # the optical bands stay on the AOI
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,8 +301,9 @@ def test_predictions_at_default_parameters_equal_local(fusion_runs):
     about 0.01 % bit for bit, the rest one float32 ulp: neighbourhood sums in another order).
     Talwar's hard 0/1 weights then differ only if a residual lies within the solvers' own
     rounding (~1e-12 relative) of c x scale; what remains is that rounding amplified by the
-    conditioning of the nearly collinear designs, and one ulp of the float32 outputs. Measured:
-    median 0, 99th percentile 7e-8, largest 2.4e-7 NDVI. Bounds: 99 % of pixel-dates within four
+    conditioning of the nearly collinear designs, and one ulp of the float32 outputs. Measured
+    (the AOI's edge pixels reading the S1 around it): median 0, 99th percentile 1.2e-7, largest
+    3.1e-6 NDVI. Bounds: 99 % of pixel-dates within four
     float32 ulps, all within 1e-4. A single flipped weight would fail both: it moves its pixel's
     prediction by up to 0.15 here, and through the AOI-wide covariance of B.8 every other pixel's
     (median 1.4e-4 on the Flanders patch, when one engine rounded covariates to float32 at every

@@ -111,3 +111,84 @@ def test_if_computes_the_chosen_branch_only(flanders_ee):
         assert ev.evaluate(ee.Algorithms.If(falsy, "yes", "no")) == "no", falsy
     for truthy in (1, -0.5, "x", [0], {"a": 0}, True):
         assert ev.evaluate(ee.Algorithms.If(truthy, "yes", "no")) == "yes", truthy
+
+
+# --------------------------------------------------------------------------------------------
+# masks and metadata: each rule as its reference page states it, checked against numpy on a
+# real S1 image (VV in dB)
+def _vv(flanders_ee):
+    from ee_support.cubes import band_array
+
+    ev, _ = flanders_ee
+    image = ee.Image(ee.ImageCollection(S1.collection_id).first()).select(["VV", "VH"]).set("kept", 7)
+    values = ev.evaluate(image)
+    return ev, image, band_array(values, "VV"), band_array(values, "VH")
+
+
+def test_update_mask_only_narrows_and_keeps_the_metadata(flanders_ee):
+    """ee.Image.updateMask: "Updates an image's mask at all positions where the existing mask is
+    not zero. The output image retains the metadata and footprint of the input image." Its mask:
+    "If this image has a single band, it is used for all bands in the input image; otherwise,
+    must have the same number of bands as the input image." """
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, image, vv, vh = _vv(flanders_ee)
+    narrowed = image.updateMask(image.select("VV").lt(-15))  # masked where vv >= -15
+    out = ev.evaluate(narrowed.updateMask(ee.Image.constant(1)))  # a mask of 1 unmasks nothing back
+    for name, values in (("VV", vv), ("VH", vh)):
+        np.testing.assert_array_equal(band_array(out, name), np.where(vv < -15, values, np.nan))
+    assert out.props["kept"] == 7
+    per_band = ev.evaluate(image.updateMask(image.lt(-15)))  # two bands: band by band
+    np.testing.assert_array_equal(band_array(per_band, "VH"), np.where(vh < -15, vh, np.nan))
+
+
+def test_unmask_fills_masked_pixels_with_the_value_and_its_mask(flanders_ee):
+    """ee.Image.unmask: "Replaces mask and value of the input image with the mask and value of
+    another image at all positions where the input mask is zero. The output image retains the
+    metadata of the input image." value: "If not specified, defaults to constant zero image
+    which is valid everywhere." """
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, image, vv, _ = _vv(flanders_ee)
+    holes = image.select("VV").updateMask(image.select("VV").lt(-15))
+    value = ee.Image.constant(5).updateMask(image.select("VV").lt(-10))  # masked where vv >= -10
+    out = ev.evaluate(holes.unmask(value, False))
+    expected = np.where(vv < -15, vv, np.where(vv < -10, 5.0, np.nan))
+    np.testing.assert_array_equal(band_array(out, "VV"), expected)
+    assert out.props["kept"] == 7
+    np.testing.assert_array_equal(band_array(ev.evaluate(holes.unmask()), "VV"), np.where(vv < -15, vv, 0.0))
+
+
+def test_image_reduce_reduces_each_pixels_unmasked_bands(flanders_ee):
+    """ee.Image.reduce: "The reducer must have a single input and will be called at each pixel
+    to reduce the stack of band values." Weighted reductions guide: "By default, reducers
+    applied to imagery weight the inputs according to the mask value" (a masked band weighs 0)."""
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, image, vv, vh = _vv(flanders_ee)
+    partly = image.updateMask(image.select("VV").lt(-15).rename("VV").addBands(ee.Image.constant(1).rename("VH")))
+    mean = band_array(ev.evaluate(partly.reduce(ee.Reducer.mean())), "mean")
+    count = band_array(ev.evaluate(partly.reduce(ee.Reducer.count())), "count")
+    np.testing.assert_allclose(mean, np.where(vv < -15, (vv + vh) / 2, vh), rtol=1e-12)
+    np.testing.assert_array_equal(count, np.where(vv < -15, 2, 1))
+
+
+def test_add_bands_renames_a_taken_name_and_keeps_the_first_images_metadata(flanders_ee):
+    """ee.Image.addBands: "The new image has the metadata and footprint from the first input
+    image." overwrite: "If true, bands from `srcImg` will override bands with the same names in
+    `dstImg`. Otherwise the new band will be renamed with a numerical suffix (`foo` to `foo_1`
+    unless `foo_1` exists, then `foo_2` unless it exists, etc)." """
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    ev, image, vv, vh = _vv(flanders_ee)
+    other = image.select(["VH"], ["VV"]).set("kept", 1)
+    out = ev.evaluate(image.addBands(other).addBands(other))
+    assert out.names == ["VV", "VH", "VV_1", "VV_2"] and out.props["kept"] == 7
+    np.testing.assert_array_equal(band_array(out, "VV_2"), vh)
+    replaced = ev.evaluate(image.addBands(other, None, True))
+    assert replaced.names == ["VV", "VH"]
+    np.testing.assert_array_equal(band_array(replaced, "VV"), vh)

@@ -456,6 +456,56 @@ def test_infill_outputs_and_model_reload(tmp_path):
         inf.infill(ndvi, state, vv, vh, p, tmp_path)
 
 
+def test_edge_pixels_of_an_aoi_see_the_sentinel1_around_it(tmp_path):
+    """B.3-B.4 on an AOI smaller than the inputs: the covariates of the AOI's edge pixels read
+    the S1 values around the AOI (their kernels reach beyond it), and only the AOI means are
+    AOI-wide. Independent path: covariates from the window means of the whole grid (nothing
+    masked), AOI means by hand over the AOI's pixels, the robust fit on the AOI's training
+    samples; the pipeline's model equals it. With S1 cut at the AOI's edge, the edge pixels'
+    models differ (so the test can tell)."""
+    from pyproj import Transformer
+
+    from optsar_nb.aoi import load_aoi
+    from optsar_nb.local.gaps import aoi_mask
+    from optsar_nb.local.stack import read_geotiff
+
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    p = _params()
+    to_lonlat = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    ring = [(500_060, 4_999_930), (500_300, 4_999_930), (500_300, 4_999_680), (500_060, 4_999_680)]
+    aoi = load_aoi({"type": "Polygon", "coordinates": [[to_lonlat.transform(*xy) for xy in ring + ring[:1]]]})
+    inside = aoi_mask(ndvi, aoi)
+    assert 0.2 < inside.values.mean() < 0.6  # the AOI leaves S1 on every side within the kernels' reach
+    run = inf.infill(ndvi, state, vv, vh, p, tmp_path, aoi=aoi, report=False)
+    model = read_geotiff(run.paths["NDVI_Model"]).values[:9]
+
+    written = pd.read_csv(run.paths["metadata"]).rename(columns={"Cloud_cover": "CLOUD_PERCENTAGE_AOI"})
+    table, donor = inf.split_pairs(written.drop(columns=["Random", "SplitLabel"]), p)
+    pairs = ndvi.time.isin(pd.to_datetime(table["CollectionTime"], unit="ms").to_numpy())
+    st, obs = state.isel(time=pairs).values, ndvi.isel(time=pairs)
+    train = inf.training_mask(st, table["SplitLabel"].to_numpy(), st[donor] == 0) & inside.values
+
+    def fit(s1_vv, s1_vh):
+        wins = [inf.s1_window_mean(b, obs.time.values, p)[0] for b in (s1_vv, s1_vh)]
+        means = [np.array([np.nanmean(w.values[t][inside.values]) for t in range(w.sizes["time"])]) for w in wins]
+        covs = inf.covariates(wins[0], wins[1], means[0], means[1], p)
+        return inf.robust_regression(obs.where(train), covs, p).compute().values[:9]
+
+    expected = fit(vv, vh)
+    ok = inside.values & np.isfinite(expected[0])
+    assert ok.sum() > 0.9 * inside.values.sum()
+    np.testing.assert_array_equal(np.isnan(model[:, ok]), False)
+    np.testing.assert_allclose(model[:, ok], expected[:, ok], rtol=0, atol=1e-9)
+    cut = fit(vv.where(inside), vh.where(inside))
+    edge = inside.values & ~(ndimage_erode(inside.values, inf.covariate_halo(p)))
+    assert np.nanmax(np.abs(cut[:, edge] - expected[:, edge])) > 1e-3
+
+
+def ndimage_erode(mask: np.ndarray, depth: int) -> np.ndarray:
+    """The pixels of ``mask`` whose whole (2 depth + 1) square lies in it."""
+    return ndimage.minimum_filter(mask.astype("uint8"), size=2 * depth + 1, mode="constant", cval=0).astype(bool)
+
+
 def test_demo_scene_mae_under_clouds(sample_dir, tmp_path):
     """On the simulated demo scene the gap-free NDVI is scored against the cloud-free truth.
 

@@ -157,8 +157,11 @@ def ndvi(image: ee.Image, *, mission: Mission) -> ee.Image:
     return nir.subtract(red).divide(nir.add(red)).rename(NDVI_BAND).toFloat()
 
 
-def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float, max_db: float) -> ee.ImageCollection:
-    """Sentinel-1 GRD in IW mode with both VV and VH, backscatter below ``min_db`` or above ``max_db`` masked."""
+def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float, max_db: float,
+                  support: ee.Image | None = None) -> ee.ImageCollection:
+    """Sentinel-1 GRD in IW mode with both VV and VH, backscatter below ``min_db`` or above ``max_db`` masked,
+    clipped to the AOI, or masked where ``support`` is 0 (the AOI and the pixels around it that
+    its covariates read, :func:`optsar_nb.ee.infill.covariate_support`)."""
     region = region_of(aoi)
     collection = (
         ee.ImageCollection(S1.collection_id)
@@ -171,7 +174,8 @@ def s1_collection(aoi: Any, *, start: dt.date, end: dt.date, min_db: float, max_
 
     def mask_implausible(image):
         image = ee.Image(image).select(list(S1.bands))
-        return image.updateMask(image.gte(min_db).And(image.lte(max_db))).clip(region)
+        image = image.updateMask(image.gte(min_db).And(image.lte(max_db)))
+        return image.clip(region) if support is None else image.updateMask(support)
 
     return collection.map(mask_implausible)
 

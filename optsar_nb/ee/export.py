@@ -23,6 +23,7 @@ import ee
 import pandas as pd
 
 from ..errors import OptsarError
+from ..method import covariate_halo
 from ..missions import MISSING
 from ..products import (
     GAP_STATISTIC_NAMES,
@@ -415,9 +416,16 @@ def _infill_table(run) -> ee.FeatureCollection:
 def export_infill_inputs(run, *, destination: Destination | None = None, client: Client | None = None,
                          fetch: Callable | None = None, **kwargs) -> dict[str, str]:
     """The infilling inputs in the seed's format: NDVI_Input, NDVI_Mask (state, -1 missing),
-    VV_Input, VH_Input (band per image ID) and InputNDVI_Metadata, InputS1_Metadata."""
+    VV_Input, VH_Input (band per image ID) and InputNDVI_Metadata, InputS1_Metadata.
+
+    The images cover the AOI's window grown by ``covariate_halo`` pixels on each side: the
+    covariates of the AOI's edge pixels read the S1 values around it (docs/method.md B.3), so
+    the local engine needs them to give the same result. The optical bands are masked (the
+    state MISSING) outside the AOI."""
     params = run.params
     region = col.region_of(run.aoi)
+    on_grid = _on_grid(run.aoi, params, fetch)
+    window = on_grid["window"].grown(covariate_halo(params))
     optical, s1 = run.observations, run.s1
     optical_ids, s1_ids = optical.aggregate_array("system:index"), s1.aggregate_array("system:index")
     ndvi_columns = ["ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT]
@@ -442,5 +450,5 @@ def export_infill_inputs(run, *, destination: Destination | None = None, client:
         Output(file_name(S1_METADATA_FILE, s, ""), table=_rows_table(s1_request, ["ID", "CollectionTime"]),
                rows=lambda: s1_table),
     ]
-    return export_outputs(outputs, destination=destination, region=region, client=client,
-                          **_on_grid(run.aoi, params, fetch), **kwargs)
+    return export_outputs(outputs, destination=destination, region=tiling.tile_region(on_grid["grid"], window),
+                          client=client, grid=on_grid["grid"], window=window, **kwargs)

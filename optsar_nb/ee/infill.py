@@ -24,7 +24,7 @@ import ee
 import pandas as pd
 
 from .. import method
-from ..method import COEFFICIENT_BANDS, COVARIATES
+from ..method import COEFFICIENT_BANDS, COVARIATES, covariate_halo
 from ..missions import CLEAR, CLOUDY, get_mission
 from ..params import InfillParams
 from . import collections as col
@@ -68,12 +68,13 @@ def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams,
     """Per optical image, ``VV``/``VH`` = mean of the S1 images in [t - w, t + w) and ``S1_COUNT``.
 
     A composite has Earth Engine's default projection (WGS84, 1 degree); the window mean is given
-    the optical ``grid``, so that the neighbourhoods of B.3-B.4 count its pixels."""
+    the optical ``grid``, so that the neighbourhoods of B.3-B.4 count its pixels. S1 is read on
+    the AOI and the pixels around it that the AOI's covariates read (:func:`covariate_support`)."""
     region = col.region_of(aoi)
     pad = pd.Timedelta(days=params.s1_window_days)
     s1 = col.s1_collection(region, start=(pd.Timestamp(params.start) - pad).date(),
                            end=(pd.Timestamp(params.end) + pad).date(), min_db=params.s1_min_db,
-                           max_db=params.s1_max_db)
+                           max_db=params.s1_max_db, support=covariate_support(region, params, grid))
     window_ms = params.s1_window_days * col.MS_PER_DAY
 
     def one(image):
@@ -86,11 +87,20 @@ def s1_window_mean(optical: ee.ImageCollection, aoi: Any, params: InfillParams,
     return optical.map(one)
 
 
+def covariate_support(aoi: Any, params: InfillParams, grid: ee.Projection) -> ee.Image:
+    """1 on the AOI and on the pixels within ``covariate_halo`` of it (a square on the optical
+    ``grid``), 0 elsewhere: the S1 pixels the AOI's covariates read (B.3-B.4). The AOI's edge
+    pixels thus see their real neighbours, as inside it; the AOI means stay over the AOI."""
+    inside = ee.Image.constant(1).clip(col.region_of(aoi)).unmask(0, False).setDefaultProjection(grid)
+    return inside.reduceNeighborhood(ee.Reducer.max(), ee.Kernel.square(covariate_halo(params), "pixels"))
+
+
 def covariates(image: ee.Image, aoi: Any, params: InfillParams, grid: ee.Projection) -> ee.Image:
     """B.3 + B.4 for one image with ``VV``/``VH`` window means: the nine regression inputs.
 
     Bands ``COEFFICIENT_BANDS`` (a constant 1, then the eight covariates in order), all masked
-    where the pixel's window mean is. AOI means are spatially constant, so the focal median
+    where the pixel's window mean is, and clipped to the AOI (the window means reach beyond it,
+    :func:`covariate_support`). AOI means are spatially constant, so the focal median
     leaves them unchanged and is not applied to them.
     """
     region = col.region_of(aoi)
@@ -108,7 +118,7 @@ def covariates(image: ee.Image, aoi: Any, params: InfillParams, grid: ee.Project
         parts[f"{band}_Ndiff"] = _focal_median(pixel.subtract(nmean), params)
     for name in COVARIATES:
         out = out.addBands(parts[name].toFloat().rename(name))
-    return out.updateMask(image.select("VV").mask()).updateMask(image.select("VH").mask())
+    return out.updateMask(image.select("VV").mask()).updateMask(image.select("VH").mask()).clip(region)
 
 
 def _focal_median(image: ee.Image, params: InfillParams) -> ee.Image:
@@ -415,6 +425,6 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
     if params.method == "fusion":
         outputs["NDVI_gapfree_SE"] = col.bands_by_id(errors, ids)
     s1 = col.s1_collection(region, start=params.start, end=params.end, min_db=params.s1_min_db,
-                           max_db=params.s1_max_db)
+                           max_db=params.s1_max_db, support=covariate_support(region, params, grid))
     return InfillRun(params=params, aoi=aoi, table=table, donor_id=donor_id, observations=optical, s1=s1,
                      coefficients=coefficients, outputs=outputs, mae=ee.List(mae), fusion_fit=fitted)

@@ -40,6 +40,10 @@ class Window:
         a, b, c, d, e, f = grid["transform"][:6]
         return [a, b, c + self.col * a + self.row * b, d, e, f + self.col * d + self.row * e]
 
+    def grown(self, pixels: int) -> Window:
+        """The window with ``pixels`` more on each side."""
+        return Window(self.col - pixels, self.row - pixels, self.width + 2 * pixels, self.height + 2 * pixels)
+
     def bounds(self, grid: dict) -> tuple[float, float, float, float]:
         """(xmin, ymin, xmax, ymax) in the grid's coordinate system."""
         a, _, c, _, e, f = self.transform(grid)

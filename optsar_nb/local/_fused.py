@@ -43,6 +43,7 @@ def _open_block_stage(work: str, shared: dict, parent: int | None) -> None:
     stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("win_vv", "win_vh", "obs", "state")}
     stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred", "nmean")})
     stage["donor"] = np.load(folder / "donor.npy")
+    stage["inside"] = np.load(folder / "inside.npy")
     stage.update(shared)
     for name in ("obs", "state"):  # the pairs are the first images (see _pipeline._compact)
         stage[name] = stage[name][: len(shared["labels"])]
@@ -79,7 +80,8 @@ def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
     params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
     win_vv, win_vh = (read_with_halo(g[name], rows, cols, depth, "float64") for name in ("win_vv", "win_vh"))
-    covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params)  # halo already removed
+    # the halo is removed, and so is everything outside the AOI
+    covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params, g["inside"][rows, cols])
     del win_vv, win_vh
     o, s, donor = np.asarray(g["obs"][:, rows, cols]), np.asarray(g["state"][:, rows, cols]), g["donor"][rows, cols]
     train = steps.training_mask(s, labels, donor)

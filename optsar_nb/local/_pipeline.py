@@ -252,26 +252,29 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
     if keep.size == 0:
         raise NoImages(f"no optical image has more than {params.min_valid_pixels} valid AOI pixels")
     table = table.iloc[keep].reset_index(drop=True)
-    # S1 a window beyond the period too, so that dates near its ends get full windows
+    # S1 a window beyond the period too, so that dates near its ends get full windows, and over
+    # the AOI and the pixels around it that the AOI's covariates read
     pad = pd.Timedelta(days=params.s1_window_days)
+    support = None if inside is None else inside.copy(data=steps.covariate_support(inside.values, params))
     s1 = []
     for band in (vv, vh):
         t = pd.DatetimeIndex(band.time.values)
         near = (t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad)
         band = band.isel(time=np.flatnonzero(near))
         band = steps.align_s1(band.sortby("time"), ndvi)
-        s1.append(band.where(inside) if inside is not None else band)
+        s1.append(band.where(support) if support is not None else band)
     weights = _kernels.window_weights(ndvi.time.values[keep], s1[0].time.values, params.s1_window_days)
     pairs = steps.pair_images(table, weights.sum(axis=1), params)
     table = table.iloc[pairs].reset_index(drop=True).assign(S1_COUNT=weights.sum(axis=1)[pairs].astype(int))
     return keep[pairs], s1[0], s1[1], weights[pairs], table
 
 
-def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.ndarray, np.ndarray]:
+def _stage_window_means(vv, vh, weights, params, work, shape, edge, inside) -> tuple[np.ndarray, np.ndarray]:
     """B.3: the pairs' S1 window means staged as ``win_vv`` and ``win_vh``; returns their AOI means.
 
     The window means are staged in float64 (see ``steps.covariate_block``); the AOI means are a
-    global reduction over the staged values, the values the covariates use. Nothing here keeps
+    global reduction over the staged values inside the AOI (``inside``, None: the whole grid),
+    the values the covariates use. Nothing here keeps
     the staged files mapped once it returns, so deleting them gives their disk back at once.
     """
     T = shape[0]
@@ -282,8 +285,10 @@ def _stage_window_means(vv, vh, weights, params, work, shape, edge) -> tuple[np.
             for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
     da.store(wins, staged, lock=False)
     sums = []
+    in_aoi = None if inside is None else da.from_array(np.asarray(inside.values), chunks=(edge, edge))
     for mm in staged:
         win = _lazy(mm, chunks=(-1, edge, edge))
+        win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
     if n_vv.sum() == 0 or n_vh.sum() == 0:
@@ -336,7 +341,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 window means, staged (the fused stage reads them with its halo), and their AOI means
-    vv_mean, vh_mean = _stage_window_means(vv, vh, weights, params, work, (T, H, W), edge)
+    vv_mean, vh_mean = _stage_window_means(vv, vh, weights, params, work, (T, H, W), edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
@@ -344,6 +349,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     mm_pred = _memmap(work, "pred", (T, H, W), "float32")
     _memmap(work, "nmean", (len(steps.FUSION_COVARIATES), T, H, W), "float32")
     np.save(work / "donor.npy", donor_cloudy)
+    np.save(work / "inside.npy", np.ones((H, W), bool) if inside is None else np.asarray(inside.values, bool))
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
     shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params,
               "row_fraction": min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W))}
@@ -506,12 +512,13 @@ def predict_from_model(model: xr.DataArray | str | Path, vv: xr.DataArray, vh: x
     not applied: they need the observations of a run.
     """
     coef = load_model(model) if isinstance(model, (str, Path)) else model
+    support = None if inside is None else inside.copy(data=steps.covariate_support(inside.values, params))
     wins = []
     for band in (vv, vh):
         band = steps.align_s1(band.sortby("time"), coef)
-        band = band.where(inside) if inside is not None else band
+        band = band.where(support) if support is not None else band
         win, _ = steps.s1_window_mean(band, times, params)
         wins.append(win)
-    means = [steps.aoi_mean(w) for w in wins]
-    covs = steps.covariates(wins[0], wins[1], means[0], means[1], params)
+    means = [steps.aoi_mean(w if inside is None else w.where(inside)) for w in wins]
+    covs = steps.covariates(wins[0], wins[1], means[0], means[1], params, inside=inside)
     return steps.predict(coef, covs)

@@ -26,6 +26,8 @@ from .steps import (
     align_s1,
     aoi_mean,
     cloud_mask,
+    covariate_halo,
+    covariate_support,
     covariates,
     design,
     drop_sparse_images,
@@ -48,10 +50,10 @@ from .steps import (
 )
 
 __all__ = [
-    "COEFFICIENT_BANDS", "COVARIATES", "FUSION_COVARIATES", "SPLIT_LABELS", "InfillParams", "InfillRun",
-    "align_s1", "aoi_mean", "cloud_mask", "covariates", "design", "drop_sparse_images", "focal_median", "gap_fill",
-    "image_cloud_stats", "image_mae", "infill", "load_flanders", "load_model", "load_netcdf_inputs",
-    "load_seed_inputs", "ndvi", "observed_state", "pair_images", "pca_smooth", "predict", "predict_from_model",
-    "robust_regression", "s1_window_mean", "split_pairs", "standardize", "standardize_one", "training_mask",
-    "validation_pixels",
+    "COEFFICIENT_BANDS", "COVARIATES", "FUSION_COVARIATES", "SPLIT_LABELS", "InfillParams", "InfillRun", "align_s1",
+    "aoi_mean", "cloud_mask", "covariate_halo", "covariate_support", "covariates", "design", "drop_sparse_images",
+    "focal_median", "gap_fill", "image_cloud_stats", "image_mae", "infill", "load_flanders", "load_model",
+    "load_netcdf_inputs", "load_seed_inputs", "ndvi", "observed_state", "pair_images", "pca_smooth", "predict",
+    "predict_from_model", "robust_regression", "s1_window_mean", "split_pairs", "standardize", "standardize_one",
+    "training_mask", "validation_pixels",
 ]

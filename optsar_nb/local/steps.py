@@ -31,6 +31,7 @@ from ..method import (  # noqa: F401 (the engine-neutral steps, part of this mod
     COVARIATES,
     FUSION_COVARIATES,
     SPLIT_LABELS,
+    covariate_halo,
     pair_images,
     pca_components,
     split_pairs,
@@ -180,12 +181,13 @@ COVARIATE_SLAB_PIXELS = 1 << 19  # pixels (with halo) of the images one slab of 
 
 
 def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray, vh_mean: np.ndarray,
-                    params: InfillParams) -> np.ndarray:
+                    params: InfillParams, inside: np.ndarray | None = None) -> np.ndarray:
     """B.3 + B.4 on one block: (T, y, x) S1 window means -> (8, T, y', x') smoothed covariates.
 
     The input carries a halo of ``covariate_halo(params)`` pixels on each side (NaN beyond the
     image) and the output is the block without it, exact at the block's edges. Order:
-    COVARIATES. Every covariate is NaN where the pixel's own window mean is NaN. The spatially
+    COVARIATES. Every covariate is NaN where the pixel's own window mean is NaN, and outside
+    ``inside`` (the block's AOI pixels, without halo) when it is given. The spatially
     constant AOI means are unchanged by a median; the median of ``pixel - mean`` is computed
     as ``median(pixel) - mean`` (a median commutes with a constant shift).
 
@@ -205,6 +207,8 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     for t in range(0, T, step):
         sl = slice(t, t + step)
         _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl])
+    if inside is not None:
+        out[:, :, ~np.asarray(inside, dtype=bool)] = np.nan
     return out
 
 
@@ -226,17 +230,22 @@ def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out:
         out[6 + k] = _kernels.focal_median(pix - nmean, r_m, inset=m)
 
 
-def covariate_halo(params: InfillParams) -> int:
-    """Pixels of halo a block needs for exact covariates: box radius + median radius."""
-    return int(params.neighbourhood_radius_px + np.ceil(params.focal_median_radius_px))
+def covariate_support(inside: np.ndarray, params: InfillParams) -> np.ndarray:
+    """(y, x) bool: the pixels whose S1 values the covariates of the AOI (``inside``) read, the
+    AOI grown by :func:`covariate_halo` pixels (a square dilation, as on Earth Engine)."""
+    from scipy import ndimage
+
+    size = 2 * covariate_halo(params) + 1
+    return ndimage.maximum_filter(np.asarray(inside, dtype="uint8"), size=size, mode="constant", cval=0).astype(bool)
 
 
 def covariates(vv_win: xr.DataArray, vh_win: xr.DataArray, vv_mean: np.ndarray, vh_mean: np.ndarray,
-               params: InfillParams) -> xr.DataArray:
+               params: InfillParams, inside: xr.DataArray | None = None) -> xr.DataArray:
     """B.3 + B.4: the eight smoothed covariates, lazily, as (covariate, time, y, x) float32.
 
-    ``*_win``: S1 window means (NaN outside the AOI; float64, see :func:`s1_window_mean`);
-    ``*_mean``: their AOI means per date.
+    ``*_win``: S1 window means (float64, see :func:`s1_window_mean`), valid at least on
+    :func:`covariate_support` of the AOI; ``*_mean``: their AOI means per date; ``inside``:
+    the AOI (default: the whole grid), outside of which the covariates are NaN.
     """
     depth = covariate_halo(params)
     chunks = _dask(vv_win, (-1, "auto", "auto")).chunks
@@ -245,9 +254,10 @@ def covariates(vv_win: xr.DataArray, vh_win: xr.DataArray, vv_mean: np.ndarray, 
     out = da.blockwise(lambda x, y: covariate_block(x, y, vv_mean, vh_mean, params), "ktyx", a, "tyx", b, "tyx",
                        new_axes={"k": 8}, adjust_chunks={"y": lambda c: c - 2 * depth, "x": lambda c: c - 2 * depth},
                        concatenate=True, dtype="float32")
-    return xr.DataArray(out, dims=("covariate", "time", "y", "x"),
-                        coords={"covariate": list(COVARIATES), "time": vv_win.time, "y": vv_win.y, "x": vv_win.x},
-                        attrs=_grid_attrs(vv_win), name="covariates")
+    result = xr.DataArray(out, dims=("covariate", "time", "y", "x"),
+                          coords={"covariate": list(COVARIATES), "time": vv_win.time, "y": vv_win.y, "x": vv_win.x},
+                          attrs=_grid_attrs(vv_win), name="covariates")
+    return result if inside is None else result.where(inside).astype("float32")
 
 
 def focal_median(stack: xr.DataArray, radius_px: float) -> xr.DataArray:

@@ -139,13 +139,18 @@ def _rename(ev, input, names):
 
 @algorithm("Image.addBands")
 def _add_bands(ev, dstImg, srcImg, names=None, overwrite=False):
+    """ee.Image.addBands: without ``overwrite`` "the new band will be renamed with a numerical
+    suffix (`foo` to `foo_1` unless `foo_1` exists, then `foo_2` unless it exists, etc)"; the
+    result keeps the first image's metadata."""
     bands = dict(dstImg.bands)
     for n, b in srcImg.bands.items():
         if names is not None and n not in names:
             continue
-        if n in bands and not overwrite:
-            raise ValueError(f"Image.addBands: band {n!r} already exists (overwrite=False)")
-        bands[n] = b
+        name, k = n, 0
+        while name in bands and not overwrite:
+            k += 1
+            name = f"{n}_{k}"
+        bands[name] = b
     return dstImg.with_bands(bands)
 
 
