@@ -506,6 +506,40 @@ def ndimage_erode(mask: np.ndarray, depth: int) -> np.ndarray:
     return ndimage.minimum_filter(mask.astype("uint8"), size=2 * depth + 1, mode="constant", cval=0).astype(bool)
 
 
+def test_standardization_applies_by_the_images_own_cloud_cover(tmp_path, monkeypatch):
+    """B.9 "for images with cloud cover < 50 %": the image's own cover (its Cloud_cover in the
+    metadata), also on validation pairs, whose artificial clouds make them look cloudier; their
+    statistics use only the pixels those clouds leave visible."""
+    from optsar_nb.local import steps
+
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    p = _params()
+    calls = {}
+    original = steps.standardize_one
+
+    def recording(pred, obs, used, cloud_fraction, params):
+        calls[np.isfinite(obs).tobytes()] = (used.copy(), cloud_fraction)  # keyed by the image's clear pixels
+        return original(pred, obs, used, cloud_fraction, params)
+
+    monkeypatch.setattr(steps, "standardize_one", recording)
+    run = inf.infill(ndvi, state, vv, vh, p, tmp_path, report=False)
+    meta = pd.read_csv(run.paths["metadata"])
+    assert len(calls) == len(meta)
+    for _, row in meta.iterrows():
+        t = int(np.flatnonzero(ndvi.id.values == row["ID"])[0])
+        clear = state.values[t] == 1
+        used, cloud = calls[clear.tobytes()]
+        np.testing.assert_allclose(100 * cloud, row["Cloud_cover"], rtol=1e-9)
+        assert not (used & ~clear).any()
+        if row["SplitLabel"] == "validation":
+            # the artificial clouds hide some clear pixels (none of the donor's own, if it is one)
+            assert used.sum() < clear.sum() or row["ID"] == run.donor_id
+        else:
+            assert used.sum() == clear.sum()
+    validation = meta[meta["SplitLabel"] == "validation"]
+    assert (validation["Cloud_cover"] < 50).any()  # standardized although the donor's clouds add 50-55 %
+
+
 def test_demo_scene_mae_under_clouds(sample_dir, tmp_path):
     """On the simulated demo scene the gap-free NDVI is scored against the cloud-free truth.
 

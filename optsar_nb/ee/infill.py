@@ -259,12 +259,13 @@ def pca_smooth(predictions: ee.Image, ids: list[str], aoi: Any, params: InfillPa
     return smoothed.add(mean_image).unmask(predictions, False).updateMask(predictions.mask())
 
 
-def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, aoi: Any,
+def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, clear: ee.Image, valid: ee.Image, aoi: Any,
                 params: InfillParams, grid: ee.Projection) -> ee.Image:
     """B.9 for one image: map ``pred`` onto ``obs``'s distribution over ``used`` pixels.
 
-    Applied when the cloud cover (1 - used / valid pixels) is below ``standardize_max_cloud``;
-    a zero prediction range falls back to a ratio of 1 (a pure shift), as in the local engine.
+    Applied when the image's cloud cover (1 - clear / valid pixels) is below
+    ``standardize_max_cloud``; ``used`` is ``clear`` less a validation pair's artificial clouds.
+    A zero prediction range falls back to a ratio of 1 (a pure shift), as in the local engine.
     """
     region = col.region_of(aoi)
     (lo_a, lo_b), (up_a, up_b) = params.standardize_lower, params.standardize_upper
@@ -277,7 +278,7 @@ def standardize(pred: ee.Image, obs: ee.Image, used: ee.Image, valid: ee.Image, 
     both = obs.rename("obs").addBands(pred.rename("pred")).updateMask(used)
     both = both.updateMask(both.select("obs").mask().And(both.select("pred").mask()))
     stats = ee.Dictionary(both.reduceRegion(reducer, region, crs=grid, maxPixels=col.MAX_PIXELS))
-    counts = used.rename("n").addBands(valid.rename("v")).reduceRegion(
+    counts = clear.rename("n").addBands(valid.rename("v")).reduceRegion(
         ee.Reducer.sum().unweighted(), region, crs=grid, maxPixels=col.MAX_PIXELS)
 
     n_ok = ee.Number(stats.get("obs_count"))
@@ -407,7 +408,7 @@ def build_infill(aoi: Any, params: InfillParams, *, fetch: Fetch | None = None,
         st = state.select([pair_id])
         clear = st.eq(CLEAR)
         o, p = obs.select([pair_id]), predicted.select([pair_id])
-        cal = standardize(p, o, _training_mask(st, label, donor) if label == "validation" else clear,
+        cal = standardize(p, o, _training_mask(st, label, donor) if label == "validation" else clear, clear,
                           st.gte(CLOUDY), region, params, grid)
         calibrated.append(cal)
         fused, se = fusion.fused(views, i, fitted.weights, alpha, fitted.se)

@@ -373,19 +373,17 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     # B.9 standardization and the per-image MAE
     def one_image(t):
         s, o = np.asarray(mm_st[t]), np.asarray(mm_obs[t])
-        used = s == CLEAR
-        if labels[t] == "validation":
-            used = used & ~donor_cloudy
-        frac = 1.0 - used.sum() / max((s != MISSING).sum(), 1)
-        # a validation pair is treated as the cloudier image its artificial clouds make it: the
-        # B.9 decision and statistics use its visible pixels only (nothing hidden leaks in)
-        cal = steps.standardize_one(np.asarray(mm_smooth[t]), o, used, frac, params)
+        clear = s == CLEAR
+        # B.9 applies by the image's cloud cover (its Cloud_cover); on a validation pair its
+        # statistics use the pixels its artificial clouds leave visible (nothing hidden leaks in)
+        used = clear & ~donor_cloudy if labels[t] == "validation" else clear
+        cloud = 1.0 - clear.sum() / max((s != MISSING).sum(), 1)
+        cal = steps.standardize_one(np.asarray(mm_smooth[t]), o, used, cloud, params)
         mm_pred[t] = cal
-        return frac, _postprocess.mae(o, cal, s == CLEAR)
+        return _postprocess.mae(o, cal, clear)
 
     with ThreadPoolExecutor(max_workers=workers or 2) as pool:
-        results = list(pool.map(one_image, range(T)))
-    table = table.assign(MAE=[r[1] for r in results], Cloud_cover_used=[100 * r[0] for r in results])
+        table = table.assign(MAE=list(pool.map(one_image, range(T))))
     if mm_smooth is not mm_pred:
         del mm_smooth
         (work / "smoothed.npy").unlink()
