@@ -192,3 +192,17 @@ def test_add_bands_renames_a_taken_name_and_keeps_the_first_images_metadata(flan
     replaced = ev.evaluate(image.addBands(other, None, True))
     assert replaced.names == ["VV", "VH"]
     np.testing.assert_array_equal(band_array(replaced, "VV"), vh)
+
+
+def test_band_math_keeps_no_properties_unless_copied(flanders_ee):
+    """Properties after band math. Documented for one operation, ee.Image.normalizedDifference:
+    "the input image properties are not retained in the output image"; the reference pages of
+    add, subtract, multiply, ... say nothing. The evaluator drops them after every band
+    operation, the conservative reading: a graph that needs a property after band math (the
+    system:index that names toBands' bands, a time) must copy or set it, and does
+    (``copyProperties``), whatever the server keeps."""
+    ev, image, _, _ = _vv(flanders_ee)
+    assert ev.evaluate(image).props["kept"] == 7
+    assert "kept" not in ev.evaluate(image.subtract(1)).props
+    assert "kept" not in ev.evaluate(image.select("VV").multiply(image.select("VH"))).props
+    assert ev.evaluate(image.subtract(1).copyProperties(image, ["kept"])).props["kept"] == 7
