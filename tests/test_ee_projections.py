@@ -206,3 +206,28 @@ def test_band_math_keeps_no_properties_unless_copied(flanders_ee):
     assert "kept" not in ev.evaluate(image.subtract(1)).props
     assert "kept" not in ev.evaluate(image.select("VV").multiply(image.select("VH"))).props
     assert ev.evaluate(image.subtract(1).copyProperties(image, ["kept"])).props["kept"] == 7
+
+
+def test_gap_fill_keeps_every_clear_observation_where_no_estimate_exists(flanders_ee):
+    """B.10 on the graph: the observation wherever it is clear, also where the estimate is
+    masked (pixels without a model); the estimate where only it exists; nothing where neither
+    does. (Written with ``where`` this lost the observations: "If at a given pixel, either test
+    or value is masked, the input value is used", and the input was the prediction.)"""
+    import numpy as np
+    from ee_support.cubes import band_array
+
+    from optsar_nb.ee import infill as ee_infill
+
+    ev, image, vv, _ = _vv(flanders_ee)
+    aoi = flanders_aoi()
+    obs = ee.Image.constant(0.5).updateMask(image.select("VV").lt(-14)).rename("NDVI")
+    estimate = ee.Image.constant(0.2).updateMask(image.select("VV").gt(-16)).rename("NDVI")
+    inside = ev.evaluate(ee.Image.constant(1).clip(col.region_of(aoi))).bands["constant"].mask
+    for method in ("fusion", "paper"):
+        params = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01", method=method,
+                              focal_median_radius_px=0)
+        got = band_array(ev.evaluate(ee_infill.gap_fill(obs, estimate, aoi, params)), "NDVI_gapfree")
+        expected = np.where(vv < -14, 0.5, np.where(vv > -16, 0.2, np.nan))
+        np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-7)
+        assert np.isnan(got[~inside]).all()
+        assert ((vv < -14) & ~(vv > -16))[inside].any()  # observations without an estimate exist
