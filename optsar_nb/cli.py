@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True, help="output folder")
     inf.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     inf.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
-    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~33 bytes per "
+    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~25 bytes per "
                                         "pixel and image")
     inf.set_defaults(func=cmd_infill)
 

@@ -67,8 +67,8 @@ def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, 
     work = tmp_path / "scratch"
     assert main([*args, "--out", str(tmp_path / "out"), "--work-dir", str(work)]) == 2
     err = capsys.readouterr().err
-    # 74 images of 80 x 80 px x 33 bytes (+ 88 bytes per pixel for the coefficients)
-    assert "about 16.2 MB of temporary stacks (74 images of 80 x 80 px)" in err and "1.0 MB free" in err
+    # 74 images of 80 x 80 px x 25 bytes (+ 88 bytes per pixel for the coefficients)
+    assert "about 12.4 MB of temporary stacks (74 images of 80 x 80 px)" in err and "1.0 MB free" in err
     assert "--work-dir" in err
     assert list(work.iterdir()) == [] and list((tmp_path / "out").iterdir()) == []
 

@@ -1,7 +1,7 @@
 """The fused B.3-B.7 stage of the infilling job: covariates, fit, prediction and baselines, block by block.
 
-Each block reads the staged S1 window means with their halo and writes its coefficients and
-predictions into the staged stacks (see ``_pipeline``). Its own module so that worker
+Each block reads the staged S1 with its halo, averages it over the pairs' windows, and writes
+its coefficients and predictions into the staged stacks (see ``_pipeline``). Its own module so that worker
 processes import it (and through it the steps) without the job's other machinery.
 """
 
@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WorkerFailed
-from . import fusion, steps
+from . import _kernels, fusion, steps
 
 
-def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int, dtype="float32") -> np.ndarray:
-    """(T, h + 2 depth, w + 2 depth) copy of a block of ``stack`` and its halo; NaN beyond the image."""
+def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int, dtype=None) -> np.ndarray:
+    """(T, h + 2 depth, w + 2 depth) copy of a block of ``stack`` and its halo; NaN beyond the
+    image. ``dtype``: default the stack's."""
     T, H, W = stack.shape
     r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
-    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype=dtype)
+    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype=dtype or stack.dtype)
     out[:, max(r0, 0) - r0 : min(r1, H) - r0, max(c0, 0) - c0 : min(c1, W) - c0] = \
-        stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
+        np.asarray(stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)])
     return out
 
 
@@ -40,10 +41,11 @@ def _open_block_stage(work: str, shared: dict, parent: int | None) -> None:
     if parent is not None:
         _exit_with_parent(parent)
     folder = Path(work)
-    stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("win_vv", "win_vh", "obs", "state")}
+    stage = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("obs", "state", "s1_vv", "s1_vh")}
     stage.update({name: np.load(folder / f"{name}.npy", mmap_mode="r+") for name in ("coef", "pred", "nmean")})
     stage["donor"] = np.load(folder / "donor.npy")
     stage["inside"] = np.load(folder / "inside.npy")
+    stage["weights"] = np.load(folder / "weights.npy")  # the pairs' S1 windows
     stage.update(shared)
     for name in ("obs", "state"):  # the pairs are the first images (see _pipeline._compact)
         stage[name] = stage[name][: len(shared["labels"])]
@@ -79,7 +81,9 @@ def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
     g = _BLOCK_STAGE
     params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
-    win_vv, win_vh = (read_with_halo(g[name], rows, cols, depth, "float64") for name in ("win_vv", "win_vh"))
+    bounds = (params.s1_min_db, params.s1_max_db)
+    win_vv, win_vh = (_kernels.window_mean(read_with_halo(g[name], rows, cols, depth), g["weights"], *bounds)
+                      for name in ("s1_vv", "s1_vh"))
     # the halo is removed, and so is everything outside the AOI
     covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params, g["inside"][rows, cols])
     del win_vv, win_vh

@@ -4,10 +4,11 @@ Passes over the data, in order:
 1. the optical inputs are read once: clear observations and states staged to disk, per-image
    cloud statistics counted on the staged states; sparse and unpaired images are then dropped
    by compacting the staged stacks in place;
-2. S1 is read once: window means staged, their AOI means reduced;
-3. the fused stage (``_fused``), in worker processes, block by block: covariates with their
-   halo, robust regression, prediction, the fusion's S1 covariates staged and a sample of its
-   leave-out rows, from which the fusion weights are fitted;
+2. S1 is read once: the aligned images staged, their window means' AOI means reduced;
+3. the fused stage (``_fused``), in worker processes, block by block: the staged S1 read with
+   the block's halo and averaged over the windows, covariates, robust regression, prediction,
+   the fusion's S1 covariates staged and a sample of its leave-out rows, from which the fusion
+   weights are fitted;
 4. PCA smoothing (two global reductions, then the reconstruction, in place);
 5. standardization and per-image MAE, image by image;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
@@ -17,10 +18,13 @@ Passes over the data, in order:
 Why staged: the prediction stack feeds three global reductions in turn (PCA means, PCA
 covariance, per-image standardization quantiles), so it is computed once and kept in a
 temporary memory-mapped file instead of in memory or recomputed; the observations and states
-are staged so that per-image steps read one contiguous image at a time; the S1 window means so
-that the fused stage reads them with their halo instead of re-reading and re-averaging S1 over
-every block's halo. Peak memory is then a few blocks per core, whatever the scene size; disk
-use is STAGING_BYTES_PER_SAMPLE (33) bytes per pixel and image during the fused stage, 22 after.
+are staged so that per-image steps read one contiguous image at a time. S1 is staged as it is
+read, aligned (float32: 8 bytes per pixel and S1 image for both polarizations), and each block
+averages it over the windows itself, halo included: the window means would take 16 bytes per
+pixel and pair (float64), and re-reading S1 from compressed input files over every block's halo
+decompresses each file tile many times. Peak memory is then a few blocks per core, whatever the
+scene size; disk use is given by :func:`staging_bytes` (at most about 25 bytes per pixel and
+image).
 """
 
 from __future__ import annotations
@@ -155,8 +159,8 @@ def infill(
     job's own unchanged earlier outputs).
 
     ``workers``: cores to use (default: all). ``work_dir``: where the job stages its temporary
-    stacks (default: ``out_dir``); it needs about STAGING_BYTES_PER_SAMPLE bytes per pixel and
-    image while the regression runs, which is checked before any work starts.
+    stacks (default: ``out_dir``); it needs about 25 bytes per pixel and image
+    (:func:`staging_bytes`), which is checked before any work starts.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
     from ..products import INFILL_MANIFEST_JOB
@@ -169,7 +173,10 @@ def infill(
                    params=params.to_dict(), inputs=inputs, overwrite=overwrite) as out:
         work_parent = Path(work_dir) if work_dir is not None else out_dir
         work_parent.mkdir(parents=True, exist_ok=True)
-        check_disk_space(select_period(ndvi, params.start, params.end).shape, work_parent, out_dir)
+        pad = pd.Timedelta(days=params.s1_window_days)
+        s1_times = pd.DatetimeIndex(vv.time.values)
+        n_s1 = int(((s1_times >= pd.Timestamp(params.start) - pad) & (s1_times < pd.Timestamp(params.end) + pad)).sum())
+        check_disk_space(select_period(ndvi, params.start, params.end).shape, n_s1, work_parent, out_dir)
         work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=work_parent))
         try:
             with dask.config.set(scheduler="threads", num_workers=workers):
@@ -181,26 +188,36 @@ def infill(
     return run
 
 
-# Temporary disk per pixel and image while the regression runs: observations (float32), states
-# (int8), the two S1 window means (float64, as Earth Engine's mean reducer keeps them: the
-# covariates are rounded to float32 only once computed), the predictions and the fusion's two
-# covariates (float32). Afterwards the window means are deleted; the PCA-smoothed predictions
-# are staged in float64 until B.9 has read them (25 bytes), then the fused estimate (float32) and
-# its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
-STAGING_BYTES_PER_SAMPLE = 33
+# Temporary disk per pixel and optical image: observations (float32), states (int8), the
+# predictions and the fusion's two covariates (float32) while the regression runs (17 bytes),
+# plus the aligned S1 (S1_BYTES_PER_IMAGE per pixel and S1 image); then the PCA-smoothed
+# predictions in float64 until B.9 has read them (25 bytes); then the fused estimate (float32)
+# and its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
+STAGING_BYTES_PER_SAMPLE = 25
+FUSED_STAGE_BYTES_PER_SAMPLE = 17
+S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
 OUTPUT_BYTES_PER_SAMPLE = 17
 
 
-def check_disk_space(shape: tuple[int, int, int], work_dir: Path, out_dir: Path) -> None:
-    """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input.
+def staging_bytes(n_images: int, n_s1: int, h: int, w: int) -> int:
+    """The largest temporary disk use of an infilling of ``n_images`` optical and ``n_s1`` S1
+    images of ``h`` x ``w`` px (the coefficient image included)."""
+    per_pixel = max(FUSED_STAGE_BYTES_PER_SAMPLE * n_images + S1_BYTES_PER_IMAGE * n_s1,
+                    STAGING_BYTES_PER_SAMPLE * n_images)
+    return (per_pixel + 11 * 8) * h * w
+
+
+def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path) -> None:
+    """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input
+    and ``n_s1`` S1 images.
 
     Counts every image of the period (an upper bound: sparse and unpaired images are dropped
     later). The message gives the sizes and the fix, instead of a full disk an hour in.
     """
     n, h, w = shape
-    staging = n * h * w * STAGING_BYTES_PER_SAMPLE + 11 * 8 * h * w  # + the float64 coefficient image
+    staging = staging_bytes(n, n_s1, h, w)
     outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
     free = shutil.disk_usage(work_dir).free
     if staging > free:
@@ -269,25 +286,26 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
     return keep[pairs], s1[0], s1[1], weights[pairs], table
 
 
-def _stage_window_means(vv, vh, weights, params, work, shape, edge, inside) -> tuple[np.ndarray, np.ndarray]:
-    """B.3: the pairs' S1 window means staged as ``win_vv`` and ``win_vh``; returns their AOI means.
-
-    The window means are staged in float64 (see ``steps.covariate_block``); the AOI means are a
-    global reduction over the staged values inside the AOI (``inside``, None: the whole grid),
-    the values the covariates use. Nothing here keeps
-    the staged files mapped once it returns, so deleting them gives their disk back at once.
+def _stage_s1(vv, vh, weights, params, work, edge, inside) -> tuple[np.ndarray, np.ndarray]:
+    """B.3: the aligned S1 stacks staged as ``s1_vv``/``s1_vh`` (their own precision, at least
+    float32) with the pairs' window ``weights``; returns the AOI means (``inside``; None: the
+    whole grid) of the window means, a global reduction over means computed block by block and
+    dropped (the fused stage recomputes them with its halo: ``_kernels.window_mean`` gives a
+    pixel the same value in any block). Raises NoImages when S1 has no valid value in the AOI.
     """
-    T = shape[0]
-    staged = [_memmap(work, name, shape, "float64") for name in ("win_vv", "win_vh")]
+    T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
-    wins = [s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds),
-                          chunks=((T,), *s1.chunks[1:]), dtype="float64")
-            for s1 in (steps._dask(band, (-1, edge, edge)) for band in (vv, vh))]  # bounded temporaries
-    da.store(wins, staged, lock=False)
-    sums = []
     in_aoi = None if inside is None else da.from_array(np.asarray(inside.values), chunks=(edge, edge))
-    for mm in staged:
-        win = _lazy(mm, chunks=(-1, edge, edge))
+    np.save(work / "weights.npy", weights)
+    sums = []
+    for name, band in (("s1_vv", vv), ("s1_vh", vh)):
+        s1 = steps._dask(band, (-1, edge, edge))  # bounded temporaries
+        s1 = s1.astype(np.result_type(s1.dtype, np.float32))
+        mm = _memmap(work, name, s1.shape, s1.dtype)
+        da.store(s1, mm, lock=False)
+        s1 = _lazy(mm, chunks=(-1, edge, edge))
+        win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
+                            dtype="float64")
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
@@ -340,8 +358,8 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
     lap("pairing, split (B.2-B.6)")
 
-    # B.3: S1 window means, staged (the fused stage reads them with its halo), and their AOI means
-    vv_mean, vh_mean = _stage_window_means(vv, vh, weights, params, work, (T, H, W), edge, inside)
+    # B.3: S1 staged, and the AOI means of its window means (the fused stage recomputes those means)
+    vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, work, edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
@@ -356,7 +374,7 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
     leave_out = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
     mm_coef = np.load(work / "coef.npy", mmap_mode="r")
     mm_nmean = np.load(work / "nmean.npy", mmap_mode="r")
-    for name in ("win_vv", "win_vh"):  # disk back as soon as the stage is done
+    for name in ("s1_vv", "s1_vh"):  # disk back as soon as the stage is done
         (work / f"{name}.npy").unlink()
     fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
     lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
