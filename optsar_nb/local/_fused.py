@@ -19,14 +19,13 @@ from ..errors import WorkerFailed
 from . import _kernels, fusion, steps
 
 
-def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int, dtype=None) -> np.ndarray:
-    """(T, h + 2 depth, w + 2 depth) copy of a block of ``stack`` and its halo; NaN beyond the
-    image. ``dtype``: default the stack's."""
+def read_with_halo(stack: np.ndarray, rows: slice, cols: slice, depth: int, dtype="float32") -> np.ndarray:
+    """(T, h + 2 depth, w + 2 depth) ``dtype`` copy of a block of ``stack`` and its halo; NaN beyond the image."""
     T, H, W = stack.shape
     r0, r1, c0, c1 = rows.start - depth, rows.stop + depth, cols.start - depth, cols.stop + depth
-    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype=dtype or stack.dtype)
+    out = np.full((T, r1 - r0, c1 - c0), np.nan, dtype=dtype)
     out[:, max(r0, 0) - r0 : min(r1, H) - r0, max(c0, 0) - c0 : min(c1, W) - c0] = \
-        np.asarray(stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)])
+        stack[:, max(r0, 0) : min(r1, H), max(c0, 0) : min(c1, W)]
     return out
 
 
@@ -82,7 +81,8 @@ def _fit_predict_block(rows: slice, cols: slice) -> dict[str, np.ndarray]:
     params, labels = g["params"], g["labels"]
     depth = steps.covariate_halo(params)
     bounds = (params.s1_min_db, params.s1_max_db)
-    win_vv, win_vh = (_kernels.window_mean(read_with_halo(g[name], rows, cols, depth), g["weights"], *bounds)
+    win_vv, win_vh = (_kernels.window_mean(read_with_halo(g[name], rows, cols, depth, g[name].dtype), g["weights"],
+                                           *bounds)
                       for name in ("s1_vv", "s1_vh"))
     # the halo is removed, and so is everything outside the AOI
     covs = steps.covariate_block(win_vv, win_vh, g["vv_mean"], g["vh_mean"], params, g["inside"][rows, cols])

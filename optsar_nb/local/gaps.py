@@ -30,6 +30,7 @@ from ..errors import InvalidParameter, NoImages
 from ..missions import CLEAR, CLOUDY, MASK_RULES, MISSING, BinaryRule, BitRule, SCLRule
 from ..params import GapParams
 from ..products import GAP_STATISTIC_NAMES
+from . import _gap_kernels
 
 STATE_DTYPE = np.int8
 # bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
@@ -174,9 +175,6 @@ def day_counts(times, start: dt.date) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # the gap iteration
-_SORT_LAST = np.float32(3e38)  # fills non-clear slots so that gaps sort first
-
-
 def _sorted_quantile(sorted_gaps: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
     """Linear-interpolation quantile along the last axis of the first ``count`` sorted gaps."""
     pos = q * (np.maximum(count, 1) - 1)
@@ -188,40 +186,22 @@ def _sorted_quantile(sorted_gaps: np.ndarray, count: np.ndarray, q: float) -> np
 
 
 def gap_block(state: np.ndarray, days: np.ndarray, revisit_days: int, period_days: int) -> np.ndarray:
-    """Gap statistics of one block: state (time, y, x) composited, days ascending and unique.
+    """Gap statistics of one block: state (time >= 1, y, x) composited, days ascending and unique.
 
     Returns float32 (n_statistics, y, x) in the order of ``GAP_STATISTIC_NAMES``.
-    The iteration of docs/method.md A.4 in closed form: the previous clear day of each image is
-    the running maximum of the clear days before it, starting from ``-revisit_days``.
-    Works on a (pixel, time) copy so that every reduction runs along contiguous memory;
-    float32 holds whole days exactly up to 2**24 days.
+    The iteration of docs/method.md A.4: each clear day's gap is its distance to the previous
+    clear day, the first one's to ``-revisit_days`` (one compiled pass: :mod:`._gap_kernels`);
+    each pixel's gaps are then sorted for the minimum, maximum, median and 90th percentile.
     """
     n_time, ny, nx = state.shape
-    series = np.ascontiguousarray(state.reshape(n_time, -1).T)  # (pixel, time)
-    clear = series == CLEAR
-    count = clear.sum(axis=1)
-    valid_count = (series != MISSING).sum(axis=1)
-    init = np.float32(-revisit_days)
-    t = days.astype("float32")[None, :]
-    last_clear = np.maximum.accumulate(np.where(clear, t, init), axis=1)
-    previous = np.concatenate([np.full((series.shape[0], 1), init), last_clear[:, :-1]], axis=1)
-    # gaps at clear days; no NaN in the arrays (NaN arithmetic is several times slower)
-    gaps = np.where(clear, t - previous, np.float32(0))
-    final_last = last_clear[:, -1] if n_time else np.full(series.shape[0], init)
-
+    gaps, count, valid_count, final_last, mean, var = _gap_kernels.gap_pass(
+        np.ascontiguousarray(state.reshape(n_time, -1), dtype=STATE_DTYPE), np.asarray(days, dtype="int64"),
+        int(revisit_days))
     has = count > 0
-    n = np.maximum(count, 1)
-    # sum of gaps = last clear day - initial condition (the invariant of the iteration)
-    mean = (final_last.astype("float64") - init) / n
-    deviation = (gaps - mean[:, None].astype("float32")) * clear
-    var = np.einsum("ij,ij->i", deviation, deviation, dtype="float64") / n
-    gaps[~clear] = _SORT_LAST
     gaps.sort(axis=1)
     top = np.maximum(count - 1, 0)[:, None]
-    gmin = gaps[:, 0] if n_time else np.zeros(series.shape[0], "float32")
-    gmax = np.take_along_axis(gaps, top, 1)[:, 0]
-    median = _sorted_quantile(gaps, count, 0.5)
-    p90 = _sorted_quantile(gaps, count, 0.9)
+    gmin, gmax = gaps[:, 0], np.take_along_axis(gaps, top, 1)[:, 0]
+    median, p90 = _sorted_quantile(gaps, count, 0.5), _sorted_quantile(gaps, count, 0.9)
     mean, var, gmin, gmax = (np.where(has, v, np.nan) for v in (mean, var, gmin, gmax))
     with np.errstate(invalid="ignore", divide="ignore"):
         open_gap = np.where(valid_count > 0, period_days - final_last, np.nan)
@@ -240,6 +220,8 @@ def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
     and returns a lazy float32 (stat, y, x) DataArray with the bands of ``GAP_STATISTIC_NAMES``.
     Undefined statistics (no clear day; no valid day for open_gap/clear_fraction) are NaN.
     """
+    if not isinstance(state.data, da.Array):  # in memory: select and sort block by block, not as whole copies
+        state = state.chunk({"time": -1, "y": 512, "x": 512})
     return daily_gap_statistics(composite_same_day(select_period(state, params.start, params.end).sortby("time")),
                                 params)
 
