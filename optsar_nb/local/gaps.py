@@ -151,8 +151,10 @@ def aoi_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
 def select_period(stack: xr.DataArray, start: dt.date, end: dt.date) -> xr.DataArray:
     """Images with start <= time < end (end exclusive, as Earth Engine's filterDate)."""
     t = pd.DatetimeIndex(stack.time.values)
-    keep = (t >= pd.Timestamp(start)) & (t < pd.Timestamp(end))
-    return stack.isel(time=np.flatnonzero(keep))
+    keep = np.flatnonzero((t >= pd.Timestamp(start)) & (t < pd.Timestamp(end)))
+    if keep.size and keep[-1] - keep[0] + 1 == keep.size:  # a run of images (sorted stacks): a view, not a copy
+        return stack.isel(time=slice(keep[0], keep[-1] + 1))
+    return stack.isel(time=keep)
 
 
 def composite_same_day(state: xr.DataArray) -> xr.DataArray:
@@ -220,10 +222,10 @@ def gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray:
     and returns a lazy float32 (stat, y, x) DataArray with the bands of ``GAP_STATISTIC_NAMES``.
     Undefined statistics (no clear day; no valid day for open_gap/clear_fraction) are NaN.
     """
-    if not isinstance(state.data, da.Array):  # in memory: select and sort block by block, not as whole copies
-        state = state.chunk({"time": -1, "y": 512, "x": 512})
-    return daily_gap_statistics(composite_same_day(select_period(state, params.start, params.end).sortby("time")),
-                                params)
+    state = select_period(state, params.start, params.end)
+    if not state.indexes["time"].is_monotonic_increasing:
+        state = state.sortby("time")
+    return daily_gap_statistics(composite_same_day(state), params)
 
 
 def _no_image(params: GapParams) -> NoImages:
@@ -240,7 +242,8 @@ def daily_gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray
     days = day_counts(state.time.values, params.start)
     n_time = len(days)
     edge = int(max(16, min(2048, np.sqrt(BLOCK_BYTES / (4 * n_time)))))
-    data = state.data if isinstance(state.data, da.Array) else da.from_array(state.values, chunks=-1)
+    # in memory: blocks are views of the stack (one chunk rechunked would be copied piece by piece)
+    data = state.data if isinstance(state.data, da.Array) else da.from_array(state.values, chunks=(-1, edge, edge))
     data = data.rechunk((-1, edge, edge))
     stats = da.map_blocks(
         gap_block,
