@@ -355,6 +355,7 @@ def _landsat_collection2(flanders, template):
 
 @pytest.fixture(scope="module")
 def landsat_runs(flanders, flanders_ee, aoi, tmp_path_factory):
+    from ee_support.cubes import s1_collection
     from ee_support.evaluator import Evaluator
     from ee_support.values import Band, Collection, Image
 
@@ -372,8 +373,6 @@ def landsat_runs(flanders, flanders_ee, aoi, tmp_path_factory):
                             {"system:time_start": int(t), "system:index": str(qa["id"].values[i])}))
     ev = Evaluator(cubes.grid)
     ev.register(mission.collection_id, Collection(images))
-    from ee_support.cubes import s1_collection
-
     ev.register(S1.collection_id, s1_collection(cubes))
     run = ee_infill.build_infill(aoi, LANDSAT, fetch=ev.evaluate, fusion_sample_pixels=ALL_PIXELS)
     result = ev.evaluate(ee.Dictionary(run.outputs))

@@ -497,11 +497,11 @@ def test_edge_pixels_of_an_aoi_see_the_sentinel1_around_it(tmp_path):
     np.testing.assert_array_equal(np.isnan(model[:, ok]), False)
     np.testing.assert_allclose(model[:, ok], expected[:, ok], rtol=0, atol=1e-9)
     cut = fit(vv.where(inside), vh.where(inside))
-    edge = inside.values & ~(ndimage_erode(inside.values, inf.covariate_halo(p)))
+    edge = inside.values & ~(_eroded(inside.values, inf.covariate_halo(p)))
     assert np.nanmax(np.abs(cut[:, edge] - expected[:, edge])) > 1e-3
 
 
-def ndimage_erode(mask: np.ndarray, depth: int) -> np.ndarray:
+def _eroded(mask: np.ndarray, depth: int) -> np.ndarray:
     """The pixels of ``mask`` whose whole (2 depth + 1) square lies in it."""
     return ndimage.minimum_filter(mask.astype("uint8"), size=2 * depth + 1, mode="constant", cval=0).astype(bool)
 
