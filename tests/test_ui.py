@@ -232,6 +232,7 @@ def test_one_data_layer_at_a_time_with_its_legend_only(app):
     assert app.layers.legend_box.children == (app.stat_layer.legend,)
     assert "gap_mean (days)" in app.layers.status.value
     assert list(app.layers.choice.options) == ["clear-day mask", "gap statistic"]
+    assert app.layers.choice.layout.display == "flex"  # two groups to choose from
     app.layers.choice.value = "clear-day mask"
     dates = app.mask_layer.dates
     assert overlays() == [f"clear-day mask {dates[0]}"]
@@ -431,6 +432,8 @@ def test_infill_button_shows_ndvi_toggle_and_pixel_series(demo_dir, tmp_path):
     assert (tmp_path / "infill" / f"NDVI_gapfree{SUFFIX}.tif").exists()
     first = app.ndvi.dates[0]
     assert f"NDVI gap-free {first}" in layer_names(app)
+    # one group with data: no Show buttons to choose from, the opacity slider stays
+    assert app.layers.widget.layout.display == "flex" and app.layers.choice.layout.display == "none"
     assert "NDVI gap-free (NDVI)" in app.ndvi.legend.value
     app.ndvi.toggle.value = "observed"
     assert f"NDVI observed {first}" in layer_names(app) and f"NDVI gap-free {first}" not in layer_names(app)

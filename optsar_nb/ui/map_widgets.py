@@ -178,6 +178,7 @@ class LayerSwitch(MapWidget):
         self.choice.value = label if label in available else None
         self.choice.observe(self._handle_choice, names="value")
         self.widget.layout.display = "flex" if available else "none"
+        self.choice.layout.display = "flex" if len(available) > 1 else "none"  # nothing to choose from one
         self.legend_box.children = [self.groups[label].legend]
         self.status.value = self._status_html()
 
