@@ -51,7 +51,7 @@ from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _fused, _kernels, _postprocess, fusion, steps
 from .gaps import aoi_mask, select_period
-from .stack import TILE_PX, read_geotiff, write_geotiff
+from .stack import TILE_PX, lazy_array, read_geotiff, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
@@ -97,23 +97,9 @@ def _memmap(folder: Path, name: str, shape, dtype) -> np.memmap:
     return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
 
 
-class _Staged:
-    """Read-only array-like view of a staged memory-mapped stack, for ``dask.array.from_array``.
-
-    dask copies whatever it is given that has a ``copy`` method, which for a memmap means the
-    whole stack in memory; this view has none, so dask reads it window by window.
-    """
-
-    def __init__(self, mm: np.ndarray):
-        self.mm, self.shape, self.dtype, self.ndim = mm, mm.shape, mm.dtype, mm.ndim
-
-    def __getitem__(self, key):
-        return np.asarray(self.mm[key])
-
-
 def _lazy(mm: np.ndarray, chunks) -> da.Array:
-    """A dask array over a staged memmap that never copies it whole (name=False: no hashing of the data)."""
-    return da.from_array(_Staged(mm), chunks=chunks, name=False)
+    """A dask array over a staged memmap, read window by window (never copied whole)."""
+    return lazy_array(mm, chunks, copy=False)
 
 
 def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:

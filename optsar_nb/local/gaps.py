@@ -31,6 +31,7 @@ from ..missions import CLEAR, CLOUDY, MASK_RULES, MISSING, BinaryRule, BitRule, 
 from ..params import GapParams
 from ..products import GAP_STATISTIC_NAMES
 from . import _gap_kernels
+from .stack import lazy_array
 
 STATE_DTYPE = np.int8
 # bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
@@ -242,8 +243,7 @@ def daily_gap_statistics(state: xr.DataArray, params: GapParams) -> xr.DataArray
     days = day_counts(state.time.values, params.start)
     n_time = len(days)
     edge = int(max(16, min(2048, np.sqrt(BLOCK_BYTES / (4 * n_time)))))
-    # in memory: blocks are views of the stack (one chunk rechunked would be copied piece by piece)
-    data = state.data if isinstance(state.data, da.Array) else da.from_array(state.values, chunks=(-1, edge, edge))
+    data = state.data if isinstance(state.data, da.Array) else lazy_array(state.values, (-1, edge, edge))
     data = data.rechunk((-1, edge, edge))
     stats = da.map_blocks(
         gap_block,

@@ -166,6 +166,28 @@ def align_to(source: xr.DataArray, target: xr.DataArray, *, what: str = "the sta
     return out
 
 
+class _Blocks:
+    """An array as ``dask.array.from_array`` sees it, without the ``copy`` method through which
+    dask copies a numpy array (or a memmap) whole when the graph is built: blocks are sliced when
+    their tasks run instead, copied (``copy``) or as views."""
+
+    def __init__(self, values: np.ndarray, copy: bool):
+        self.values, self.copy_blocks = values, copy
+        self.shape, self.dtype, self.ndim = values.shape, values.dtype, values.ndim
+
+    def __getitem__(self, key):
+        block = self.values[key]
+        return np.array(block) if self.copy_blocks else np.asarray(block)
+
+
+def lazy_array(values: np.ndarray, chunks, *, copy: bool = True) -> da.Array:
+    """A dask array over an in-memory or memory-mapped array that holds one block per task, not a
+    copy of the whole (``dask.array.from_array`` copies the whole array up front). ``copy``:
+    each block a copy (tasks may change it), or a view (read-only use of a staged memmap).
+    ``name=False``: the data are not hashed."""
+    return da.from_array(_Blocks(values, copy), chunks=chunks, name=False)
+
+
 # --------------------------------------------------------------------------------------------
 # metadata
 def ms_to_datetime(ms) -> pd.DatetimeIndex:
@@ -365,7 +387,7 @@ def write_geotiff(
     if dtype.kind == "b":
         dtype = np.dtype("uint8")
     count, height, width = data.shape
-    arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.values), chunks=-1)
+    arr = data.data if isinstance(data.data, da.Array) else lazy_array(np.asarray(data.values), -1)
     arr = arr.rechunk({0: -1})
     if scale is not None:
         packed_nodata = np.iinfo("int16").min

@@ -40,7 +40,7 @@ from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from . import _kernels, _postprocess, _regression
 from .gaps import aoi_cloud_stats, clip_to_aoi, cloud_state
-from .stack import align_to, metadata_of
+from .stack import align_to, lazy_array, metadata_of
 
 FUSION_COVARIATE_INDEX = tuple(COVARIATES.index(c) for c in FUSION_COVARIATES)
 
@@ -78,7 +78,7 @@ def trim_halo(arr: da.Array, depth: int, chunks) -> da.Array:
 
 
 def _dask(a: xr.DataArray, chunks) -> da.Array:
-    data = a.data if isinstance(a.data, da.Array) else da.from_array(np.asarray(a.data), chunks=-1)
+    data = a.data if isinstance(a.data, da.Array) else lazy_array(np.asarray(a.data), chunks)
     return data.rechunk(chunks)
 
 
@@ -363,7 +363,7 @@ def robust_regression(obs_train: xr.DataArray, covs: xr.DataArray, params: Infil
     plus ``rank`` (of the final solve) and ``n_train`` (samples available): NaN coefficients
     where fewer than 9 samples exist.
     """
-    c = covs.data if isinstance(covs.data, da.Array) else da.from_array(covs.values, chunks=-1)
+    c = covs.data if isinstance(covs.data, da.Array) else lazy_array(covs.values, -1)
     c = c.rechunk((8, -1, *c.chunks[2:]))
     o = _dask(obs_train, c.chunks[1:])
     out = da.blockwise(lambda cb, ob: fit_block(cb, ob, np.isfinite(ob), params), "cyx", c, "ktyx", o, "tyx",
@@ -375,7 +375,7 @@ def robust_regression(obs_train: xr.DataArray, covs: xr.DataArray, params: Infil
 
 def predict(coefficients: xr.DataArray, covs: xr.DataArray) -> xr.DataArray:
     """B.7: NDVI predicted from covariates (covariate, time, y, x) and a coefficient image (lazy)."""
-    c = covs.data if isinstance(covs.data, da.Array) else da.from_array(covs.values, chunks=-1)
+    c = covs.data if isinstance(covs.data, da.Array) else lazy_array(covs.values, -1)
     c = c.rechunk((8, -1, *c.chunks[2:]))
     k = _dask(coefficients.sel(coef=list(COEFFICIENT_BANDS)), (9, *c.chunks[2:]))
     out = da.blockwise(predict_block, "tyx", c, "ktyx", k, "jyx", concatenate=True, dtype="float32")
