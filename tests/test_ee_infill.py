@@ -322,15 +322,16 @@ def test_predictions_at_default_parameters_equal_local(fusion_runs):
 # --------------------------------------------------------------------------------------------
 # Landsat 8: the patch's real Landsat surface reflectance cube (26 dates, on the 10 m grid), with
 # the default parameters. Its series are short and cloudy: no pixel reaches the 27 clear training
-# samples of its own regression (with one sample per coefficient, the pixels that keep a model
-# are fitted from 9-17 samples, exactly or nearly determined, and their predictions run to tens
-# of NDVI units, where rounding decides), so the product is the fusion everywhere; the
-# regression's parity is tested on Sentinel-2 above.
+# samples of its own regression, so the product is the fusion everywhere; the regression's parity
+# is tested on Sentinel-2 above. (Measured with one sample per coefficient and 90 % of the pairs
+# training: every pixel keeps a model, fitted from as few as 9 samples; predictions reach |NDVI| 343,
+# and the engines agree within 1e-4 on 99.87 % of pixel-dates, worst 1.7e-3: the solvers'
+# rounding amplified by fits that are barely determined, not a difference of method.)
 LANDSAT = InfillParams(mission="L8", start="2017-08-01", end="2018-12-01")
 
 
 def _landsat_collection2(flanders, template):
-    """The cube (Collection 1: reflectance x 1e4, pixel_qa bits) as Collection 2 Level 2 data:
+    """The cube (Collection 1 reflectance, pixel_qa bits) as Collection 2 Level 2 data:
     SR_B4/SR_B5 digital numbers (reflectance = DN x 2.75e-5 - 0.2) and QA_PIXEL bits (0 fill,
     3 cloud, 4 cloud shadow, 6 clear; USGS C2 L2 product guide) from pixel_qa's (0 fill, 3 cloud
     shadow, 5 cloud). Returns (DN red, DN nir, QA_PIXEL) on the S2 grid, lazy-free."""
@@ -343,10 +344,8 @@ def _landsat_collection2(flanders, template):
     fill, shadow, cloud = (qa1 >> 0) & 1, (qa1 >> 3) & 1, (qa1 >> 5) & 1
     qa2 = fill | (cloud << 3) | (shadow << 4) | ((1 - (fill | cloud | shadow)) << 6)
 
-    def dn(band):  # C1 reflectance (x 1e4, read as reflectance x 1e4 or scaled already)
-        values = cube[band].values.astype("float64")
-        reflectance = values * 1e-4 if np.nanmax(values) > 2 else values
-        return np.round((reflectance + 0.2) / 2.75e-5)
+    def dn(band):  # read_netcdf applies the cube's scale: the values are reflectances
+        return np.round((cube[band].values.astype("float64") + 0.2) / 2.75e-5)
 
     as_da = cube["pixel_qa"].copy
     return (as_da(data=dn("B04")).rename("SR_B4"), as_da(data=dn("B05")).rename("SR_B5"),
