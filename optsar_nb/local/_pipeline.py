@@ -159,10 +159,8 @@ def infill(
                    params=params.to_dict(), inputs=inputs, overwrite=overwrite) as out:
         work_parent = Path(work_dir) if work_dir is not None else out_dir
         work_parent.mkdir(parents=True, exist_ok=True)
-        pad = pd.Timedelta(days=params.s1_window_days)
-        s1_times = pd.DatetimeIndex(vv.time.values)
-        n_s1 = int(((s1_times >= pd.Timestamp(params.start) - pad) & (s1_times < pd.Timestamp(params.end) + pad)).sum())
-        check_disk_space(select_period(ndvi, params.start, params.end).shape, n_s1, work_parent, out_dir)
+        check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
+                         work_parent, out_dir)
         work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=work_parent))
         try:
             with dask.config.set(scheduler="threads", num_workers=workers):
@@ -255,21 +253,24 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
     if keep.size == 0:
         raise NoImages(f"no optical image has more than {params.min_valid_pixels} valid AOI pixels")
     table = table.iloc[keep].reset_index(drop=True)
-    # S1 a window beyond the period too, so that dates near its ends get full windows, and over
-    # the AOI and the pixels around it that the AOI's covariates read
-    pad = pd.Timedelta(days=params.s1_window_days)
+    # S1 over the AOI and the pixels around it that the AOI's covariates read
     support = None if inside is None else inside.copy(data=steps.covariate_support(inside.values, params))
     s1 = []
     for band in (vv, vh):
-        t = pd.DatetimeIndex(band.time.values)
-        near = (t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad)
-        band = band.isel(time=np.flatnonzero(near))
-        band = steps.align_s1(band.sortby("time"), ndvi)
+        band = steps.align_s1(band.isel(time=_s1_near(band, params)).sortby("time"), ndvi)
         s1.append(band.where(support) if support is not None else band)
     weights = _kernels.window_weights(ndvi.time.values[keep], s1[0].time.values, params.s1_window_days)
     pairs = steps.pair_images(table, weights.sum(axis=1), params)
     table = table.iloc[pairs].reset_index(drop=True).assign(S1_COUNT=weights.sum(axis=1)[pairs].astype(int))
     return keep[pairs], s1[0], s1[1], weights[pairs], table
+
+
+def _s1_near(s1: xr.DataArray, params: InfillParams) -> np.ndarray:
+    """Positions of the S1 images of the period and of a window beyond it on each side, so that
+    dates near its ends get full windows."""
+    t = pd.DatetimeIndex(s1.time.values)
+    pad = pd.Timedelta(days=params.s1_window_days)
+    return np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad))
 
 
 def _stage_s1(vv, vh, weights, params, work, edge, inside) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +282,7 @@ def _stage_s1(vv, vh, weights, params, work, edge, inside) -> tuple[np.ndarray, 
     """
     T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
-    in_aoi = None if inside is None else da.from_array(np.asarray(inside.values), chunks=(edge, edge))
+    in_aoi = None if inside is None else lazy_array(np.asarray(inside.values), (edge, edge))
     np.save(work / "weights.npy", weights)
     sums = []
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
