@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -74,17 +76,18 @@ def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, 
 
 
 def test_infill_stages_in_the_work_dir(tmp_path, monkeypatch):
-    from optsar_nb.local import _pipeline
+    from optsar_nb.local import _store
 
     used = []
-    mkdtemp = _pipeline.tempfile.mkdtemp
-    monkeypatch.setattr(_pipeline.tempfile, "mkdtemp", lambda **kw: used.append(kw["dir"]) or mkdtemp(**kw))
+    create_in = _store.Store.create_in
+    monkeypatch.setattr(_store.Store, "create_in", lambda parent, prefix: used.append(Path(parent)) or
+                        create_in(parent, prefix))
     sample = ROOT / "optsar_nb" / "demo_scene"
     work = tmp_path / "scratch"
     assert main(["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01", "--workers", "1",
                  "--out", str(tmp_path / "out"), "--work-dir", str(work), "--method", "paper"]) == 0
     # the temporary stacks go there (the output set is staged in the output folder), removed afterwards
-    assert [d for d in used if d != tmp_path / "out"] == [work] and list(work.iterdir()) == []
+    assert used == [work] and list(work.iterdir()) == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
     assert (tmp_path / "out" / "NDVI_gapfree_S2_2021-01-01_2022-01-01.tif").exists()
     # --method reaches the job: the report says which fill NDVI_gapfree holds

@@ -4,8 +4,8 @@ package's import structure."""
 from __future__ import annotations
 
 import re
-
 import tomllib
+
 from conftest import ROOT
 
 # the few packages whose conda-forge name differs from their PyPI name
@@ -33,7 +33,7 @@ def test_environment_matches_pyproject():
             name, spec = _split(item.group(1))
             conda[name] = spec
     assert conda == pyproject
-    assert project["requires-python"] == ">=3.10"
+    assert project["requires-python"] == ">=3.11"
     assert project["scripts"]["optsar"] == "optsar_nb.cli:main"
 
 

@@ -39,7 +39,7 @@ def region_of(aoi: Any) -> ee.Geometry:
 
 def millis(day: dt.date) -> int:
     """Milliseconds since the epoch at 00:00 UTC of ``day`` (Earth Engine's time unit)."""
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def optical_collection(aoi: Any, *, mission: str | Mission, start: dt.date, end: dt.date) -> ee.ImageCollection:

@@ -11,16 +11,15 @@ reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import pandas as pd
 
 from ..missions import CLEAR
 from ..params import InfillParams
-from . import _kernels, _postprocess, fusion, steps
+from . import _kernels, _postprocess, _store, fusion, steps
 from ._fused import read_with_halo
 
 ESTIMATES = ("model", "fusion", "pixel_mean", "interpolation")
@@ -30,7 +29,7 @@ WITH_SE = ("model", "fusion")  # estimates that carry a standard error
 
 @dataclass
 class Stage:
-    """The staged stacks and the quantities every block needs."""
+    """The staged stacks (Zarr arrays, see ``_store``) and the quantities every block needs."""
 
     obs: np.ndarray  # (T, H, W) clear observations, NaN elsewhere
     state: np.ndarray  # (T, H, W) CLEAR / CLOUDY / MISSING
@@ -39,7 +38,7 @@ class Stage:
     alpha: np.ndarray  # (H, W) per-pixel reliability of the S1 correction (written by the scoring pass)
     fused: np.ndarray  # (T, H, W) the fused estimate from every clear view (written by the scoring pass)
     se_bin: np.ndarray  # (T, H, W) int8 its standard-error bin, -1 without clear view (written by the scoring pass)
-    donor: np.ndarray  # (H, W) the artificial clouds
+    donor: np.ndarray  # (H, W) bool, the artificial clouds
     labels: np.ndarray  # (T,) split labels
     days: np.ndarray  # (T,) days since the start
     weights: np.ndarray  # (len(GAP_BINS), 3) fusion weights: VV, VH departures, climatology
@@ -59,7 +58,7 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     train = steps.training_mask(s3, stage.labels, donor).reshape(T, N)
     alpha, calibration = fusion.pixel_reliability(o, train, nm, stage.days, stage.weights,
                                                   stage.params.fusion_prior_samples)
-    stage.alpha[rows, cols] = alpha.reshape(stage.alpha[rows, cols].shape)
+    stage.alpha[rows, cols] = alpha.reshape(s3.shape[1:])
 
     test = (s == CLEAR) & (stage.labels[:, None] == "test")
     score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | test
@@ -74,9 +73,8 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
     clear = (s == CLEAR) & np.isfinite(o)
     product, _, _, _, product_se_bin = fusion.fused(o, clear, nm, stage.days, stage.weights, alpha, where=~clear)
-    shape = stage.fused[:, rows, cols].shape
-    stage.fused[:, rows, cols] = product.reshape(shape)
-    stage.se_bin[:, rows, cols] = product_se_bin.reshape(shape)
+    stage.fused[:, rows, cols] = product.reshape(s3.shape)
+    stage.se_bin[:, rows, cols] = product_se_bin.reshape(s3.shape)
     # a seeded sample of the scored points for the scatter figure
     t, n = np.nonzero(score)
     pick = np.random.default_rng([stage.params.seed, rows.start, cols.start]).random(t.size) < stage.sample_fraction
@@ -88,13 +86,11 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
 
 
 def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
-    """The scoring pass over all blocks; per-block results reduced.
-
-    Threads, not processes: the work is in compiled loops that release the interpreter lock
-    and in numpy, and worker processes would cost more to start than the pass takes.
-    """
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        parts = list(pool.map(lambda b: score_block(stage, *b), blocks))
+    """The scoring pass: one task per block, on the active scheduler (threads on this machine:
+    the work is in compiled loops that release the interpreter lock and in numpy); the blocks'
+    results reduced."""
+    parts = _store.compute([dask.delayed(score_block)(stage, rows, cols) for rows, cols in blocks],
+                           processes=False, workers=workers)
     out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range")}
     out["samples"] = np.concatenate([p["samples"] for p in parts])
     return out

@@ -1,40 +1,44 @@
-"""The whole infilling job (docs/method.md part B) at scale, and the saved model.
+"""The whole infilling job (docs/method.md part B) at scale.
 
-Passes over the data, in order:
-1. the optical inputs are read once: clear observations and states staged to disk, per-image
-   cloud statistics counted on the staged states; sparse and unpaired images are then dropped
-   by compacting the staged stacks in place;
+Passes over the data, in order, each a dask graph of block (or image-group) tasks plus explicit
+AOI-wide reductions, run on the active scheduler (``_store.compute``):
+1. the optical inputs are read once: clear observations and states staged, per-image cloud
+   statistics counted on the staged states; sparse and unpaired images are then dropped (the
+   staged stacks compacted);
 2. S1 is read once: the aligned images staged, their window means' AOI means reduced;
-3. the fused stage (``_fused``), in worker processes, block by block: the staged S1 read with
-   the block's halo and averaged over the windows, covariates, robust regression, prediction,
-   the fusion's S1 covariates staged and a sample of its leave-out rows, from which the fusion
-   weights are fitted;
-4. PCA smoothing (two global reductions, then the reconstruction, in place);
-5. standardization and per-image MAE, image by image;
+3. the fused stage (``_fused``), block by block (worker processes on one machine): the staged
+   S1 read with the block's halo and averaged over the windows, covariates, robust regression,
+   prediction, the fusion's S1 covariates staged and a sample of its leave-out rows, from which
+   the fusion weights are fitted;
+4. PCA smoothing (two global reductions, then the reconstruction, staged);
+5. standardization and per-image MAE, by groups of whole images;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
    standard errors' calibration, every estimate's errors by gap length;
 7. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
 
+Staged stacks are Zarr arrays (``_store.Store``) in a run folder under ``work_dir``: a local
+folder by default, or an fsspec URL that every worker of a cluster reaches. Their chunks are
+(images of one group, block, block): a block task reads and writes whole chunks along time, an
+image-group task whole chunks across space, so no two tasks write one chunk.
+
 Why staged: the prediction stack feeds three global reductions in turn (PCA means, PCA
-covariance, per-image standardization quantiles), so it is computed once and kept in a
-temporary memory-mapped file instead of in memory or recomputed; the observations and states
-are staged so that per-image steps read one contiguous image at a time. S1 is staged as it is
-read, aligned (float32: 8 bytes per pixel and S1 image for both polarizations), and each block
-averages it over the windows itself, halo included: the window means would take 16 bytes per
-pixel and pair (float64), and re-reading S1 from compressed input files over every block's halo
-decompresses each file tile many times. Peak memory is then a few blocks per core, whatever the
-scene size; disk use is given by :func:`staging_bytes` (at most about 25 bytes per pixel and
-image).
+covariance, per-image standardization quantiles), so it is computed once and kept instead of
+in memory or recomputed; the observations and states are staged so that per-image steps read
+whole images. S1 is staged as it is read, aligned (float32: 8 bytes per pixel and S1 image for
+both polarizations), and each block averages it over the windows itself, halo included: the
+window means would take 16 bytes per pixel and pair (float64), and re-reading S1 from
+compressed input files over every block's halo decompresses each file tile many times. Peak
+memory is then a few blocks or image groups per core, whatever the scene size; disk use is at
+most :func:`staging_bytes` (about 25 bytes per pixel and image; less, as states and cloudy
+observations compress).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,28 +47,27 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
 from ..errors import InsufficientDisk, NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
 from ..outputs import write_csv
 from ..params import InfillParams
-from ..products import INFILL_METADATA_FILE, file_name
-from . import _accuracy, _fused, _kernels, _postprocess, fusion, steps
+from . import _accuracy, _fused, _infill_outputs, _kernels, _postprocess, _store, fusion, steps
 from .gaps import aoi_mask, select_period
-from .stack import TILE_PX, lazy_array, read_geotiff, write_geotiff
 
-MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
-REPORT_FILE = "Infill_Report"
-METRICS_FILE = "Infill_Metrics"  # accuracy of every estimate by split and gap length
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
 # Per pixel and pair in that stage: window means (float64) with their halo, covariates, box-mean and
 # median temporaries, observations, prediction (about 40 measured, plus margin for the halo of
 # small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
 # pixels (``_regression.BATCH_BYTES``), a fixed cost whatever the block size.
 BYTES_PER_SAMPLE = 64
+# Budget of one image-group task (B.9): per pixel and image the smoothed prediction (float64), the
+# observation, state and calibrated prediction, and the standardization's temporaries.
+GROUP_BYTES = 256 * 2**20
+GROUP_BYTES_PER_SAMPLE = 48
 SCATTER_SAMPLES = 4000  # about this many scored points are kept for the observed-vs-estimated scatter
 FUSION_ROWS = 1_000_000  # leave-out rows sampled (over the AOI) to fit the fusion weights
-SERIES_PIXELS = 4  # pixels whose time series the report plots
 
 
 @dataclass
@@ -93,29 +96,9 @@ def _edge(n_time: int) -> int:
     return int(np.clip(np.sqrt(BLOCK_BYTES / (max(n_time, 1) * BYTES_PER_SAMPLE)), 32, 512))
 
 
-def _memmap(folder: Path, name: str, shape, dtype) -> np.memmap:
-    return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-
-
-def _lazy(mm: np.ndarray, chunks) -> da.Array:
-    """A dask array over a staged memmap, read window by window (never copied whole)."""
-    return lazy_array(mm, chunks, copy=False)
-
-
-def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:
-    coords = {"time": pd.to_datetime(table["CollectionTime"].to_numpy(), unit="ms"),
-              "id": ("time", table["ID"].astype(str).to_numpy()), "y": template.y, "x": template.x}
-    return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=steps._grid_attrs(template), name=name)
-
-
-def output_paths(out_dir: Path, params: InfillParams, *, report: bool) -> dict[str, Path]:
-    paths = {name: out_dir / file_name(name, params.suffix, ".tif")
-             for name in ("NDVI_gapfree", "NDVI_gapfree_SE", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", MODEL_FILE)}
-    paths["metadata"] = out_dir / file_name(INFILL_METADATA_FILE, params.suffix, ".csv")
-    paths["metrics"] = out_dir / file_name(METRICS_FILE, params.suffix, ".csv")
-    if report:
-        paths["report"] = out_dir / file_name(REPORT_FILE, params.suffix, ".md")
-    return paths
+def _group(n_time: int, h: int, w: int) -> int:
+    """Images per image-group task (and per chunk along time of the staged stacks)."""
+    return int(np.clip(GROUP_BYTES // (GROUP_BYTES_PER_SAMPLE * h * w), 1, max(n_time, 1)))
 
 
 def infill(
@@ -144,30 +127,39 @@ def infill(
     one run per folder). Existing files are refused unless ``overwrite`` (True, or "own": only this
     job's own unchanged earlier outputs).
 
-    ``workers``: cores to use (default: all). ``work_dir``: where the job stages its temporary
-    stacks (default: ``out_dir``); it needs about 25 bytes per pixel and image
-    (:func:`staging_bytes`), which is checked before any work starts.
+    Runs on the active dask scheduler: a ``distributed.Client`` if one was started (then
+    ``work_dir`` must be reachable from every worker), else this machine's cores.
+
+    ``workers``: cores to use on this machine (default: all; ignored on a cluster).
+    ``work_dir``: where the job stages its temporary stacks (default: ``out_dir``), a folder or an
+    fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 25 bytes
+    per pixel and image (:func:`staging_bytes`), which is checked first on a local folder.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
     from ..products import INFILL_MANIFEST_JOB
 
     out_dir = Path(out_dir)
-    paths = output_paths(out_dir, params, report=report)
+    paths = _infill_outputs.output_paths(out_dir, params, report=report)
     inputs = {"ndvi": fingerprint(ndvi), "state": fingerprint(state), "vv": fingerprint(vv), "vh": fingerprint(vh),
               "aoi": getattr(aoi, "name", None)}
     with OutputSet(out_dir, [p.name for p in paths.values()], job=INFILL_MANIFEST_JOB, suffix=params.suffix,
                    params=params.to_dict(), inputs=inputs, overwrite=overwrite) as out:
-        work_parent = Path(work_dir) if work_dir is not None else out_dir
-        work_parent.mkdir(parents=True, exist_ok=True)
-        check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
-                         work_parent, out_dir)
-        work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=work_parent))
+        work_parent = str(work_dir) if work_dir is not None else str(out_dir)
+        folder = _store.local_folder(work_parent)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
+                             folder, out_dir)
+        store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
-            with dask.config.set(scheduler="threads", num_workers=workers):
-                run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, work,
+            # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
+            local = nullcontext() if _store.client_active() else dask.config.set(scheduler="threads",
+                                                                                  num_workers=workers)
+            with local:
+                run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            store.destroy()
     run.paths = paths
     return run
 
@@ -177,6 +169,7 @@ def infill(
 # plus the aligned S1 (S1_BYTES_PER_IMAGE per pixel and S1 image); then the PCA-smoothed
 # predictions in float64 until B.9 has read them (25 bytes); then the fused estimate (float32)
 # and its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
+# Upper bounds: states, and observations where it is cloudy, compress.
 STAGING_BYTES_PER_SAMPLE = 25
 FUSED_STAGE_BYTES_PER_SAMPLE = 17
 S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
@@ -217,13 +210,13 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
 
 
-def _stage_optical(ndvi, state, params, aoi, work):
+def _stage_optical(ndvi, state, params, aoi, store):
     """B.1-B.2 in one pass over the optical inputs.
 
     The period's clear observations (float32, NaN elsewhere) and states (int8; MISSING outside
-    the AOI and where a clear pixel has no NDVI) are staged to disk, and each image's AOI
-    cloud statistics are then counted on the staged states. Returns the period's NDVI (lazy,
-    for its coordinates), the statistics table, the AOI mask and the two staged stacks.
+    the AOI and where a clear pixel has no NDVI) are staged, and each image's AOI cloud
+    statistics are then counted on the staged states. Returns the period's NDVI (lazy, for its
+    coordinates), the statistics table, the AOI mask and the two staged stacks.
     """
     ndvi = select_period(ndvi, params.start, params.end).sortby("time")
     state = select_period(state, params.start, params.end).sortby("time")
@@ -234,13 +227,24 @@ def _stage_optical(ndvi, state, params, aoi, work):
     inside = aoi_mask(ndvi, aoi) if aoi is not None else None
     st = steps.observed_state(state, ndvi, inside)
     N, H, W = st.shape
-    chunks = (-1, _edge(N), _edge(N))
-    mm_obs, mm_st = _memmap(work, "obs", (N, H, W), "float32"), _memmap(work, "state", (N, H, W), "int8")
-    st_d = steps._dask(st, chunks)
-    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, chunks).astype("float32"), np.float32(np.nan))
-    da.store([st_d.astype("int8"), obs_d], [mm_st, mm_obs], lock=False)
-    table = steps.image_cloud_stats(st.copy(data=_lazy(mm_st, chunks)))
-    return ndvi, table, inside, mm_obs, mm_st
+    edge = _edge(N)
+    z_obs, z_st = (store.create(name, (N, H, W), (_group(N, H, W), edge, edge), dtype, compress=True)
+                   for name, dtype in (("obs_all", "float32"), ("state_all", "int8")))
+    st_d = steps._dask(st, (-1, edge, edge))
+    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
+    da.store([st_d.astype("int8"), obs_d], [z_st, z_obs], lock=False)
+    table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st, chunks=(-1, edge, edge))))
+    return ndvi, table, inside, z_obs, z_st
+
+
+def _compact(store, z: zarr.Array, positions: np.ndarray, name: str, chunks) -> zarr.Array:
+    """The staged images at ``positions`` as a new array ``name`` chunked by ``chunks``; ``z``
+    itself when that is every image with the same chunks."""
+    if np.array_equal(positions, np.arange(z.shape[0])) and tuple(z.chunks) == tuple(chunks):
+        return z
+    out = store.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, compress=True)
+    da.store(da.from_zarr(z)[positions].rechunk(chunks), out, lock=False)
+    return out
 
 
 def _select_pairs(ndvi, table, vv, vh, params, inside):
@@ -273,24 +277,23 @@ def _s1_near(s1: xr.DataArray, params: InfillParams) -> np.ndarray:
     return np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad))
 
 
-def _stage_s1(vv, vh, weights, params, work, edge, inside) -> tuple[np.ndarray, np.ndarray]:
+def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[np.ndarray, np.ndarray]:
     """B.3: the aligned S1 stacks staged as ``s1_vv``/``s1_vh`` (their own precision, at least
-    float32) with the pairs' window ``weights``; returns the AOI means (``inside``; None: the
-    whole grid) of the window means, a global reduction over means computed block by block and
-    dropped (the fused stage recomputes them with its halo: ``_kernels.window_mean`` gives a
-    pixel the same value in any block). Raises NoImages when S1 has no valid value in the AOI.
+    float32); returns the AOI means (``inside``; None: the whole grid) of the pairs' window means
+    (``weights``), a global reduction over means computed block by block and dropped (the fused
+    stage recomputes them with its halo: ``_kernels.window_mean`` gives a pixel the same value
+    in any block). Raises NoImages when S1 has no valid value in the AOI.
     """
     T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
-    in_aoi = None if inside is None else lazy_array(np.asarray(inside.values), (edge, edge))
-    np.save(work / "weights.npy", weights)
+    in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
     sums = []
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
         s1 = steps._dask(band, (-1, edge, edge))  # bounded temporaries
         s1 = s1.astype(np.result_type(s1.dtype, np.float32))
-        mm = _memmap(work, name, s1.shape, s1.dtype)
-        da.store(s1, mm, lock=False)
-        s1 = _lazy(mm, chunks=(-1, edge, edge))
+        z = store.create(name, s1.shape, (s1.shape[0], edge, edge), s1.dtype)
+        da.store(s1, z, lock=False)
+        s1 = da.from_zarr(z)
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
                             dtype="float64")
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
@@ -306,24 +309,34 @@ def _stage_s1(vv, vh, weights, params, work, edge, inside) -> tuple[np.ndarray, 
         return s_vv / n_vv, s_vh / n_vh
 
 
-def _compact(mm: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The staged images at ``positions`` (increasing), moved in place to the front of ``mm``.
-
-    Image ``positions[i] >= i`` is read before anything overwrites it. Returns ``mm[:n]``.
-    """
-    for i, j in enumerate(positions):
-        if i != j:
-            mm[i] = mm[j]
-    return mm[: len(positions)]
-
-
 def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
     """Row-major (rows, cols) slices of the square blocks of an H x W grid."""
     return [(slice(r, min(r + edge, H)), slice(c, min(c + edge, W)))
             for r in range(0, H, edge) for c in range(0, W, edge)]
 
 
-def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, workers):
+def _standardize_group(z_smooth, z_obs, z_st, z_pred, z_donor, t0: int, t1: int, labels, params) -> list[float]:
+    """B.9-B.10 on the whole images ``t0:t1`` (whole chunks along time): the calibrated
+    predictions written into ``z_pred``; returns their MAE against the clear observations."""
+    smooth, obs, st = z_smooth[t0:t1], z_obs[t0:t1], z_st[t0:t1]
+    donor_cloudy = None
+    cals, maes = [], []
+    for i, t in enumerate(range(t0, t1)):
+        clear = st[i] == CLEAR
+        # B.9 applies by the image's cloud cover (its Cloud_cover); on a validation pair its
+        # statistics use the pixels its artificial clouds leave visible (nothing hidden leaks in)
+        used = clear
+        if labels[t] == "validation":
+            donor_cloudy = z_donor[...] if donor_cloudy is None else donor_cloudy
+            used = clear & ~donor_cloudy
+        cloud = 1.0 - clear.sum() / max((st[i] != MISSING).sum(), 1)
+        cals.append(steps.standardize_one(smooth[i], obs[i], used, cloud, params))
+        maes.append(_postprocess.mae(obs[i], cals[-1], clear))
+    z_pred[t0:t1] = np.stack(cals)
+    return maes
+
+
+def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, workers):
     timings, tic = {}, time.perf_counter()
 
     def lap(name):
@@ -332,95 +345,87 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         timings[name] = timings.get(name, 0.0) + now - tic
         tic = now
 
-    ndvi, table, inside, mm_obs, mm_st = _stage_optical(ndvi, state, params, aoi, work)
+    ndvi, table, inside, z_obs, z_st = _stage_optical(ndvi, state, params, aoi, store)
     lap("stage observations (B.1-B.2)")
     sel, vv, vh, weights, table = _select_pairs(ndvi, table, vv, vh, params, inside)
-    ndvi, mm_obs, mm_st = ndvi.isel(time=sel), _compact(mm_obs, sel), _compact(mm_st, sel)
+    T, H, W = len(sel), *z_obs.shape[1:]
+    edge, group = _edge(T), _group(T, H, W)
+    ndvi = ndvi.isel(time=sel)
+    z_obs, z_st = (_compact(store, z, sel, name, (group, edge, edge)) for z, name in ((z_obs, "obs"), (z_st, "state")))
     table, donor_pos = steps.split_pairs(table, params)
     labels = table["SplitLabel"].to_numpy().astype(str)
-    T, H, W = mm_obs.shape
-    edge = _edge(T)
-    donor_cloudy = np.asarray(mm_st[donor_pos] == 0)
+    donor = store.save("donor", np.asarray(z_st[donor_pos] == 0), (edge, edge))
+    store.save("inside", np.ones((H, W), bool) if inside is None else np.asarray(inside.values, bool), (edge, edge))
     times = pd.to_datetime(table["CollectionTime"], unit="ms")
     days = ((times - pd.Timestamp(params.start)) / pd.Timedelta(days=1)).to_numpy()
     lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 staged, and the AOI means of its window means (the fused stage recomputes those means)
-    vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, work, edge, inside)
+    vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, store, edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
-    _memmap(work, "coef", (11, H, W), "float64")
-    mm_pred = _memmap(work, "pred", (T, H, W), "float32")
-    _memmap(work, "nmean", (len(steps.FUSION_COVARIATES), T, H, W), "float32")
-    np.save(work / "donor.npy", donor_cloudy)
-    np.save(work / "inside.npy", np.ones((H, W), bool) if inside is None else np.asarray(inside.values, bool))
+    z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64")
+    z_pred = store.create("pred", (T, H, W), (group, edge, edge), "float32")
+    z_nmean = store.create("nmean", (len(steps.FUSION_COVARIATES), T, H, W),
+                           (len(steps.FUSION_COVARIATES), T, edge, edge), "float32")
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
-    shared = {"vv_mean": vv_mean, "vh_mean": vh_mean, "labels": labels, "days": days, "params": params,
-              "row_fraction": min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W))}
-    leave_out = _fused.fit_predict(work, _blocks(H, W, edge), shared, workers)
-    mm_coef = np.load(work / "coef.npy", mmap_mode="r")
-    mm_nmean = np.load(work / "nmean.npy", mmap_mode="r")
+    stage = {name: store.open(name) for name in ("s1_vv", "s1_vh", "inside")}
+    stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, pred=z_pred, nmean=z_nmean, weights=weights,
+                 vv_mean=vv_mean, vh_mean=vh_mean, labels=labels, days=days, params=params,
+                 row_fraction=min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W)))
+    shared = dask.delayed(stage, traverse=False)
+    blocks = _blocks(H, W, edge)
+    leave_out = _fused.concat(_store.compute([dask.delayed(_fused.fit_predict_block)(shared, rows, cols)
+                                              for rows, cols in blocks], processes=True, workers=workers))
     for name in ("s1_vv", "s1_vh"):  # disk back as soon as the stage is done
-        (work / f"{name}.npy").unlink()
+        store.remove(name)
     fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
     lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
 
     # B.8 PCA smoothing, staged in float64 for B.9 (see steps.pca_smooth)
-    pred_lazy = xr.DataArray(_lazy(mm_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
+    pred_lazy = xr.DataArray(da.from_zarr(z_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
     smoothed = steps.pca_smooth(pred_lazy, params, dtype="float64")
-    mm_smooth = mm_pred
+    z_smooth = z_pred
     if smoothed is not pred_lazy:
-        mm_smooth = _memmap(work, "smoothed", (T, H, W), "float64")
-        da.store(smoothed.data, mm_smooth, lock=False)
+        z_smooth = store.create("smoothed", (T, H, W), (group, edge, edge), "float64")
+        da.store(smoothed.data.rechunk(z_smooth.chunks), z_smooth, lock=False)
     lap("PCA smoothing (B.8)")
 
-    # B.9 standardization and the per-image MAE
-    def one_image(t):
-        s, o = np.asarray(mm_st[t]), np.asarray(mm_obs[t])
-        clear = s == CLEAR
-        # B.9 applies by the image's cloud cover (its Cloud_cover); on a validation pair its
-        # statistics use the pixels its artificial clouds leave visible (nothing hidden leaks in)
-        used = clear & ~donor_cloudy if labels[t] == "validation" else clear
-        cloud = 1.0 - clear.sum() / max((s != MISSING).sum(), 1)
-        cal = steps.standardize_one(np.asarray(mm_smooth[t]), o, used, cloud, params)
-        mm_pred[t] = cal
-        return _postprocess.mae(o, cal, clear)
-
-    with ThreadPoolExecutor(max_workers=workers or 2) as pool:
-        table = table.assign(MAE=list(pool.map(one_image, range(T))))
-    if mm_smooth is not mm_pred:
-        del mm_smooth
-        (work / "smoothed.npy").unlink()
+    # B.9 standardization and the per-image MAE, by groups of whole images
+    tasks = [dask.delayed(_standardize_group)(z_smooth, z_obs, z_st, z_pred, donor, t0, min(t0 + group, T), labels,
+                                              params) for t0 in range(0, T, group)]
+    table = table.assign(MAE=sum(_store.compute(tasks, processes=False, workers=workers), []))
+    if z_smooth is not z_pred:
+        store.remove("smoothed")
     lap("standardization, MAE (B.9-B.10)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
-    stage = _accuracy.Stage(obs=mm_obs, state=mm_st, pred=mm_pred, nmean=mm_nmean, donor=donor_cloudy,
-                            alpha=_memmap(work, "alpha", (H, W), "float32"),
-                            fused=_memmap(work, "fused", (T, H, W), "float32"),
-                            se_bin=_memmap(work, "se_bin", (T, H, W), "int8"), labels=labels, days=days,
-                            weights=fusion_weights, params=params,
+    stage = _accuracy.Stage(obs=z_obs, state=z_st, pred=z_pred, nmean=z_nmean, donor=donor,
+                            alpha=store.create("alpha", (H, W), (edge, edge), "float32"),
+                            fused=store.create("fused", (T, H, W), (group, edge, edge), "float32"),
+                            se_bin=store.create("se_bin", (T, H, W), (group, edge, edge), "int8", compress=True),
+                            labels=labels, days=days, weights=fusion_weights, params=params,
                             sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
-    scores = _accuracy.score(stage, _blocks(H, W, edge), workers)
+    scores = _accuracy.score(stage, blocks, workers)
     se = _accuracy.standard_errors(scores)
     metrics_by_gap = _accuracy.metrics_tables(scores, se, labels)
     lap("fusion, standard errors, accuracy by gap length (C)")
 
     in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
-    n_train = np.asarray(mm_coef[10])
-    coef_ok = np.isfinite(mm_coef[0])
-    series = _series(stage)
+    coef0, rank, n_train = z_coef.get_orthogonal_selection(([0, 9, 10], slice(None), slice(None)))
+    coef_ok = np.isfinite(coef0)
     overall = metrics_by_gap[metrics_by_gap.gap_bin == "all"].drop(columns="gap_bin").reset_index(drop=True)
     run = InfillRun(params=params, paths=paths, metadata=table, metrics=overall, metrics_by_gap=metrics_by_gap,
                     donor_id=str(table["ID"][donor_pos]),
-                    samples=_split_samples(scores["samples"]), series=series, timings=timings,
-                    rank_deficient_pixels=int((coef_ok & (mm_coef[9] < 9)).sum()),
+                    samples=_infill_outputs.split_samples(scores["samples"]), series=_infill_outputs.series(stage),
+                    timings=timings, rank_deficient_pixels=int((coef_ok & (rank < 9)).sum()),
                     underdetermined_pixels=int((~coef_ok & in_aoi & (n_train < 9)).sum()),
                     guarded_pixels=int((~coef_ok & in_aoi & (n_train >= 9)).sum()),
                     model_pixels=int((coef_ok & in_aoi).sum()),
                     prediction_out_of_range=(int(scores["out_of_range"][0]), int(scores["out_of_range"][1])),
                     fusion_weights=fusion_weights, standard_errors=se)
-    _write_outputs(ndvi, table, stage, se, mm_coef, inside, paths, overwrite)
+    _infill_outputs.write_outputs(ndvi, table, stage, se, z_coef, inside, paths, overwrite)
     write_csv(metrics_by_gap, paths["metrics"], overwrite=overwrite)
     lap("write outputs")
     if report:
@@ -429,99 +434,3 @@ def _run(ndvi, state, vv, vh, params, paths, work, *, aoi, overwrite, report, wo
         write_report(run, paths["report"], overwrite=overwrite)
         lap("report")
     return run
-
-
-def _write_outputs(ndvi, table, stage, se, mm_coef, inside, paths, overwrite):
-    """The stacks, the coefficient image and the metadata CSV.
-
-    The staged stacks are chunked by the files' tiles: the gap fill's focal median then runs
-    on blocks that are the writer's windows (or whole multiples of them), so no block is
-    computed twice for two windows it straddles.
-    """
-    tiles = (-1, TILE_PX, TILE_PX)
-    pred_da = _stack_like(_lazy(stage.pred, chunks=tiles), ndvi, table, "NDVI_Pred")
-    obs_da = _stack_like(_lazy(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
-    st_da = _stack_like(_lazy(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
-    inside = np.asarray(inside.values) if inside is not None else None
-
-    def blockwise(fn, name):
-        def one(block_info=None):
-            _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
-            return fn(rows, cols)
-
-        # named here: dask would otherwise hash the staged stacks the function reads to name it
-        out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
-        return _stack_like(out, ndvi, table, name)
-
-    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_block(stage, inside, r, c), "NDVI_gapfree"),
-                  paths["NDVI_gapfree"], overwrite=overwrite)
-    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_se_block(stage, se, inside, r, c), "NDVI_gapfree_SE"),
-                  paths["NDVI_gapfree_SE"], overwrite=overwrite)
-    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
-    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
-    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
-    coef = xr.DataArray(_lazy(mm_coef[:9], chunks=tiles), dims=("coef", "y", "x"),
-                        coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
-                        attrs=steps._grid_attrs(ndvi))
-    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
-    out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
-    write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
-              overwrite=overwrite)
-
-
-def _split_samples(samples: np.ndarray) -> dict[str, np.ndarray]:
-    """Per scored split, (n, 1 + len(ESTIMATES)) sampled values: the observation, then each estimate."""
-    n_splits = len(_accuracy.SCORED_SPLITS)
-    return {split: samples[samples[:, i] == 1][:, n_splits:] for i, split in enumerate(_accuracy.SCORED_SPLITS)}
-
-
-def _series(stage) -> dict[str, np.ndarray]:
-    """Time series of a few pixels with finite predictions (seeded choice) for the report."""
-    ok = np.flatnonzero(np.isfinite(stage.pred[0]).ravel())
-    if ok.size == 0:
-        return {}
-    H, W = stage.pred.shape[1:]
-    pick = np.sort(np.random.default_rng(stage.params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
-    ys, xs = np.unravel_index(pick, (H, W))
-    one = [(slice(y, y + 1), slice(x, x + 1)) for y, x in zip(ys, xs)]
-    gapfree = np.stack([_accuracy.gapfree_block(stage, None, r, c)[:, 0, 0] for r, c in one], axis=1)
-    series_obs = np.asarray(stage.obs[:, ys, xs], dtype="float64")
-    series_st = np.asarray(stage.state[:, ys, xs])
-    train = steps.training_mask(series_st, stage.labels, stage.donor[ys, xs][None])
-    interp = _postprocess.interpolation_baseline(np.where(train, series_obs, np.nan), stage.days)
-    return {"days": np.asarray(stage.days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
-            "pred": np.asarray(stage.pred[:, ys, xs], dtype="float64"), "gapfree": gapfree, "interpolation": interp,
-            "labels": stage.labels, "artificial": stage.donor[ys, xs], "start": stage.params.start}
-
-
-# ---------------------------------------------------------------------------------------------
-# the saved model
-def load_model(path: str | Path) -> xr.DataArray:
-    """A saved coefficient image (``NDVI_Model...tif``) as a lazy (coef, y, x) float64 DataArray."""
-    raw = read_geotiff(path)
-    names = [str(b) for b in raw.band.values]
-    if names != list(steps.COEFFICIENT_BANDS):
-        raise StackMismatch(f"{path} is not a coefficient image: its bands are {names}, "
-                            f"expected {list(steps.COEFFICIENT_BANDS)}")
-    return raw.rename(band="coef")
-
-
-def predict_from_model(model: xr.DataArray | str | Path, vv: xr.DataArray, vh: xr.DataArray, times,
-                       params: InfillParams, *, inside: xr.DataArray | None = None) -> xr.DataArray:
-    """B.3-B.7 without retraining: raw NDVI predictions for the optical ``times`` (lazy).
-
-    ``vv``/``vh``: S1 stacks in dB (aligned to the model's grid here); the AOI means are taken
-    over ``inside`` (default: the whole grid). PCA smoothing and standardization (B.8-B.9) are
-    not applied: they need the observations of a run.
-    """
-    coef = load_model(model) if isinstance(model, (str, Path)) else model
-    support = None if inside is None else inside.copy(data=steps.covariate_support(inside.values, params))
-    wins = []
-    for band in (vv, vh):
-        band = steps.align_s1(band.sortby("time"), coef)
-        band = band.where(support) if support is not None else band
-        win, _ = steps.s1_window_mean(band, times, params)
-        wins.append(win)
-    means = [steps.aoi_mean(w if inside is None else w.where(inside)) for w in wins]
-    covs = steps.covariates(wins[0], wins[1], means[0], means[1], params, inside=inside)
-    return steps.predict(coef, covs)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from ..params import InfillParams
 from ._infill_inputs import load_flanders, load_netcdf_inputs, load_seed_inputs
-from ._pipeline import InfillRun, infill, load_model, predict_from_model
+from ._pipeline import InfillRun, infill
+from .model import load_model, predict_from_model
 from .steps import (
     COEFFICIENT_BANDS,
     COVARIATES,

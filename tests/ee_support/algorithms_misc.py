@@ -150,7 +150,7 @@ def to_millis(value) -> float:
     text = str(value)
     d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
     return d.timestamp() * 1000.0
 
 

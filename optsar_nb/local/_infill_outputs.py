@@ -1,0 +1,106 @@
+"""The infilling job's files and the report's raw material, from the staged stacks (``_pipeline``)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..outputs import write_csv
+from ..params import InfillParams
+from ..products import INFILL_METADATA_FILE, file_name
+from . import _accuracy, _postprocess, steps
+from .stack import TILE_PX, write_geotiff
+
+MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
+REPORT_FILE = "Infill_Report"
+METRICS_FILE = "Infill_Metrics"  # accuracy of every estimate by split and gap length
+SERIES_PIXELS = 4  # pixels whose time series the report plots
+
+
+def output_paths(out_dir: Path, params: InfillParams, *, report: bool) -> dict[str, Path]:
+    paths = {name: out_dir / file_name(name, params.suffix, ".tif")
+             for name in ("NDVI_gapfree", "NDVI_gapfree_SE", "NDVI_Mask", "NDVI_Pred", "NDVI_Obs", MODEL_FILE)}
+    paths["metadata"] = out_dir / file_name(INFILL_METADATA_FILE, params.suffix, ".csv")
+    paths["metrics"] = out_dir / file_name(METRICS_FILE, params.suffix, ".csv")
+    if report:
+        paths["report"] = out_dir / file_name(REPORT_FILE, params.suffix, ".md")
+    return paths
+
+
+def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:
+    coords = {"time": pd.to_datetime(table["CollectionTime"].to_numpy(), unit="ms"),
+              "id": ("time", table["ID"].astype(str).to_numpy()), "y": template.y, "x": template.x}
+    return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=steps._grid_attrs(template), name=name)
+
+
+def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, overwrite) -> None:
+    """The stacks, the coefficient image and the metadata CSV.
+
+    The staged stacks are read by the files' tiles: the gap fill's focal median then runs on
+    blocks that are the writer's windows (or whole multiples of them), so no block is computed
+    twice for two windows it straddles.
+    """
+    tiles = (-1, TILE_PX, TILE_PX)
+    pred_da = _stack_like(da.from_zarr(stage.pred, chunks=tiles), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(da.from_zarr(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
+    inside = np.asarray(inside.values) if inside is not None else None
+
+    def blockwise(fn, name):
+        def one(block_info=None):
+            _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
+            return fn(rows, cols)
+
+        # named here: dask would otherwise hash what the function reads to name it
+        out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
+        return _stack_like(out, ndvi, table, name)
+
+    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_block(stage, inside, r, c), "NDVI_gapfree"),
+                  paths["NDVI_gapfree"], overwrite=overwrite)
+    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_se_block(stage, se, inside, r, c), "NDVI_gapfree_SE"),
+                  paths["NDVI_gapfree_SE"], overwrite=overwrite)
+    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
+    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
+    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
+    coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
+                        coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
+                        attrs=steps._grid_attrs(ndvi))
+    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
+    out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
+    write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
+              overwrite=overwrite)
+
+
+def split_samples(samples: np.ndarray) -> dict[str, np.ndarray]:
+    """Per scored split, (n, 1 + len(ESTIMATES)) sampled values: the observation, then each estimate."""
+    n_splits = len(_accuracy.SCORED_SPLITS)
+    return {split: samples[samples[:, i] == 1][:, n_splits:] for i, split in enumerate(_accuracy.SCORED_SPLITS)}
+
+
+def series(stage: _accuracy.Stage) -> dict[str, np.ndarray]:
+    """Time series of a few pixels with finite predictions (seeded choice) for the report."""
+    ok = np.flatnonzero(np.isfinite(stage.pred[0]).ravel())
+    if ok.size == 0:
+        return {}
+    H, W = stage.pred.shape[1:]
+    pick = np.sort(np.random.default_rng(stage.params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
+    ys, xs = np.unravel_index(pick, (H, W))
+    one = [(slice(y, y + 1), slice(x, x + 1)) for y, x in zip(ys, xs)]
+
+    def at(stack):  # (T, n) the points' series
+        return np.stack([stack[:, r, c][:, 0, 0] for r, c in one], axis=1)
+
+    gapfree = np.stack([_accuracy.gapfree_block(stage, None, r, c)[:, 0, 0] for r, c in one], axis=1)
+    series_obs = at(stage.obs).astype("float64")
+    series_st = at(stage.state)
+    donor = np.array([stage.donor[y, x] for y, x in zip(ys, xs)])
+    train = steps.training_mask(series_st, stage.labels, donor[None])
+    interp = _postprocess.interpolation_baseline(np.where(train, series_obs, np.nan), stage.days)
+    return {"days": np.asarray(stage.days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
+            "pred": at(stage.pred).astype("float64"), "gapfree": gapfree, "interpolation": interp,
+            "labels": stage.labels, "artificial": donor, "start": stage.params.start}
