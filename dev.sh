@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up and the two everyday commands, on a machine with only Python >= 3.10 and pip:
+# Set-up and the two everyday commands, on a machine with only Python >= 3.11 and pip:
 #   ./dev.sh demo   run the main job on the bundled demo scene (local engine, no account, no network)
 #   ./dev.sh test   run the test suite
 # The first use creates .venv and installs the package into it; later uses reinstall only

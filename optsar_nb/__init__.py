@@ -5,6 +5,7 @@ infilled from Sentinel-1 radar, on Google Earth Engine or on a local xarray + da
 """
 
 from .aoi import AOI, load_aoi
+from .engine import resolve_backend
 from .errors import (
     AOITooLarge,
     InvalidAOI,
@@ -19,7 +20,7 @@ from .errors import (
     WriteFailed,
 )
 from .params import GapParams, InfillParams
-from .run import describe_inputs, infill_figure, list_outputs, resolve_backend, run_gaps, run_infill
+from .run import describe_inputs, infill_figure, list_outputs, run_gaps, run_infill
 from .ui import OptsarApp  # after .run: the app is built on it
 
 __version__ = "0.1.0"

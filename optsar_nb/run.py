@@ -1,30 +1,26 @@
-"""What the notebooks and the map app run: engine choice, inputs, and the two jobs.
+"""What the notebooks and the map app run: inputs, and the two jobs.
 
-``resolve_backend("auto")`` picks Earth Engine only when credentials exist on this machine and
-``ee.Initialize()`` succeeds within a short time; otherwise the local engine, with the reason.
 ``run_gaps`` and ``run_infill`` take the notebooks' parameters (AOI, mission, dates, inputs,
-output folder), run the job on the chosen engine, write the outputs and return them together
-with the in-memory arrays the notebooks and widgets display.
+output folder), run the job on the chosen engine (:func:`optsar_nb.engine.resolve_backend`),
+write the outputs and return them together with the in-memory arrays the notebooks and widgets
+display (:mod:`optsar_nb.results`). The local engine runs here; Earth Engine runs are in
+:mod:`optsar_nb.run_ee`.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from .aoi import AOI, load_aoi
-from .errors import InvalidParameter, NoImages, OptsarError
+from .engine import Engine, resolve_backend
+from .errors import NoImages, OptsarError
 from .params import GapParams, InfillParams
 from .products import (
     CSV,
-    GAP_STATISTICS,
     INFILL_COMPARISON_FILE,
     MASK_INPUT_FILE,
     MASK_METADATA_FILE,
@@ -42,105 +38,17 @@ from .products import (
     find_file,
     suffix_of,
 )
+from .results import GapResult, InfillResult
+from .run_ee import _run_gaps_ee, _run_infill_ee
 
-BACKENDS = ("auto", "ee", "local")
 # The demo scene, installed with the package (made by optsar_nb.local.simulate).
 DEMO_DIR = Path(__file__).resolve().parent / "demo_scene"
 DEMO_PERIOD = ("2021-01-01", "2022-01-01")
-EE_INIT_TIMEOUT_S = 20.0  # ee.Initialize() talks to Google; never let a notebook hang on it
 
 # Local gap inputs, in order of preference: (GeoTIFF product, metadata CSV product, mask rule).
 # Mask_Input/InputMask_Metadata is the seed's export for gaps (1 clear, 0 cloudy); SCL_Input is
 # Sentinel-2's scene classification, classified with the mission's own rule.
 GAP_INPUTS = ((MASK_INPUT_FILE, MASK_METADATA_FILE, "clear_mask"), (SCL_INPUT_FILE, SCL_INPUT_FILE, None))
-
-
-# --------------------------------------------------------------------------------------------
-# engine choice
-@dataclass(frozen=True)
-class Engine:
-    """The engine a run uses and why it was chosen."""
-
-    name: str  # "ee" or "local"
-    reason: str
-
-    def __str__(self) -> str:
-        label = "Earth Engine" if self.name == "ee" else "local engine (xarray + dask, offline)"
-        return f"{label}: {self.reason}"
-
-
-def ee_credentials() -> Path | None:
-    """The Earth Engine credentials file on this machine, or None (no network is used)."""
-    for env in ("EE_SERVICE_ACCOUNT_KEY", "GOOGLE_APPLICATION_CREDENTIALS"):
-        if os.environ.get(env) and Path(os.environ[env]).is_file():
-            return Path(os.environ[env])
-    try:
-        import ee
-    except ImportError:
-        return None
-    path = Path(ee.oauth.get_credentials_path())
-    return path if path.is_file() else None
-
-
-def ee_status(*, timeout_s: float = EE_INIT_TIMEOUT_S, project: str | None = None) -> tuple[bool, str]:
-    """(usable, reason): whether ``ee.Initialize()`` works with the credentials already here.
-
-    Without a credentials file nothing touches the network. With one, ``ee.Initialize`` runs
-    in a daemon thread and is abandoned after ``timeout_s`` seconds.
-    """
-    try:
-        import ee
-    except ImportError:
-        return False, "earthengine-api is not installed (pip install earthengine-api)"
-    if ee_credentials() is None:
-        return False, "no Earth Engine credentials on this machine (run `earthengine authenticate` to use EE)"
-    outcome: dict[str, Any] = {}
-
-    def initialize() -> None:
-        try:
-            ee.Initialize(project=project) if project else ee.Initialize()
-            outcome["ok"] = True
-        except Exception as exc:  # any failure means: use the local engine
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=initialize, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        return False, f"ee.Initialize() did not answer within {timeout_s:g} s (no network?)"
-    if "error" in outcome:
-        return False, f"ee.Initialize() failed: {outcome['error']}"
-    return True, "credentials found and ee.Initialize() succeeded"
-
-
-def resolve_backend(backend: str = "auto", *, timeout_s: float = EE_INIT_TIMEOUT_S) -> Engine:
-    """Choose the engine the jobs run on.
-
-    Parameters
-    ----------
-    backend : {"auto", "ee", "local"}
-        "local": the local engine on files; "ee": Earth Engine (an error says why when it cannot be
-        used); "auto": Earth Engine when credentials exist here and ``ee.Initialize()`` succeeds
-        within ``timeout_s``, else the local engine.
-    timeout_s : float
-        How long Earth Engine's initialization may take before "auto" gives up on it.
-
-    Returns
-    -------
-    Engine
-        Its ``name`` ("ee" or "local") and the ``reason`` it was chosen, printable as one line.
-    """
-    backend = str(backend).strip().lower()
-    if backend not in BACKENDS:
-        raise InvalidParameter(f"backend={backend!r} is unknown: choose one of {BACKENDS}")
-    if backend == "local":
-        return Engine("local", "chosen explicitly (backend='local')")
-    ok, reason = ee_status(timeout_s=timeout_s)
-    if ok:
-        return Engine("ee", reason)
-    if backend == "ee":
-        raise OptsarError(f"backend='ee' but Earth Engine is not usable: {reason}; or use backend='local'")
-    return Engine("local", f"backend='auto' and {reason}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,49 +90,7 @@ def open_gap_state(params: GapParams, folder: Path) -> tuple[xr.DataArray, Path]
 
 
 # --------------------------------------------------------------------------------------------
-# results
-@dataclass
-class GapResult:
-    """Outputs of a gap characterization run, on disk and in memory.
-
-    ``statistics``: (stat, y, x) float32 gap statistics (NaN outside the AOI / undefined);
-    ``daily_state``: (time, y, x) composited state per day (1 clear, 0 cloudy, -1 missing);
-    ``metadata``: one row per input image (ID, CollectionTime, CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI).
-    On the EE engine ``ee_image`` holds the statistics image and the arrays are None.
-    """
-
-    params: GapParams
-    engine: Engine
-    aoi: AOI | None
-    paths: dict[str, Path] = field(default_factory=dict)
-    statistics: xr.DataArray | None = None
-    daily_state: xr.DataArray | None = None
-    metadata: pd.DataFrame | None = None
-    ee_image: Any = None  # EE: the statistics image
-    ee_collection: Any = None  # EE: the same-day composites (ee.ImageCollection of states)
-    dates: list[str] | None = None  # EE: the composites' dates, YYYY-MM-DD
-    tasks: list = field(default_factory=list)  # EE: export reports, output name -> skipped/done/started
-
-    def summary(self) -> pd.DataFrame:
-        """Per statistic: unit, and mean, minimum, maximum over the AOI pixels where it is defined."""
-        if self.statistics is None:
-            raise OptsarError("this run has no local statistics array (Earth Engine runs export them instead)")
-        stats = self.statistics.compute()
-        has_data = np.asarray(stats.sel(stat="valid_count").values) > 0  # inside the AOI, with data
-        rows = []
-        for stat in GAP_STATISTICS:
-            values = np.asarray(stats.sel(stat=stat.name).values)[has_data]
-            finite = values[np.isfinite(values)]
-            rows.append({
-                "statistic": stat.name, "unit": stat.unit,
-                "mean": float(finite.mean()) if finite.size else np.nan,
-                "min": float(finite.min()) if finite.size else np.nan,
-                "max": float(finite.max()) if finite.size else np.nan,
-                "pixels": int(finite.size),
-            })
-        return pd.DataFrame(rows).set_index("statistic")
-
-
+# gap characterization
 def gap_params(mission: str, start, end, **extra) -> GapParams:
     """GapParams from the notebooks' parameters plus any GapParams field in ``extra``."""
     return GapParams.from_dict({"mission": mission, "start": start, "end": end, **extra})
@@ -381,65 +247,6 @@ def list_outputs(out_dir: str | Path) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # infilling
-@dataclass
-class InfillResult:
-    """Outputs of an infilling run, on disk and as lazy (time, y, x) stacks read back from the files.
-
-    ``observed`` (clear observations), ``predicted`` (calibrated prediction), ``gapfree``, ``mask``
-    (1 clear, 0 cloudy, -1 missing) have one image per optical-SAR pair; ``vv``/``vh`` are the S1
-    inputs; ``metadata`` the Output_Metadata table; ``metrics`` MAE/RMSE/R2/bias per split and method;
-    ``metrics_by_gap`` the same per bin of distance to the nearest clear training view.
-    """
-
-    params: InfillParams
-    engine: Engine
-    aoi: AOI | None
-    paths: dict[str, Path] = field(default_factory=dict)
-    observed: xr.DataArray | None = None
-    predicted: xr.DataArray | None = None
-    gapfree: xr.DataArray | None = None
-    mask: xr.DataArray | None = None
-    vv: xr.DataArray | None = None
-    vh: xr.DataArray | None = None
-    metadata: pd.DataFrame | None = None
-    metrics: pd.DataFrame | None = None
-    metrics_by_gap: pd.DataFrame | None = None
-    n_images: int = 0
-    dates: list[str] | None = None  # EE: the pairs' dates
-    tasks: list = field(default_factory=list)  # EE: export reports, output name -> skipped/done/started
-
-    @property
-    def n_pairs(self) -> int:
-        return 0 if self.metadata is None else len(self.metadata)
-
-    @property
-    def accuracy(self) -> pd.DataFrame:
-        """MAE (NDVI units) per split (rows) for every estimate: fusion, S1 model, the two baselines."""
-        if self.metrics is None:
-            raise OptsarError("this run has no local accuracy table (Earth Engine runs export it instead)")
-        table = self.metrics.pivot(index="split", columns="method", values="MAE")
-        return table.reindex(index=["validation", "test"], columns=["fusion", "model", "pixel_mean", "interpolation"])
-
-    @property
-    def accuracy_by_gap(self) -> pd.DataFrame:
-        """MAE per (split, days to the nearest clear training view) (rows) and estimate (columns)."""
-        if self.metrics_by_gap is None:
-            raise OptsarError("this run has no local accuracy table (Earth Engine runs export it instead)")
-        t = self.metrics_by_gap
-        table = t.pivot_table(index=["split", "gap_bin"], columns="method", values="MAE", sort=False)
-        n = t[t.method == "fusion"].set_index(["split", "gap_bin"])["n"]
-        return table[["fusion", "model", "pixel_mean", "interpolation"]].assign(n=n)
-
-    @property
-    def verdict(self) -> str:
-        """One sentence naming the best estimate on validation, and a warning when the product loses to a baseline."""
-        from .report import verdict
-
-        if self.metrics is None:
-            return "Accuracy is computed by the local engine (Earth Engine runs export their inputs for it)."
-        return " ".join(part for part in verdict(self.metrics, self.params.method) if part)
-
-
 def run_infill(
     *,
     aoi=None,
@@ -526,71 +333,3 @@ def infill_figure(result: InfillResult, path: str | Path | None = None, *, overw
     path = Path(path) if path else result.paths["metadata"].with_name(
         file_name(INFILL_COMPARISON_FILE, result.params.suffix, PNG))
     return save_png(fig, path, dpi=80, overwrite=overwrite)
-
-
-# --------------------------------------------------------------------------------------------
-# Earth Engine runs: graphs built by optsar_nb.ee, exported by optsar_nb.ee.export
-def _ee_aoi(aoi, params) -> AOI:
-    if aoi is None:
-        raise InvalidParameter("the Earth Engine engine needs an AOI: draw one on the map or give a GeoJSON file")
-    return load_aoi(aoi, max_area_km2=params.max_aoi_km2)
-
-
-def ee_destination(export: str, params, out_dir):
-    """The export destination named by the notebooks' ``export`` parameter.
-
-    "drive": a Drive folder named after the project title; "local": download into ``out_dir``
-    (small results only); "asset:projects/<project>/assets/<folder>": an Asset folder;
-    "gcs:<bucket>" or "gcs:<bucket>/<prefix>": a Cloud Storage bucket.
-    """
-    from .ee.export import Destination
-
-    kind, _, target = str(export).partition(":")
-    if kind == "drive":
-        return Destination("drive", folder=target or params.project_title)
-    if kind == "local":
-        return Destination("local", folder=target or str(out_dir))
-    if kind == "asset" and target.startswith("projects/") and "/assets/" in target:
-        return Destination("asset", folder=target)
-    if kind == "gcs" and target:
-        bucket, _, prefix = target.partition("/")
-        return Destination("gcs", bucket=bucket, folder=prefix or params.project_title)
-    raise InvalidParameter(
-        f"export={export!r} is not a destination: use 'drive', 'local', "
-        "'asset:projects/<project>/assets/<folder>' or 'gcs:<bucket>[/<prefix>]'"
-    )
-
-
-def _run_gaps_ee(params: GapParams, engine: Engine, *, aoi, export: str, out_dir, progress=None,
-                 export_options: dict | None = None) -> GapResult:
-    from .ee.export import export_gaps
-    from .ee.gaps import characterize_gaps
-
-    aoi_obj = _ee_aoi(aoi, params)
-    built = characterize_gaps(aoi_obj, params)
-    times = built.composites.aggregate_array("system:time_start").getInfo()  # one round trip
-    result = GapResult(params=params, engine=engine, aoi=aoi_obj, ee_image=built.statistics,
-                       ee_collection=built.composites,
-                       dates=[str(pd.Timestamp(t, unit="ms").date()) for t in times])
-    if out_dir is not None:
-        result.tasks = [export_gaps(built, destination=ee_destination(export, params, out_dir), progress=progress,
-                                    **(export_options or {}))]
-    return result
-
-
-def _run_infill_ee(params: InfillParams, engine: Engine, *, aoi, export: str, out_dir,
-                   progress=None, export_options: dict | None = None) -> InfillResult:
-    from .ee.export import export_infill
-    from .ee.infill import build_infill
-
-    aoi_obj = _ee_aoi(aoi, params)
-    built = build_infill(aoi_obj, params)
-    outputs = built.outputs
-    result = InfillResult(params=params, engine=engine, aoi=aoi_obj, observed=outputs["NDVI_Obs"],
-                          predicted=outputs["NDVI_Pred"], gapfree=outputs["NDVI_gapfree"], mask=outputs["NDVI_Mask"],
-                          metadata=built.table, n_images=len(built.table),
-                          dates=[str(pd.Timestamp(t, unit="ms").date()) for t in built.table["CollectionTime"]])
-    if out_dir is not None:
-        result.tasks = [export_infill(built, destination=ee_destination(export, params, out_dir), progress=progress,
-                                      **(export_options or {}))]
-    return result

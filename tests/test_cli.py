@@ -60,10 +60,10 @@ def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, 
     """The staging need is checked first: a clear error naming the sizes and --work-dir, nothing left behind."""
     import shutil
 
-    from optsar_nb.local import _pipeline
+    from optsar_nb.local import _store
 
     free = 10**6
-    monkeypatch.setattr(_pipeline.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    monkeypatch.setattr(_store.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
     sample = ROOT / "optsar_nb" / "demo_scene"
     args = ["infill", "--inputs", str(sample), "--start", "2021-01-01", "--end", "2022-01-01"]
     work = tmp_path / "scratch"

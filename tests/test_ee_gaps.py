@@ -155,12 +155,12 @@ def test_landsat8_statistics_equal_local(ee_offline, flanders, aoi):
     from ee_support.evaluator import Evaluator
     from ee_support.values import Band, Collection, Image
 
-    from optsar_nb.local import stack
+    from optsar_nb.local import grid, stack
     from optsar_nb.missions import MISSIONS
 
     _, cubes = flanders_evaluator(flanders)
     qa = stack.read_netcdf(next(flanders.glob("L8_L2-ST_10m_*.nc")), "QA-PIXEL")["QA-PIXEL"]
-    qa = stack.align_to(qa, cubes.red).compute()
+    qa = grid.align_to(qa, cubes.red).compute()
     mission = MISSIONS["L8"]
     images = []
     for i, t in enumerate(stack.datetime_to_ms(qa.time.values)):

@@ -335,11 +335,11 @@ def _landsat_collection2(flanders, template):
     SR_B4/SR_B5 digital numbers (reflectance = DN x 2.75e-5 - 0.2) and QA_PIXEL bits (0 fill,
     3 cloud, 4 cloud shadow, 6 clear; USGS C2 L2 product guide) from pixel_qa's (0 fill, 3 cloud
     shadow, 5 cloud). Returns (DN red, DN nir, QA_PIXEL) on the S2 grid, lazy-free."""
-    from optsar_nb.local import stack
+    from optsar_nb.local import grid, stack
 
     path = next(flanders.glob("L8_SR_10m_*.nc"))
     cube = stack.read_netcdf(path, ["B04", "B05", "pixel_qa"])
-    cube = {name: stack.align_to(cube[name], template).compute() for name in ("B04", "B05", "pixel_qa")}
+    cube = {name: grid.align_to(cube[name], template).compute() for name in ("B04", "B05", "pixel_qa")}
     qa1 = cube["pixel_qa"].values.astype("int64")
     fill, shadow, cloud = (qa1 >> 0) & 1, (qa1 >> 3) & 1, (qa1 >> 5) & 1
     qa2 = fill | (cloud << 3) | (shadow << 4) | ((1 - (fill | cloud | shadow)) << 6)

@@ -216,7 +216,7 @@ def test_gap_fill_keeps_every_clear_observation_where_no_estimate_exists(flander
     import numpy as np
     from ee_support.cubes import band_array
 
-    from optsar_nb.ee import infill as ee_infill
+    from optsar_nb.ee import postprocess
 
     ev, image, vv, _ = _vv(flanders_ee)
     aoi = flanders_aoi()
@@ -226,7 +226,7 @@ def test_gap_fill_keeps_every_clear_observation_where_no_estimate_exists(flander
     for method in ("fusion", "paper"):
         params = InfillParams(mission="S2", start="2017-08-01", end="2018-12-01", method=method,
                               focal_median_radius_px=0)
-        got = band_array(ev.evaluate(ee_infill.gap_fill(obs, estimate, aoi, params)), "NDVI_gapfree")
+        got = band_array(ev.evaluate(postprocess.gap_fill(obs, estimate, aoi, params)), "NDVI_gapfree")
         expected = np.where(vv < -14, 0.5, np.where(vv > -16, 0.2, np.nan))
         np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-7)
         assert np.isnan(got[~inside]).all()

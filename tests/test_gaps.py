@@ -12,7 +12,8 @@ import xarray as xr
 
 from optsar_nb.errors import InvalidParameter
 from optsar_nb.local import gaps
-from optsar_nb.local.stack import align_to, read_netcdf
+from optsar_nb.local.grid import align_to
+from optsar_nb.local.stack import read_netcdf
 from optsar_nb.missions import CLEAR, CLOUDY, MISSING
 from optsar_nb.params import GapParams
 from optsar_nb.products import GAP_STATISTIC_NAMES

@@ -510,18 +510,18 @@ def test_standardization_applies_by_the_images_own_cloud_cover(tmp_path, monkeyp
     """B.9 "for images with cloud cover < 50 %": the image's own cover (its Cloud_cover in the
     metadata), also on validation pairs, whose artificial clouds make them look cloudier; their
     statistics use only the pixels those clouds leave visible."""
-    from optsar_nb.local import steps
+    from optsar_nb.local import steps_post
 
     ndvi, state, vv, vh, _ = synthetic_scene()
     p = _params()
     calls = {}
-    original = steps.standardize_one
+    original = steps_post.standardize_one
 
     def recording(pred, obs, used, cloud_fraction, params):
         calls[np.isfinite(obs).tobytes()] = (used.copy(), cloud_fraction)  # keyed by the image's clear pixels
         return original(pred, obs, used, cloud_fraction, params)
 
-    monkeypatch.setattr(steps, "standardize_one", recording)
+    monkeypatch.setattr(steps_post, "standardize_one", recording)
     run = inf.infill(ndvi, state, vv, vh, p, tmp_path, report=False)
     meta = pd.read_csv(run.paths["metadata"])
     assert len(calls) == len(meta)

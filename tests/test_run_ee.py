@@ -365,7 +365,7 @@ def test_infill_export_starts_the_five_outputs_with_progress(infill_run, flander
 
 
 def test_export_parameter_names_a_destination(tmp_path):
-    from optsar_nb.run import ee_destination
+    from optsar_nb.run_ee import ee_destination
 
     params = GapParams(project_title="Gap study")
     assert (ee_destination("drive", params, tmp_path).kind, ee_destination("drive", params, tmp_path).folder) == (

@@ -126,7 +126,7 @@ def test_netcdf_missing_variable(flanders):
 
 
 def test_a_stack_elsewhere_is_refused_by_name_and_one_partly_over_is_cut():
-    from optsar_nb.local.stack import align_to
+    from optsar_nb.local.grid import align_to
 
     def grid(x0, crs):
         return xr.DataArray(np.zeros((1, 3, 3)), dims=("time", "y", "x"),
@@ -146,7 +146,7 @@ def test_a_stack_on_another_crs_is_reprojected_by_nearest_neighbour():
     overlap at all: refused."""
     from pyproj import Transformer
 
-    from optsar_nb.local.stack import align_to
+    from optsar_nb.local.grid import align_to
 
     to_32632 = Transformer.from_crs("EPSG:32631", "EPSG:32632", always_xy=True)
     ox = 700_000 + np.arange(12) * 10.0 + 5

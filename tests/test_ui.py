@@ -17,6 +17,7 @@ import pytest
 
 from optsar_nb import run
 from optsar_nb.aoi import load_aoi
+from optsar_nb.errors import InvalidParameter, OptsarError
 from optsar_nb.local.gaps import characterize_gaps, cloud_state
 from optsar_nb.local.stack import read_geotiff, read_stack
 from optsar_nb.params import GapParams
@@ -384,9 +385,9 @@ def test_auto_backend_is_local_without_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("EE_SERVICE_ACCOUNT_KEY", raising=False)
     engine = run.resolve_backend("auto")
     assert engine.name == "local" and "no Earth Engine credentials" in str(engine)
-    with pytest.raises(run.OptsarError, match="backend='ee' but Earth Engine is not usable"):
+    with pytest.raises(OptsarError, match="backend='ee' but Earth Engine is not usable"):
         run.resolve_backend("ee")
-    with pytest.raises(run.InvalidParameter, match="backend='cloud' is unknown"):
+    with pytest.raises(InvalidParameter, match="backend='cloud' is unknown"):
         run.resolve_backend("cloud")
 
 

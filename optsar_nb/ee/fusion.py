@@ -218,7 +218,7 @@ def fetch_fit(train: Anchors, dates: list[int], region: ee.Geometry, projection:
 
     Every pixel when the AOI has at most ``sample_pixels`` of them, else a seeded random share.
     """
-    from .export import fetch_info
+    from .tasks import fetch_info
 
     rows = leave_out_rows(train, dates)
     share = sample_pixels / max(aoi_pixels, 1.0)

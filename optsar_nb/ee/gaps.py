@@ -150,7 +150,7 @@ class GapRun:
 
     def metadata(self, *, fetch=None):
         """The ``InputMask_Metadata`` table (one server round trip, through ``fetch``)."""
-        from .export import fetch_table
+        from .tasks import fetch_table
 
         return fetch_table(self.metadata_request(), ["ID", "CollectionTime", col.CLOUD_PERCENTAGE, col.PIXEL_COUNT],
                            fetch=fetch)

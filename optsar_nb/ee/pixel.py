@@ -56,7 +56,7 @@ class PixelSeries:
         where no group has a value (outside the AOI)."""
         if not self.groups:
             return None
-        from .export import fetch_info
+        from .tasks import fetch_info
 
         return series_table(fetch_info(self.request(lon, lat), fetch=self.fetch, retries=0))
 

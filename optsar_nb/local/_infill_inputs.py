@@ -30,7 +30,8 @@ from ..products import (
     suffix_of,
 )
 from .gaps import cloud_state
-from .stack import align_to, read_netcdf, read_stack
+from .grid import align_to
+from .stack import read_netcdf, read_stack
 from .steps import ndvi as compute_ndvi
 
 InfillInputs = tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]

@@ -14,6 +14,7 @@ from ..outputs import write_csv
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _postprocess, steps
+from ._blocks import _grid_attrs
 from .stack import TILE_PX, write_geotiff
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
@@ -35,7 +36,7 @@ def output_paths(out_dir: Path, params: InfillParams, *, report: bool) -> dict[s
 def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) -> xr.DataArray:
     coords = {"time": pd.to_datetime(table["CollectionTime"].to_numpy(), unit="ms"),
               "id": ("time", table["ID"].astype(str).to_numpy()), "y": template.y, "x": template.x}
-    return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=steps._grid_attrs(template), name=name)
+    return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=_grid_attrs(template), name=name)
 
 
 def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, overwrite) -> None:
@@ -69,7 +70,7 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
     coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
-                        attrs=steps._grid_attrs(ndvi))
+                        attrs=_grid_attrs(ndvi))
     write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
     out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
     write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],

@@ -29,14 +29,13 @@ both polarizations), and each block averages it over the windows itself, halo in
 window means would take 16 bytes per pixel and pair (float64), and re-reading S1 from
 compressed input files over every block's halo decompresses each file tile many times. Peak
 memory is then a few blocks or image groups per core, whatever the scene size; disk use is at
-most :func:`staging_bytes` (about 25 bytes per pixel and image; less, as states and cloudy
+most ``_store.staging_bytes`` (about 25 bytes per pixel and image; less, as states and cloudy
 observations compress).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -49,11 +48,12 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from ..errors import InsufficientDisk, NoImages, StackMismatch
+from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR, MISSING
 from ..outputs import write_csv
 from ..params import InfillParams
-from . import _accuracy, _fused, _infill_outputs, _kernels, _postprocess, _store, fusion, steps
+from . import _accuracy, _fused, _infill_outputs, _kernels, _postprocess, _store, fusion, steps, steps_post
+from ._blocks import _dask
 from .gaps import aoi_mask, select_period
 
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
@@ -133,7 +133,7 @@ def infill(
     ``workers``: cores to use on this machine (default: all; ignored on a cluster).
     ``work_dir``: where the job stages its temporary stacks (default: ``out_dir``), a folder or an
     fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 25 bytes
-    per pixel and image (:func:`staging_bytes`), which is checked first on a local folder.
+    per pixel and image (``_store.staging_bytes``), which is checked first on a local folder.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
     from ..products import INFILL_MANIFEST_JOB
@@ -148,7 +148,7 @@ def infill(
         folder = _store.local_folder(work_parent)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
+            _store.check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
                              folder, out_dir)
         store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
@@ -162,52 +162,6 @@ def infill(
             store.destroy()
     run.paths = paths
     return run
-
-
-# Temporary disk per pixel and optical image: observations (float32), states (int8), the
-# predictions and the fusion's two covariates (float32) while the regression runs (17 bytes),
-# plus the aligned S1 (S1_BYTES_PER_IMAGE per pixel and S1 image); then the PCA-smoothed
-# predictions in float64 until B.9 has read them (25 bytes); then the fused estimate (float32)
-# and its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
-# Upper bounds: states, and observations where it is cloudy, compress.
-STAGING_BYTES_PER_SAMPLE = 25
-FUSED_STAGE_BYTES_PER_SAMPLE = 17
-S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
-# Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
-# deflate typically brings the float stacks to ~70 %.
-OUTPUT_BYTES_PER_SAMPLE = 17
-
-
-def staging_bytes(n_images: int, n_s1: int, h: int, w: int) -> int:
-    """The largest temporary disk use of an infilling of ``n_images`` optical and ``n_s1`` S1
-    images of ``h`` x ``w`` px (the coefficient image included)."""
-    per_pixel = max(FUSED_STAGE_BYTES_PER_SAMPLE * n_images + S1_BYTES_PER_IMAGE * n_s1,
-                    STAGING_BYTES_PER_SAMPLE * n_images)
-    return (per_pixel + 11 * 8) * h * w
-
-
-def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path) -> None:
-    """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input
-    and ``n_s1`` S1 images.
-
-    Counts every image of the period (an upper bound: sparse and unpaired images are dropped
-    later). The message gives the sizes and the fix, instead of a full disk an hour in.
-    """
-    n, h, w = shape
-    staging = staging_bytes(n, n_s1, h, w)
-    outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
-    free = shutil.disk_usage(work_dir).free
-    if staging > free:
-        raise InsufficientDisk(
-            f"the infilling stages about {_size(staging)} of temporary stacks ({n} images of {h} x {w} px) "
-            f"in {work_dir}, which has {_size(free)} free. Pass work_dir= (CLI: --work-dir) on a disk with "
-            f"more space, or shorten the period or the AOI. The outputs in {out_dir} need up to "
-            f"{_size(outputs)} more (less after compression)."
-        )
-
-
-def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
 
 
 def _stage_optical(ndvi, state, params, aoi, store):
@@ -230,8 +184,8 @@ def _stage_optical(ndvi, state, params, aoi, store):
     edge = _edge(N)
     z_obs, z_st = (store.create(name, (N, H, W), (_group(N, H, W), edge, edge), dtype, compress=True)
                    for name, dtype in (("obs_all", "float32"), ("state_all", "int8")))
-    st_d = steps._dask(st, (-1, edge, edge))
-    obs_d = da.where(st_d == CLEAR, steps._dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
+    st_d = _dask(st, (-1, edge, edge))
+    obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
     da.store([st_d.astype("int8"), obs_d], [z_st, z_obs], lock=False)
     table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st, chunks=(-1, edge, edge))))
     return ndvi, table, inside, z_obs, z_st
@@ -289,7 +243,7 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[np.ndarray,
     in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
     sums = []
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
-        s1 = steps._dask(band, (-1, edge, edge))  # bounded temporaries
+        s1 = _dask(band, (-1, edge, edge))  # bounded temporaries
         s1 = s1.astype(np.result_type(s1.dtype, np.float32))
         z = store.create(name, s1.shape, (s1.shape[0], edge, edge), s1.dtype)
         da.store(s1, z, lock=False)
@@ -330,7 +284,7 @@ def _standardize_group(z_smooth, z_obs, z_st, z_pred, z_donor, t0: int, t1: int,
             donor_cloudy = z_donor[...] if donor_cloudy is None else donor_cloudy
             used = clear & ~donor_cloudy
         cloud = 1.0 - clear.sum() / max((st[i] != MISSING).sum(), 1)
-        cals.append(steps.standardize_one(smooth[i], obs[i], used, cloud, params))
+        cals.append(steps_post.standardize_one(smooth[i], obs[i], used, cloud, params))
         maes.append(_postprocess.mae(obs[i], cals[-1], clear))
     z_pred[t0:t1] = np.stack(cals)
     return maes
@@ -383,9 +337,9 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
     lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
 
-    # B.8 PCA smoothing, staged in float64 for B.9 (see steps.pca_smooth)
+    # B.8 PCA smoothing, staged in float64 for B.9 (see steps_post.pca_smooth)
     pred_lazy = xr.DataArray(da.from_zarr(z_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
-    smoothed = steps.pca_smooth(pred_lazy, params, dtype="float64")
+    smoothed = steps_post.pca_smooth(pred_lazy, params, dtype="float64")
     z_smooth = z_pred
     if smoothed is not pred_lazy:
         z_smooth = store.create("smoothed", (T, H, W), (group, edge, edge), "float64")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,7 +28,7 @@ import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import WorkerFailed
+from ..errors import InsufficientDisk, WorkerFailed
 
 # zstd at its fastest level for the stacks that compress (states, observations that are NaN where
 # cloudy); float stacks of predictions compress little and are stored raw.
@@ -145,3 +146,49 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+# Temporary disk per pixel and optical image: observations (float32), states (int8), the
+# predictions and the fusion's two covariates (float32) while the regression runs (17 bytes),
+# plus the aligned S1 (S1_BYTES_PER_IMAGE per pixel and S1 image); then the PCA-smoothed
+# predictions in float64 until B.9 has read them (25 bytes); then the fused estimate (float32)
+# and its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
+# Upper bounds: states, and observations where it is cloudy, compress.
+STAGING_BYTES_PER_SAMPLE = 25
+FUSED_STAGE_BYTES_PER_SAMPLE = 17
+S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
+# Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
+# deflate typically brings the float stacks to ~70 %.
+OUTPUT_BYTES_PER_SAMPLE = 17
+
+
+def staging_bytes(n_images: int, n_s1: int, h: int, w: int) -> int:
+    """The largest temporary disk use of an infilling of ``n_images`` optical and ``n_s1`` S1
+    images of ``h`` x ``w`` px (the coefficient image included)."""
+    per_pixel = max(FUSED_STAGE_BYTES_PER_SAMPLE * n_images + S1_BYTES_PER_IMAGE * n_s1,
+                    STAGING_BYTES_PER_SAMPLE * n_images)
+    return (per_pixel + 11 * 8) * h * w
+
+
+def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path) -> None:
+    """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input
+    and ``n_s1`` S1 images.
+
+    Counts every image of the period (an upper bound: sparse and unpaired images are dropped
+    later). The message gives the sizes and the fix, instead of a full disk an hour in.
+    """
+    n, h, w = shape
+    staging = staging_bytes(n, n_s1, h, w)
+    outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
+    free = shutil.disk_usage(work_dir).free
+    if staging > free:
+        raise InsufficientDisk(
+            f"the infilling stages about {_size(staging)} of temporary stacks ({n} images of {h} x {w} px) "
+            f"in {work_dir}, which has {_size(free)} free. Pass work_dir= (CLI: --work-dir) on a disk with "
+            f"more space, or shorten the period or the AOI. The outputs in {out_dir} need up to "
+            f"{_size(outputs)} more (less after compression)."
+        )
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"

@@ -31,7 +31,7 @@ from ..missions import CLEAR, CLOUDY, MASK_RULES, MISSING, BinaryRule, BitRule, 
 from ..params import GapParams
 from ..products import GAP_STATISTIC_NAMES
 from . import _gap_kernels
-from .stack import lazy_array
+from ._blocks import lazy_array
 
 STATE_DTYPE = np.int8
 # bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
@@ -108,7 +108,7 @@ def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
     from shapely.geometry import mapping
 
     from ..aoi import reproject
-    from .stack import transform_from_coords
+    from .grid import transform_from_coords
 
     crs = template.attrs.get("crs")
     geom = aoi.geometry

@@ -32,23 +32,18 @@ from .steps import (
     covariates,
     design,
     drop_sparse_images,
-    focal_median,
-    gap_fill,
     image_cloud_stats,
-    image_mae,
     ndvi,
     observed_state,
     pair_images,
-    pca_smooth,
     predict,
     robust_regression,
     s1_window_mean,
     split_pairs,
-    standardize,
-    standardize_one,
     training_mask,
     validation_pixels,
 )
+from .steps_post import focal_median, gap_fill, image_mae, pca_smooth, standardize, standardize_one
 
 __all__ = [
     "COEFFICIENT_BANDS", "COVARIATES", "FUSION_COVARIATES", "SPLIT_LABELS", "InfillParams", "InfillRun", "align_s1",

@@ -9,6 +9,8 @@ B.4 :func:`focal_median`  B.5 :func:`pair_images`  B.6 :func:`split_pairs`,
 :func:`training_mask`, :func:`robust_regression`  B.7 :func:`predict`
 B.8 :func:`pca_smooth`  B.9 :func:`standardize`  B.10 :func:`gap_fill`, :func:`image_mae`.
 
+B.8-B.10 and the focal median are in :mod:`optsar_nb.local.steps_post`.
+
 The job that runs them all at scale (``_pipeline``), its inputs (``_infill_inputs``) and the
 public entry (:mod:`optsar_nb.local.infill`) import this module; it imports none of them.
 
@@ -38,48 +40,13 @@ from ..method import (  # noqa: F401 (the engine-neutral steps, part of this mod
 )
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
-from . import _kernels, _postprocess, _regression
+from . import _kernels, _regression
+from ._blocks import _dask, _grid_attrs, lazy_array, with_halo
 from .gaps import aoi_cloud_stats, clip_to_aoi, cloud_state
-from .stack import align_to, lazy_array, metadata_of
+from .grid import align_to
+from .stack import metadata_of
 
 FUSION_COVARIATE_INDEX = tuple(COVARIATES.index(c) for c in FUSION_COVARIATES)
-
-
-def _grid_attrs(a: xr.DataArray) -> dict:
-    return {k: v for k, v in a.attrs.items() if k in ("crs", "transform")}
-
-
-def with_halo(arr: da.Array, depth: int, fill) -> da.Array:
-    """Blocks of a (lead, y, x) dask array grown by ``depth`` pixels on y and x.
-
-    Beyond the image the halo holds ``fill`` (NaN, or MISSING for states), so image edges
-    behave as Earth Engine's: there are no neighbours there, not copies of the edge.
-    """
-    if depth == 0:
-        return arr
-    padded = da.pad(arr, ((0, 0), (depth, depth), (depth, depth)), mode="constant", constant_values=fill)
-
-    def grow(chunks):
-        chunks = list(chunks)
-        chunks[0] += depth
-        chunks[-1] += depth
-        return tuple(chunks)
-
-    padded = padded.rechunk((arr.chunks[0], grow(arr.chunks[1]), grow(arr.chunks[2])))
-    return da.overlap.overlap(padded, depth={0: 0, 1: depth, 2: depth}, boundary="none")
-
-
-def trim_halo(arr: da.Array, depth: int, chunks) -> da.Array:
-    """Undo :func:`with_halo` on a blockwise result whose blocks still carry the halo."""
-    if depth == 0:
-        return arr
-    return arr.map_blocks(lambda b: b[..., depth : b.shape[-2] - depth, depth : b.shape[-1] - depth],
-                          chunks=chunks, dtype=arr.dtype)
-
-
-def _dask(a: xr.DataArray, chunks) -> da.Array:
-    data = a.data if isinstance(a.data, da.Array) else lazy_array(np.asarray(a.data), chunks)
-    return data.rechunk(chunks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +227,6 @@ def covariates(vv_win: xr.DataArray, vh_win: xr.DataArray, vv_mean: np.ndarray, 
     return result if inside is None else result.where(inside).astype("float32")
 
 
-def focal_median(stack: xr.DataArray, radius_px: float) -> xr.DataArray:
-    """B.4 / B.10: NaN-aware circular focal median of every image (``ee.Kernel.circle(radius)``)."""
-    depth = int(np.ceil(radius_px))
-    chunks = _dask(stack, (-1, "auto", "auto")).chunks
-    arr = with_halo(_dask(stack, chunks).astype("float32"), depth, np.nan)
-    out = trim_halo(arr.map_blocks(_kernels.focal_median, radius_px, dtype="float32"), depth, chunks)
-    return stack.copy(data=out)
-
-
 # ---------------------------------------------------------------------------------------------
 # B.5-B.6
 def training_mask(state: np.ndarray, labels: np.ndarray, donor_cloudy: np.ndarray) -> np.ndarray:
@@ -381,78 +339,3 @@ def predict(coefficients: xr.DataArray, covs: xr.DataArray) -> xr.DataArray:
     out = da.blockwise(predict_block, "tyx", c, "ktyx", k, "jyx", concatenate=True, dtype="float32")
     return xr.DataArray(out, dims=("time", "y", "x"), coords={"time": covs.time, "y": covs.y, "x": covs.x},
                         attrs=_grid_attrs(covs), name="NDVI_Pred")
-
-
-# ---------------------------------------------------------------------------------------------
-# B.8-B.10
-def pca_smooth(pred: xr.DataArray, params: InfillParams, dtype="float32") -> xr.DataArray:
-    """B.8: temporal PCA smoothing of a (time, y, x) prediction stack.
-
-    Band means and the band-to-band covariance are global reductions over the pixels whose
-    whole series is finite; those pixels are reconstructed from the leading
-    floor(pca_fraction x T) components; other pixels keep their prediction. Returns a lazy
-    array of ``dtype`` (the two reductions are computed here). The job asks for float64, the
-    precision of the Earth Engine graph's reconstruction, which B.9 reads before the calibrated
-    prediction is stored as float32: the interval means of B.9 include the values between two
-    quantiles, so a tie that float32 rounding creates at a quantile would move them.
-    """
-    k = pca_components(pred.sizes["time"], params)
-    if k < 1 or k >= pred.sizes["time"]:
-        return pred
-    data = _dask(pred, (-1, "auto", "auto"))
-    T = data.shape[0]
-    per_block = ((1,) * data.numblocks[1], (1,) * data.numblocks[2])
-    sums = data.map_blocks(lambda b: _postprocess.pca_mean_sums(b)[:, None, None], chunks=((T + 1,), *per_block),
-                           dtype="float64").sum(axis=(1, 2)).compute()
-    means = sums[:T] / max(sums[T], 1)
-    cross = data.map_blocks(lambda b: _postprocess.pca_cross_sums(b, means)[:, :, None, None], new_axis=1,
-                            chunks=((T,), (T,), *per_block), dtype="float64").sum(axis=(2, 3)).compute()
-    basis = _postprocess.pca_basis(cross, int(sums[T]), k)
-    out = data.map_blocks(_postprocess.pca_reconstruct, means, basis, dtype, dtype=dtype)
-    return pred.copy(data=out)
-
-
-def standardize_one(pred: np.ndarray, obs: np.ndarray, clear: np.ndarray, cloud_fraction: float,
-                    params: InfillParams) -> np.ndarray:
-    """B.9 for one image: standardized prediction if cloud cover < standardize_max_cloud, else as is."""
-    if not (cloud_fraction < params.standardize_max_cloud) or not clear.any():
-        return pred.astype("float32")
-    ok = clear & np.isfinite(obs) & np.isfinite(pred)
-    if not ok.any():
-        return pred.astype("float32")
-    s_obs = _postprocess.interval_stats(obs[ok], params.standardize_lower, params.standardize_upper)
-    s_pred = _postprocess.interval_stats(pred[ok], params.standardize_lower, params.standardize_upper)
-    return _postprocess.standardize_image(pred, s_obs, s_pred)
-
-
-def standardize(pred: xr.DataArray, obs: xr.DataArray, clear: xr.DataArray, cloud_fraction,
-                params: InfillParams) -> xr.DataArray:
-    """B.9 on a stack, image by image (each image is loaded once; use time-chunked inputs).
-
-    ``clear``: (time, y, x) bool, the pixels whose observation may be used; ``cloud_fraction``:
-    per image, 0-1. Statistics of observation and prediction are taken over the same pixels.
-    """
-    out = [standardize_one(np.asarray(pred[t].values), np.asarray(obs[t].values), np.asarray(clear[t].values),
-                           float(cloud_fraction[t]), params) for t in range(pred.sizes["time"])]
-    return pred.copy(data=np.stack(out) if out else pred.values)
-
-
-def gap_fill(obs: xr.DataArray, pred: xr.DataArray, clear: xr.DataArray, params: InfillParams,
-             inside: xr.DataArray | None = None) -> xr.DataArray:
-    """B.10: observation where clear, prediction elsewhere, then the circular focal median, within
-    [-1, 1] (lazy). The paper's fill; the job's default is the fusion (``fusion.py``)."""
-    filled = xr.where(clear, obs, pred).astype("float32")
-    if inside is not None:
-        filled = filled.where(inside)
-    filled.attrs = _grid_attrs(obs)
-    return focal_median(filled, params.focal_median_radius_px).clip(-1.0, 1.0).rename("NDVI_gapfree")
-
-
-def image_mae(obs: xr.DataArray, pred: xr.DataArray, clear: xr.DataArray) -> np.ndarray:
-    """B.10: per image mean |obs - pred| over clear pixels; -1 where an image has none."""
-    ok = clear & obs.notnull() & pred.notnull()
-    err = abs(obs - pred).where(ok)
-    n, s = da.compute(ok.sum(("y", "x")).data, err.sum(("y", "x")).data)
-    n, s = np.asarray(n), np.asarray(s)
-    return np.where(n > 0, s / np.maximum(n, 1), -1.0)
-

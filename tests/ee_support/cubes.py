@@ -3,7 +3,7 @@
 The Flanders cubes (../shared/data/flanders_2017) become ``COPERNICUS/S2_SR_HARMONIZED``
 (B4, B8 as digital numbers = reflectance x 1e4 like the real collection, SCL aligned from
 20 m to the 10 m grid) and ``COPERNICUS/S1_GRD`` (VV, VH in dB aligned to the 10 m grid), both
-read with ``optsar_nb.local.stack.read_netcdf`` and aligned with ``stack.align_to`` (nearest
+read with ``optsar_nb.local.stack.read_netcdf`` and aligned with ``optsar_nb.local.grid.align_to`` (nearest
 neighbour), the same arrays the local engine reads. Image properties are those the EE engine
 reads: ``system:time_start`` (ms, UTC), ``system:index`` (the local stack's image id, so that
 both engines' metadata tables name images alike), and for S1 ``instrumentMode`` and
@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from optsar_nb.local import stack
+from optsar_nb.local.grid import align_to
 from optsar_nb.missions import MISSIONS, S1
 
 from .values import Band, Collection, Grid, Image
@@ -48,9 +49,9 @@ def load_flanders(folder: Path) -> FlandersCubes:
     s2_20 = stack.read_netcdf(_file(folder, "S2_L2A_20m"), ["SCL"])
     s1 = stack.read_netcdf(_file(folder, "S1_GRD-ASCENDING_20m"), ["VV", "VH"])
     red, nir = s2["B04"].compute(), s2["B08"].compute()
-    scl = stack.align_to(s2_20["SCL"], red).compute()
-    vv = stack.align_to(s1["VV"], red).compute()
-    vh = stack.align_to(s1["VH"], red).compute()
+    scl = align_to(s2_20["SCL"], red).compute()
+    vv = align_to(s1["VV"], red).compute()
+    vh = align_to(s1["VH"], red).compute()
     grid = Grid(crs=red.attrs["crs"], transform=tuple(red.attrs["transform"]), height=red.sizes["y"],
                 width=red.sizes["x"])
     return FlandersCubes(grid=grid, red=red, nir=nir, scl=scl, vv=vv, vh=vh)

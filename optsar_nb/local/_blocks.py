@@ -1,0 +1,69 @@
+"""Dask plumbing of the local engine: dask arrays over in-memory or memory-mapped arrays, the
+halos that neighbourhood steps grow around spatial blocks, and the grid attributes
+(``crs``, ``transform``) an array derived from a stack keeps.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+
+class _Blocks:
+    """An array as ``dask.array.from_array`` sees it, without the ``copy`` method through which
+    dask copies a numpy array (or a memmap) whole when the graph is built: blocks are sliced when
+    their tasks run instead, copied (``copy``) or as views."""
+
+    def __init__(self, values: np.ndarray, copy: bool):
+        self.values, self.copy_blocks = values, copy
+        self.shape, self.dtype, self.ndim = values.shape, values.dtype, values.ndim
+
+    def __getitem__(self, key):
+        block = self.values[key]
+        return np.array(block) if self.copy_blocks else np.asarray(block)
+
+
+def lazy_array(values: np.ndarray, chunks, *, copy: bool = True) -> da.Array:
+    """A dask array over an in-memory or memory-mapped array that holds one block per task, not a
+    copy of the whole (``dask.array.from_array`` copies the whole array up front). ``copy``:
+    each block a copy (tasks may change it), or a view (read-only use of a staged memmap).
+    ``name=False``: the data are not hashed."""
+    return da.from_array(_Blocks(values, copy), chunks=chunks, name=False)
+
+
+def _grid_attrs(a: xr.DataArray) -> dict:
+    return {k: v for k, v in a.attrs.items() if k in ("crs", "transform")}
+
+
+def with_halo(arr: da.Array, depth: int, fill) -> da.Array:
+    """Blocks of a (lead, y, x) dask array grown by ``depth`` pixels on y and x.
+
+    Beyond the image the halo holds ``fill`` (NaN, or MISSING for states), so image edges
+    behave as Earth Engine's: there are no neighbours there, not copies of the edge.
+    """
+    if depth == 0:
+        return arr
+    padded = da.pad(arr, ((0, 0), (depth, depth), (depth, depth)), mode="constant", constant_values=fill)
+
+    def grow(chunks):
+        chunks = list(chunks)
+        chunks[0] += depth
+        chunks[-1] += depth
+        return tuple(chunks)
+
+    padded = padded.rechunk((arr.chunks[0], grow(arr.chunks[1]), grow(arr.chunks[2])))
+    return da.overlap.overlap(padded, depth={0: 0, 1: depth, 2: depth}, boundary="none")
+
+
+def trim_halo(arr: da.Array, depth: int, chunks) -> da.Array:
+    """Undo :func:`with_halo` on a blockwise result whose blocks still carry the halo."""
+    if depth == 0:
+        return arr
+    return arr.map_blocks(lambda b: b[..., depth : b.shape[-2] - depth, depth : b.shape[-1] - depth],
+                          chunks=chunks, dtype=arr.dtype)
+
+
+def _dask(a: xr.DataArray, chunks) -> da.Array:
+    data = a.data if isinstance(a.data, da.Array) else lazy_array(np.asarray(a.data), chunks)
+    return data.rechunk(chunks)
