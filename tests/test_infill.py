@@ -510,32 +510,36 @@ def test_standardization_applies_by_the_images_own_cloud_cover(tmp_path, monkeyp
     """B.9 "for images with cloud cover < 50 %": the image's own cover (its Cloud_cover in the
     metadata), also on validation pairs, whose artificial clouds make them look cloudier; their
     statistics use only the pixels those clouds leave visible."""
-    from optsar_nb.local import steps_post
+    from optsar_nb.local import _standardize
 
     ndvi, state, vv, vh, _ = synthetic_scene()
     p = _params()
-    calls = {}
-    original = steps_post.standardize_one
+    seen = []
+    original = _standardize.statistics
 
-    def recording(pred, obs, used, cloud_fraction, params):
-        calls[np.isfinite(obs).tobytes()] = (used.copy(), cloud_fraction)  # keyed by the image's clear pixels
-        return original(pred, obs, used, cloud_fraction, params)
+    def recording(blocks, *args):
+        seen.append(original(blocks, *args))
+        return seen[-1]
 
-    monkeypatch.setattr(steps_post, "standardize_one", recording)
+    monkeypatch.setattr(_standardize, "statistics", recording)
     run = inf.infill(ndvi, state, vv, vh, p, tmp_path, report=False)
     meta = pd.read_csv(run.paths["metadata"])
-    assert len(calls) == len(meta)
-    for _, row in meta.iterrows():
+    (stats,) = seen
+    donor = state.values[int(np.flatnonzero(ndvi.id.values == run.donor_id)[0])] == 0
+    finite = np.isfinite(pd.read_csv(run.paths["metadata"])["MAE"])  # every image has clear pixels
+    assert finite.all() and len(stats["cloud"]) == len(meta)
+    out = _read_outputs(run)
+    for i, row in meta.iterrows():
         t = int(np.flatnonzero(ndvi.id.values == row["ID"])[0])
         clear = state.values[t] == 1
-        used, cloud = calls[clear.tobytes()]
-        np.testing.assert_allclose(100 * cloud, row["Cloud_cover"], rtol=1e-9)
-        assert not (used & ~clear).any()
-        if row["SplitLabel"] == "validation":
-            # the artificial clouds hide some clear pixels (none of the donor's own, if it is one)
-            assert used.sum() < clear.sum() or row["ID"] == run.donor_id
-        else:
-            assert used.sum() == clear.sum()
+        np.testing.assert_allclose(100 * stats["cloud"][i], row["Cloud_cover"], rtol=1e-9)
+        assert stats["apply"][i] == (row["Cloud_cover"] < 50)
+        # the pixels its statistics use (observed and predicted): on a validation pair the clear
+        # ones its artificial clouds leave visible
+        used = clear & ~donor if row["SplitLabel"] == "validation" else clear
+        assert stats["n"][i] == (used & np.isfinite(out["NDVI_Obs"][i]) & np.isfinite(out["NDVI_Pred"][i])).sum()
+        if row["SplitLabel"] == "validation" and row["ID"] != run.donor_id:
+            assert used.sum() < clear.sum()
     validation = meta[meta["SplitLabel"] == "validation"]
     assert (validation["Cloud_cover"] < 50).any()  # standardized although the donor's clouds add 50-55 %
 

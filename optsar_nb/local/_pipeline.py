@@ -1,7 +1,7 @@
 """The whole infilling job (docs/method.md part B) at scale.
 
-Passes over the data, in order, each a dask graph of block (or image-group) tasks plus explicit
-AOI-wide reductions, run on the active scheduler (``_store.compute``):
+Passes over the data, in order, each a dask graph of block tasks plus explicit AOI-wide
+reductions, run on the active scheduler (``_store.compute``):
 1. the optical inputs are read once: clear observations and states staged, per-image cloud
    statistics counted on the staged states; sparse and unpaired images are then dropped (the
    staged stacks compacted);
@@ -11,26 +11,25 @@ AOI-wide reductions, run on the active scheduler (``_store.compute``):
    prediction, the fusion's S1 covariates staged and a sample of its leave-out rows, from which
    the fusion weights are fitted;
 4. PCA smoothing (two global reductions, then the reconstruction, staged);
-5. standardization and per-image MAE, by groups of whole images;
+5. standardization (``_standardize``: each image's statistics, exact quantiles included, as
+   reductions over blocks), then the per-image MAE;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
    standard errors' calibration, every estimate's errors by gap length;
 7. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
 
 Staged stacks are Zarr arrays (``_store.Store``) in a run folder under ``work_dir``: a local
 folder by default, or an fsspec URL that every worker of a cluster reaches. Their chunks are
-(images of one group, block, block): a block task reads and writes whole chunks along time, an
-image-group task whole chunks across space, so no two tasks write one chunk.
+(time, block, block): a block task reads and writes whole chunks, so no two tasks write one chunk.
 
-Why staged: the prediction stack feeds three global reductions in turn (PCA means, PCA
-covariance, per-image standardization quantiles), so it is computed once and kept instead of
-in memory or recomputed; the observations and states are staged so that per-image steps read
-whole images. S1 is staged as it is read, aligned (float32: 8 bytes per pixel and S1 image for
-both polarizations), and each block averages it over the windows itself, halo included: the
-window means would take 16 bytes per pixel and pair (float64), and re-reading S1 from
-compressed input files over every block's halo decompresses each file tile many times. Peak
-memory is then a few blocks or image groups per core, whatever the scene size; disk use is at
-most ``_store.staging_bytes`` (about 25 bytes per pixel and image; less, as states and cloudy
-observations compress).
+Why staged: the prediction stack feeds several global reductions in turn (PCA means, PCA
+covariance, the standardization's statistics), so it is computed once and kept instead of in
+memory or recomputed; the observations and states are read by every later pass. S1 is staged
+as it is read, aligned (float32: 8 bytes per pixel and S1 image for both polarizations), and
+each block averages it over the windows itself, halo included: the window means would take 16
+bytes per pixel and pair (float64), and re-reading S1 from compressed input files over every
+block's halo decompresses each file tile many times. Peak memory is then a few blocks per core,
+whatever the scene size; disk use is at most ``_store.staging_bytes`` (about 25 bytes per pixel
+and image; less, as states and cloudy observations compress).
 """
 
 from __future__ import annotations
@@ -49,10 +48,10 @@ import xarray as xr
 import zarr
 
 from ..errors import NoImages, StackMismatch
-from ..missions import CLEAR, MISSING
+from ..missions import CLEAR
 from ..outputs import write_csv
 from ..params import InfillParams
-from . import _accuracy, _fused, _infill_outputs, _kernels, _postprocess, _store, fusion, steps, steps_post
+from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps, steps_post
 from ._blocks import _dask
 from .gaps import aoi_mask, select_period
 
@@ -62,10 +61,6 @@ BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stag
 # small blocks). The regression's (pixels, T, 9) design is not in it: it is built per batch of
 # pixels (``_regression.BATCH_BYTES``), a fixed cost whatever the block size.
 BYTES_PER_SAMPLE = 64
-# Budget of one image-group task (B.9): per pixel and image the smoothed prediction (float64), the
-# observation, state and calibrated prediction, and the standardization's temporaries.
-GROUP_BYTES = 256 * 2**20
-GROUP_BYTES_PER_SAMPLE = 48
 SCATTER_SAMPLES = 4000  # about this many scored points are kept for the observed-vs-estimated scatter
 FUSION_ROWS = 1_000_000  # leave-out rows sampled (over the AOI) to fit the fusion weights
 
@@ -93,12 +88,11 @@ class InfillRun:
 
 
 def _edge(n_time: int) -> int:
-    return int(np.clip(np.sqrt(BLOCK_BYTES / (max(n_time, 1) * BYTES_PER_SAMPLE)), 32, 512))
-
-
-def _group(n_time: int, h: int, w: int) -> int:
-    """Images per image-group task (and per chunk along time of the staged stacks)."""
-    return int(np.clip(GROUP_BYTES // (GROUP_BYTES_PER_SAMPLE * h * w), 1, max(n_time, 1)))
+    """Block edge within BLOCK_BYTES, a power of two from 32 to 512: the output files' tiles
+    (``stack.TILE_PX``) are then whole blocks or whole multiples of them, so writing a tile reads
+    whole chunks of the staged stacks."""
+    edge = np.clip(np.sqrt(BLOCK_BYTES / (max(n_time, 1) * BYTES_PER_SAMPLE)), 32, 512)
+    return int(2 ** np.floor(np.log2(edge)))
 
 
 def infill(
@@ -182,7 +176,7 @@ def _stage_optical(ndvi, state, params, aoi, store):
     st = steps.observed_state(state, ndvi, inside)
     N, H, W = st.shape
     edge = _edge(N)
-    z_obs, z_st = (store.create(name, (N, H, W), (_group(N, H, W), edge, edge), dtype, compress=True)
+    z_obs, z_st = (store.create(name, (N, H, W), (N, edge, edge), dtype, compress=True)
                    for name, dtype in (("obs_all", "float32"), ("state_all", "int8")))
     st_d = _dask(st, (-1, edge, edge))
     obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
@@ -269,27 +263,6 @@ def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
             for r in range(0, H, edge) for c in range(0, W, edge)]
 
 
-def _standardize_group(z_smooth, z_obs, z_st, z_pred, z_donor, t0: int, t1: int, labels, params) -> list[float]:
-    """B.9-B.10 on the whole images ``t0:t1`` (whole chunks along time): the calibrated
-    predictions written into ``z_pred``; returns their MAE against the clear observations."""
-    smooth, obs, st = z_smooth[t0:t1], z_obs[t0:t1], z_st[t0:t1]
-    donor_cloudy = None
-    cals, maes = [], []
-    for i, t in enumerate(range(t0, t1)):
-        clear = st[i] == CLEAR
-        # B.9 applies by the image's cloud cover (its Cloud_cover); on a validation pair its
-        # statistics use the pixels its artificial clouds leave visible (nothing hidden leaks in)
-        used = clear
-        if labels[t] == "validation":
-            donor_cloudy = z_donor[...] if donor_cloudy is None else donor_cloudy
-            used = clear & ~donor_cloudy
-        cloud = 1.0 - clear.sum() / max((st[i] != MISSING).sum(), 1)
-        cals.append(steps_post.standardize_one(smooth[i], obs[i], used, cloud, params))
-        maes.append(_postprocess.mae(obs[i], cals[-1], clear))
-    z_pred[t0:t1] = np.stack(cals)
-    return maes
-
-
 def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, workers):
     timings, tic = {}, time.perf_counter()
 
@@ -303,9 +276,9 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     lap("stage observations (B.1-B.2)")
     sel, vv, vh, weights, table = _select_pairs(ndvi, table, vv, vh, params, inside)
     T, H, W = len(sel), *z_obs.shape[1:]
-    edge, group = _edge(T), _group(T, H, W)
+    edge = _edge(T)
     ndvi = ndvi.isel(time=sel)
-    z_obs, z_st = (_compact(store, z, sel, name, (group, edge, edge)) for z, name in ((z_obs, "obs"), (z_st, "state")))
+    z_obs, z_st = (_compact(store, z, sel, name, (T, edge, edge)) for z, name in ((z_obs, "obs"), (z_st, "state")))
     table, donor_pos = steps.split_pairs(table, params)
     labels = table["SplitLabel"].to_numpy().astype(str)
     donor = store.save("donor", np.asarray(z_st[donor_pos] == 0), (edge, edge))
@@ -320,7 +293,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
 
     # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
     z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64")
-    z_pred = store.create("pred", (T, H, W), (group, edge, edge), "float32")
+    z_pred = store.create("pred", (T, H, W), (T, edge, edge), "float32")
     z_nmean = store.create("nmean", (len(steps.FUSION_COVARIATES), T, H, W),
                            (len(steps.FUSION_COVARIATES), T, edge, edge), "float32")
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
@@ -342,14 +315,14 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     smoothed = steps_post.pca_smooth(pred_lazy, params, dtype="float64")
     z_smooth = z_pred
     if smoothed is not pred_lazy:
-        z_smooth = store.create("smoothed", (T, H, W), (group, edge, edge), "float64")
+        z_smooth = store.create("smoothed", (T, H, W), (T, edge, edge), "float64")
         da.store(smoothed.data.rechunk(z_smooth.chunks), z_smooth, lock=False)
     lap("PCA smoothing (B.8)")
 
-    # B.9 standardization and the per-image MAE, by groups of whole images
-    tasks = [dask.delayed(_standardize_group)(z_smooth, z_obs, z_st, z_pred, donor, t0, min(t0 + group, T), labels,
-                                              params) for t0 in range(0, T, group)]
-    table = table.assign(MAE=sum(_store.compute(tasks, processes=False, workers=workers), []))
+    # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
+    _, mae = _standardize.calibrate(_standardize.Blocks(z_smooth, z_obs, z_st, donor, labels, params), blocks,
+                                    z_pred, workers)
+    table = table.assign(MAE=mae)
     if z_smooth is not z_pred:
         store.remove("smoothed")
     lap("standardization, MAE (B.9-B.10)")
@@ -357,8 +330,8 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
     stage = _accuracy.Stage(obs=z_obs, state=z_st, pred=z_pred, nmean=z_nmean, donor=donor,
                             alpha=store.create("alpha", (H, W), (edge, edge), "float32"),
-                            fused=store.create("fused", (T, H, W), (group, edge, edge), "float32"),
-                            se_bin=store.create("se_bin", (T, H, W), (group, edge, edge), "int8", compress=True),
+                            fused=store.create("fused", (T, H, W), (T, edge, edge), "float32"),
+                            se_bin=store.create("se_bin", (T, H, W), (T, edge, edge), "int8", compress=True),
                             labels=labels, days=days, weights=fusion_weights, params=params,
                             sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
     scores = _accuracy.score(stage, blocks, workers)
