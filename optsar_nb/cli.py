@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--out", required=True, help="output folder")
     inf.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     inf.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
-    inf.add_argument("--work-dir", help="folder for the temporary stacks (default: --out); needs ~25 bytes per "
-                                        "pixel and image")
+    inf.add_argument("--work-dir", help="folder or fsspec URL (s3://..., a shared filesystem for a dask cluster) "
+                                        "for the temporary stacks (default: --out); needs up to ~25 bytes per pixel "
+                                        "and image")
     inf.set_defaults(func=cmd_infill)
 
     from .batch import add_batch_parser

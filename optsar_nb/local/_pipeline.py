@@ -142,8 +142,8 @@ def infill(
         folder = _store.local_folder(work_parent)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            _store.check_disk_space(select_period(ndvi, params.start, params.end).shape, _s1_near(vv, params).size,
-                             folder, out_dir)
+            _store.check_disk_space(select_period(ndvi, params.start, params.end).shape,
+                                    _s1_near(vv, params).size, folder, out_dir)
         store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
             # on this machine, the graphs' own steps run in threads; a user's Client is left in charge

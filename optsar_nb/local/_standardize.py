@@ -19,10 +19,12 @@ then each block is calibrated with its images' statistics, and the per-image MAE
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import dask
 import numpy as np
+from numba import njit
 
 from ..missions import CLEAR, MISSING
 from ..params import InfillParams
@@ -43,59 +45,130 @@ class Blocks:
     labels: np.ndarray
     params: InfillParams
 
-    def values(self, rows: slice, cols: slice):
-        """A block's (2, T, n) float64 observations and predictions, the (T, n) pixels whose values
-        enter the statistics, and the (T, n) clear and valid (not MISSING) pixels."""
-        st = np.asarray(self.state[:, rows, cols])
-        T = st.shape[0]
-        st = st.reshape(T, -1)
-        vals = np.stack([np.asarray(self.obs[:, rows, cols], dtype="float64").reshape(T, -1),
-                         np.asarray(self.smooth[:, rows, cols], dtype="float64").reshape(T, -1)])
-        clear = st == CLEAR
-        # on a validation pair, the pixels its artificial clouds leave visible (nothing hidden leaks in)
-        used = clear & ~((self.labels == "validation")[:, None] & np.asarray(self.donor[rows, cols]).reshape(1, -1))
-        ok = used & np.isfinite(vals).all(axis=0)
-        return vals, ok, clear, st != MISSING
+    def read(self, rows: slice, cols: slice) -> tuple:
+        """A block's (T, h, w) observations, predictions and states, its (h, w) artificial clouds
+        and the (T,) validation images (on those, the statistics use only the pixels the
+        artificial clouds leave visible: nothing hidden leaks in)."""
+        return (np.asarray(self.obs[:, rows, cols]), np.asarray(self.smooth[:, rows, cols]),
+                np.asarray(self.state[:, rows, cols]), np.asarray(self.donor[rows, cols]),
+                self.labels == "validation")
 
 
-def _ranges(b: Blocks, rows, cols) -> dict[str, np.ndarray]:
-    vals, ok, clear, valid = b.values(rows, cols)
-    return {"n": ok.sum(axis=1), "sum": np.where(ok, vals, 0.0).sum(axis=2),
-            "min": np.where(ok, vals, np.inf).min(axis=2), "max": np.where(ok, vals, -np.inf).max(axis=2),
-            "clear": clear.sum(axis=1), "valid": valid.sum(axis=1)}
+# ---------------------------------------------------------------------------------------------
+# compiled passes over one block: a value enters the statistics where the pixel is clear, not
+# artificially clouded on a validation image, and both series are finite
 
 
-def _bins(vals: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(2, T, n) bin of each value (meaningful where the value is used): monotone in the value."""
-    with np.errstate(invalid="ignore"):
-        b = (vals - lo[..., None]) * scale[..., None]
-    return np.clip(np.nan_to_num(b, nan=0.0), 0, N_BINS - 1).astype(np.int64)
+@njit(cache=True, nogil=True, inline="always")
+def _used(o, p, s, hidden) -> bool:
+    return s == CLEAR and not hidden and np.isfinite(o) and np.isfinite(p)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bin(v, lo, scale) -> int:
+    """The histogram bin of a value: monotone in the value, the same in every pass."""
+    return int(min(max((v - lo) * scale, 0.0), N_BINS - 1))
+
+
+@njit(cache=True, nogil=True)
+def _ranges_kernel(obs, pred, state, donor, validation, out):
+    """out (7, T): n, sum obs, sum pred, min pred, max pred, clear, valid."""
+    T, h, w = state.shape
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                s = state[t, y, x]
+                out[6, t] += s != MISSING
+                out[5, t] += s == CLEAR
+                o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
+                if _used(o, p, s, validation[t] and donor[y, x]):
+                    out[0, t] += 1
+                    out[1, t] += o
+                    out[2, t] += p
+                    out[3, t] = min(out[3, t], p)
+                    out[4, t] = max(out[4, t], p)
+
+
+@njit(cache=True, nogil=True)
+def _histogram_kernel(obs, pred, state, donor, validation, lo, scale, hist):
+    T, h, w = state.shape
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
+                if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
+                    hist[0, t, _bin(o, lo[0, t], scale[0, t])] += 1
+                    hist[1, t, _bin(p, lo[1, t], scale[1, t])] += 1
+
+
+@njit(cache=True, nogil=True)
+def _gather_kernel(obs, pred, state, donor, validation, lo, scale, wanted, index, values) -> int:
+    """Writes the (series, image, bin) flat index and the value of every used value in a
+    ``wanted`` bin into ``index``/``values`` (as many as they hold); returns how many there are."""
+    T, h, w = state.shape
+    k = 0
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
+                if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
+                    for series, v in ((0, o), (1, p)):
+                        b = _bin(v, lo[series, t], scale[series, t])
+                        if wanted[series, t, b]:
+                            if k < index.size:
+                                index[k] = (series * T + t) * N_BINS + b
+                                values[k] = v
+                            k += 1
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _interval_kernel(obs, pred, state, donor, validation, bounds, out):
+    """out (2, T, 2 intervals, [sum, count]) of the used values within ``bounds`` (2, T, 2, 2)."""
+    T, h, w = state.shape
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
+                if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
+                    for series, v in ((0, o), (1, p)):
+                        for k in range(2):
+                            if bounds[series, t, k, 0] <= v <= bounds[series, t, k, 1]:
+                                out[series, t, k, 0] += v
+                                out[series, t, k, 1] += 1
+
+
+def _ranges(b: Blocks, rows, cols) -> np.ndarray:
+    data = b.read(rows, cols)
+    out = np.zeros((7, data[2].shape[0]))
+    out[3], out[4] = np.inf, -np.inf
+    _ranges_kernel(*data, out)
+    return out
+
+
+def _merge_ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = a + b
+    out[3], out[4] = np.minimum(a[3], b[3]), np.maximum(a[4], b[4])
+    return out
 
 
 def _histogram(b: Blocks, rows, cols, lo, scale) -> np.ndarray:
-    vals, ok, _, _ = b.values(rows, cols)
-    series = np.arange(vals.shape[0] * vals.shape[1]).reshape(vals.shape[0], vals.shape[1], 1)
-    index = series * N_BINS + _bins(vals, lo, scale)
-    return np.bincount(index[np.broadcast_to(ok, vals.shape)], minlength=vals.shape[0] * vals.shape[1] * N_BINS)
+    data = b.read(rows, cols)
+    hist = np.zeros((2, data[2].shape[0], N_BINS), np.int32)
+    _histogram_kernel(*data, lo, scale, hist)
+    return hist
 
 
-def _gather(b: Blocks, rows, cols, lo, scale, wanted) -> tuple[np.ndarray, np.ndarray]:
-    """The (series x image x bin) index and value of the block's used values in ``wanted`` bins."""
-    vals, ok, _, _ = b.values(rows, cols)
-    series = np.arange(vals.shape[0] * vals.shape[1]).reshape(vals.shape[0], vals.shape[1], 1)
-    index = series * N_BINS + _bins(vals, lo, scale)
-    pick = np.broadcast_to(ok, vals.shape) & wanted.ravel()[index]
-    return index[pick], vals[pick]
+def _gather(b: Blocks, rows, cols, lo, scale, wanted, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """``capacity``: how many values the wanted bins hold over the whole AOI (an upper bound here)."""
+    index, values = np.empty(capacity, np.int64), np.empty(capacity)
+    k = _gather_kernel(*b.read(rows, cols), lo, scale, wanted, index, values)
+    return index[:k].copy(), values[:k].copy()
 
 
 def _interval_sums(b: Blocks, rows, cols, bounds) -> np.ndarray:
-    """(2, T, 2 intervals, [sum, count]) of the used values within each interval ``bounds`` (2, T, 2, 2)."""
-    vals, ok, _, _ = b.values(rows, cols)
-    out = np.zeros((*vals.shape[:2], 2, 2))
-    for k in range(2):
-        inside = ok & (vals >= bounds[..., k, 0, None]) & (vals <= bounds[..., k, 1, None])
-        out[:, :, k, 0] = np.where(inside, vals, 0.0).sum(axis=2)
-        out[:, :, k, 1] = inside.sum(axis=2)
+    out = np.zeros((2, bounds.shape[1], 2, 2))
+    _interval_kernel(*b.read(rows, cols), bounds, out)
     return out
 
 
@@ -117,46 +190,44 @@ def lerp(a: float, b: float, t: float) -> float:
     return float(np.float64(b) - diff * (1 - t)) if t >= 0.5 else float(np.float64(a) + diff * t)
 
 
-def _sum(parts: list) -> object:
-    return sum(parts[1:], parts[0])
-
-
 def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
     """Per image: ``cloud`` fraction, ``n`` pixels used, ``apply`` (B.9 applies) and (2, T, 3)
     ``stats`` [mean, lower-interval mean, upper-interval mean] of the observation and the
     prediction (NaN where an image has no used pixel)."""
-    def run(fn, *args):
-        return _store.compute([dask.delayed(fn)(b, rows, cols, *args) for rows, cols in blocks],
-                              processes=False, workers=workers)
+    def total(fn, *args, combine=operator.add):
+        return _store.total([dask.delayed(fn)(b, rows, cols, *args) for rows, cols in blocks], combine,
+                            processes=False, workers=workers)
 
-    ranges = run(_ranges)
-    r = {k: _sum([p[k] for p in ranges]) if k not in ("min", "max") else
-         (np.minimum if k == "min" else np.maximum).reduce([p[k] for p in ranges]) for k in ranges[0]}
-    n, (S, T) = r["n"], r["sum"].shape
-    lo = np.where(n > 0, r["min"], 0.0)
-    width = np.where(n > 0, r["max"] - lo, 0.0)
-    with np.errstate(divide="ignore"):
+    r = total(_ranges, combine=_merge_ranges)
+    n, T = r[0].astype(np.int64), r.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = r[1:3] / n
+        # observations are NDVI (checked on input to lie in [-1, 1]); predictions between their extremes
+        lo = np.stack([np.full(T, -1.0), np.where(n > 0, r[3], 0.0)])
+        width = np.stack([np.full(T, 2.0), np.where(n > 0, r[4] - r[3], 0.0)])
         scale = np.where(width > 0, N_BINS / width, 0.0)
-    hist = _sum(run(_histogram, lo, scale)).reshape(S, T, N_BINS)
+    hist = total(_histogram, lo, scale).astype(np.int64)
     cum = np.cumsum(hist, axis=2)
     p = b.params
     qs = (p.standardize_lower[0], p.standardize_lower[1], p.standardize_upper[0], p.standardize_upper[1])
     # the order statistics every quantile needs: (series, image, rank) -> (bin, count below the bin)
-    need, wanted = {}, np.zeros((S, T, N_BINS), bool)
-    for s in range(S):
+    need, wanted = {}, np.zeros((2, T, N_BINS), bool)
+    for s in range(2):
         for t in np.flatnonzero(n > 0):
             for q in qs:
                 for rank in quantile_positions(int(n[t]), q)[:2]:
                     bin_ = int(np.searchsorted(cum[s, t], rank, side="right"))
                     need[s, t, rank] = (bin_, int(cum[s, t, bin_] - hist[s, t, bin_]))
                     wanted[s, t, bin_] = True
-    parts = run(_gather, lo, scale, wanted)
+    capacity = int(hist[wanted].sum())
+    parts = _store.compute([dask.delayed(_gather)(b, rows, cols, lo, scale, wanted, capacity) for rows, cols in blocks],
+                           processes=False, workers=workers)
     index, vals = np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
     order = np.lexsort((vals, index))
     index, vals = index[order], vals[order]
-    start = np.searchsorted(index, np.arange(S * T * N_BINS))  # first value of each (series, image, bin)
-    bounds = np.full((S, T, 2, 2), np.nan)
-    for s in range(S):
+    start = np.searchsorted(index, np.arange(2 * T * N_BINS))  # first value of each (series, image, bin)
+    bounds = np.full((2, T, 2, 2), np.nan)
+    for s in range(2):
         for t in np.flatnonzero(n > 0):
             for k, q in enumerate(qs):
                 below, above, weight = quantile_positions(int(n[t]), q)
@@ -165,14 +236,13 @@ def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
                     bin_, count_below = need[s, t, rank]
                     ends.append(vals[start[(s * T + t) * N_BINS + bin_] + rank - count_below])
                 bounds[s, t, k // 2, k % 2] = lerp(ends[0], ends[1], weight)
-    sums = _sum(run(_interval_sums, bounds))
+    sums = total(_interval_sums, bounds)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums[..., 0] / sums[..., 1]
-        means = np.where(sums[..., 1] > 0, means, bounds.mean(axis=3))  # no value inside: the midpoint
-        stats = np.concatenate([(r["sum"] / n)[..., None], means], axis=2)
-    cloud = 1.0 - r["clear"] / np.maximum(r["valid"], 1)
+        interval = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], bounds.mean(axis=3))  # none: the midpoint
+    stats = np.concatenate([means[..., None], interval], axis=2)
+    cloud = 1.0 - r[5] / np.maximum(r[6], 1)
     return {"cloud": cloud, "n": n, "apply": (cloud < p.standardize_max_cloud) & (n > 0),
-            "stats": np.where((n > 0)[..., None], stats, np.nan)}
+            "stats": np.where((n > 0)[:, None], stats, np.nan)}
 
 
 def calibrate_block(b: Blocks, rows, cols, out, stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -194,7 +264,7 @@ def calibrate(b: Blocks, blocks, out, workers: int | None) -> tuple[dict[str, np
     """B.9-B.10 over all blocks: the calibrated predictions written into ``out``; returns the
     statistics (:func:`statistics`) and the per-image MAE (-1 where an image has no clear pixel)."""
     stats = statistics(b, blocks, workers)
-    sums = _sum(_store.compute([dask.delayed(calibrate_block)(b, rows, cols, out, stats) for rows, cols in blocks],
-                               processes=False, workers=workers))
+    sums = _store.total([dask.delayed(calibrate_block)(b, rows, cols, out, stats) for rows, cols in blocks],
+                        operator.add, processes=False, workers=workers)
     with np.errstate(invalid="ignore", divide="ignore"):
         return stats, np.where(sums[1] > 0, sums[0] / sums[1], -1.0)

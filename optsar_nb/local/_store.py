@@ -129,6 +129,16 @@ def compute(tasks: list, *, processes: bool, workers: int | None) -> list:
         ) from err
 
 
+def total(tasks: list, combine, *, processes: bool, workers: int | None):
+    """The results of dask ``tasks`` combined pairwise, ``combine(a, b)``, in a tree of tasks (where
+    they run, so that one result, not one per task, comes back); see :func:`compute`."""
+    level = list(tasks)
+    while len(level) > 1:
+        pairs = [dask.delayed(combine)(a, b) for a, b in zip(level[::2], level[1::2])]
+        level = pairs + level[len(pairs) * 2 :]
+    return compute(level, processes=processes, workers=workers)[0]
+
+
 def _worker_init(parent: int) -> None:
     """A local worker process: one BLAS thread (one block per core already), and exit when
     ``parent``, the process that started it, is gone (killed, even with SIGKILL, which leaves it
