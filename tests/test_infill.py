@@ -699,3 +699,21 @@ def test_sentinel1_above_the_db_range_stops_with_the_reason(flanders, tmp_path):
     with pytest.raises(NoImages, match=r"no valid VV value .* above s1_max_db=30.0 dB.* in dB \(not linear power"):
         inf.infill(ndvi, state, power, vh, p, tmp_path, report=False, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_stacks_at_an_fsspec_url(tmp_path):
+    """``work_dir`` may be an fsspec URL (here fsspec's in-memory filesystem stands for a bucket):
+    the stacks go there through Zarr's fsspec store, the files equal a run staged in a local
+    folder, and the run's folder is removed afterwards."""
+    import fsspec
+
+    ndvi, state, vv, vh, _ = synthetic_scene(H=24, W=20, T=30)
+    p = _params()
+    here = inf.infill(ndvi, state, vv, vh, p, tmp_path / "here", report=False, workers=1)
+    there = inf.infill(ndvi, state, vv, vh, p, tmp_path / "there", report=False, workers=1,
+                       work_dir="memory://scratch/optsar")
+    memory = fsspec.filesystem("memory")
+    assert memory.ls("/scratch/optsar") == []
+    a, b = _read_outputs(here), _read_outputs(there)
+    for name in a:
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)

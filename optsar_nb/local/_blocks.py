@@ -1,4 +1,4 @@
-"""Dask plumbing of the local engine: dask arrays over in-memory or memory-mapped arrays, the
+"""Dask plumbing of the local engine: dask arrays over in-memory arrays, the
 halos that neighbourhood steps grow around spatial blocks, and the grid attributes
 (``crs``, ``transform``) an array derived from a stack keeps.
 """
@@ -12,24 +12,22 @@ import xarray as xr
 
 class _Blocks:
     """An array as ``dask.array.from_array`` sees it, without the ``copy`` method through which
-    dask copies a numpy array (or a memmap) whole when the graph is built: blocks are sliced when
-    their tasks run instead, copied (``copy``) or as views."""
+    dask copies a numpy array whole when the graph is built: each block is sliced (and copied:
+    tasks may change it) when its task runs instead."""
 
-    def __init__(self, values: np.ndarray, copy: bool):
-        self.values, self.copy_blocks = values, copy
+    def __init__(self, values: np.ndarray):
+        self.values = values
         self.shape, self.dtype, self.ndim = values.shape, values.dtype, values.ndim
 
     def __getitem__(self, key):
-        block = self.values[key]
-        return np.array(block) if self.copy_blocks else np.asarray(block)
+        return np.array(self.values[key])
 
 
-def lazy_array(values: np.ndarray, chunks, *, copy: bool = True) -> da.Array:
-    """A dask array over an in-memory or memory-mapped array that holds one block per task, not a
-    copy of the whole (``dask.array.from_array`` copies the whole array up front). ``copy``:
-    each block a copy (tasks may change it), or a view (read-only use of a staged memmap).
-    ``name=False``: the data are not hashed."""
-    return da.from_array(_Blocks(values, copy), chunks=chunks, name=False)
+def lazy_array(values: np.ndarray, chunks) -> da.Array:
+    """A dask array over an in-memory array that holds one block per task, not a copy of the
+    whole (``dask.array.from_array`` copies the whole array up front). ``name=False``: the data
+    are not hashed."""
+    return da.from_array(_Blocks(values), chunks=chunks, name=False)
 
 
 def _grid_attrs(a: xr.DataArray) -> dict:

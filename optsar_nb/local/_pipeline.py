@@ -301,7 +301,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, pred=z_pred, nmean=z_nmean, weights=weights,
                  vv_mean=vv_mean, vh_mean=vh_mean, labels=labels, days=days, params=params,
                  row_fraction=min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W)))
-    shared = dask.delayed(stage, traverse=False)
+    shared = _store.share(stage)
     blocks = _blocks(H, W, edge)
     leave_out = _fused.concat(_store.compute([dask.delayed(_fused.fit_predict_block)(shared, rows, cols)
                                               for rows, cols in blocks], processes=True, workers=workers))

@@ -98,6 +98,16 @@ def client_active() -> bool:
     return True
 
 
+def share(obj):
+    """``obj`` as an argument many tasks read: on a distributed cluster a copy on every worker
+    (one dependency held by a single worker would draw every task to it), else one task."""
+    if client_active():
+        from distributed import default_client
+
+        return default_client().scatter(obj, broadcast=True, hash=False)
+    return dask.delayed(obj, traverse=False)
+
+
 def compute(tasks: list, *, processes: bool, workers: int | None) -> list:
     """Run dask ``tasks`` on the active scheduler and return their results.
 
