@@ -163,8 +163,8 @@ def _stage_optical(ndvi, state, params, aoi, store):
 
     The period's clear observations (float32, NaN elsewhere) and states (int8; MISSING outside
     the AOI and where a clear pixel has no NDVI) are staged, and each image's AOI cloud
-    statistics are then counted on the staged states. Returns the period's NDVI (lazy, for its
-    coordinates), the statistics table, the AOI mask and the two staged stacks.
+    statistics are then counted on the staged states (``obs_all``, ``state_all``). Returns the
+    period's NDVI (lazy, for its coordinates), the statistics table and the AOI mask.
     """
     ndvi = select_period(ndvi, params.start, params.end).sortby("time")
     state = select_period(state, params.start, params.end).sortby("time")
@@ -182,16 +182,18 @@ def _stage_optical(ndvi, state, params, aoi, store):
     obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
     da.store([st_d.astype("int8"), obs_d], [z_st, z_obs], lock=False)
     table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st, chunks=(-1, edge, edge))))
-    return ndvi, table, inside, z_obs, z_st
+    return ndvi, table, inside
 
 
-def _compact(store, z: zarr.Array, positions: np.ndarray, name: str, chunks) -> zarr.Array:
-    """The staged images at ``positions`` as a new array ``name`` chunked by ``chunks``; ``z``
-    itself when that is every image with the same chunks."""
+def _compact(store, name: str, positions: np.ndarray, chunks) -> zarr.Array:
+    """The staged images ``<name>_all`` at ``positions`` as an array ``name`` chunked by
+    ``chunks`` (the old array removed); the same array when that is every image, same chunks."""
+    z = store.open(f"{name}_all")
     if np.array_equal(positions, np.arange(z.shape[0])) and tuple(z.chunks) == tuple(chunks):
         return z
     out = store.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, compress=True)
     da.store(da.from_zarr(z)[positions].rechunk(chunks), out, lock=False)
+    store.remove(f"{name}_all")
     return out
 
 
@@ -272,13 +274,13 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
         timings[name] = timings.get(name, 0.0) + now - tic
         tic = now
 
-    ndvi, table, inside, z_obs, z_st = _stage_optical(ndvi, state, params, aoi, store)
+    ndvi, table, inside = _stage_optical(ndvi, state, params, aoi, store)
     lap("stage observations (B.1-B.2)")
     sel, vv, vh, weights, table = _select_pairs(ndvi, table, vv, vh, params, inside)
-    T, H, W = len(sel), *z_obs.shape[1:]
+    T, H, W = len(sel), ndvi.sizes["y"], ndvi.sizes["x"]
     edge = _edge(T)
     ndvi = ndvi.isel(time=sel)
-    z_obs, z_st = (_compact(store, z, sel, name, (T, edge, edge)) for z, name in ((z_obs, "obs"), (z_st, "state")))
+    z_obs, z_st = (_compact(store, name, sel, (T, edge, edge)) for name in ("obs", "state"))
     table, donor_pos = steps.split_pairs(table, params)
     labels = table["SplitLabel"].to_numpy().astype(str)
     donor = store.save("donor", np.asarray(z_st[donor_pos] == 0), (edge, edge))
