@@ -116,9 +116,10 @@ def demo_truth_mae(result) -> float:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import run
+    from .engine import Engine
 
     out = Path(args.out)
-    engine = run.Engine("local", "the demo runs offline on the bundled simulated scene")
+    engine = Engine("local", "the demo runs offline on the bundled simulated scene")
     print("optsar demo: simulated Sentinel-2/Sentinel-1 scene, local engine (no account, no network)")
     gaps = run.run_gaps(out_dir=out / "gaps", overwrite=args.overwrite, engine=engine)
     print("1. gap characterization:")

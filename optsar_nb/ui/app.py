@@ -15,9 +15,11 @@ import html
 from pathlib import Path
 
 from .. import run
+from ..engine import Engine
 from ..errors import OptsarError, OutputExists
 from ..missions import MISSIONS
 from ..params import GapParams
+from ..results import GapResult
 from ._deps import require
 from .aoi_control import AOIControl, clear_error, message_html
 from .inspector import PixelInspector
@@ -35,7 +37,7 @@ BASEMAP_OFFLINE = ("basemap offline: no map tiles can be fetched here (no networ
                    " the data layers and your AOI are drawn as usual")
 
 
-def make_map(engine: run.Engine):
+def make_map(engine: Engine):
     """geemap's Map on the Earth Engine engine (its own draw control off: the app adds one), else ipyleaflet's.
 
     The Earth Engine session is the caller's (initialized when the engine was chosen): geemap is
@@ -95,7 +97,7 @@ class OptsarApp:
     Parameters
     ----------
     backend : {"auto", "ee", "local"}
-        The engine, when neither ``engine`` nor ``gaps`` gives it (:func:`optsar_nb.run.resolve_backend`).
+        The engine, when neither ``engine`` nor ``gaps`` gives it (:func:`optsar_nb.resolve_backend`).
     mission, start, end
         The initial values of the Mission, Start and End controls (as in :func:`optsar_nb.run.run_gaps`).
     inputs : str, Path or None
@@ -119,7 +121,7 @@ class OptsarApp:
 
     def __init__(self, *, backend: str = "auto", mission: str = "S2", start=run.DEMO_PERIOD[0],
                  end=run.DEMO_PERIOD[1], inputs=None, aoi=None, out_dir: str | Path = "out/app",
-                 gaps: run.GapResult | None = None, infill=None, engine: run.Engine | None = None,
+                 gaps: GapResult | None = None, infill=None, engine: Engine | None = None,
                  export_options: dict | None = None):
         widgets = require("ipywidgets")
         self.engine = engine or (gaps.engine if gaps is not None else run.resolve_backend(backend))
@@ -261,7 +263,7 @@ class OptsarApp:
         self.show_message(f"written to {folder}: {listing}", kind="ok")
 
     # showing results ---------------------------------------------------------------------------
-    def _show_masks(self, result: run.GapResult) -> None:
+    def _show_masks(self, result: GapResult) -> None:
         if result.daily_state is not None:
             self.mask_layer.set_source(result.daily_state)
         elif result.ee_image is not None:
@@ -269,7 +271,7 @@ class OptsarApp:
         self.mask_controls.layout.display = "flex"
         self._zoom_to_results(result.statistics)
 
-    def show_gaps(self, result: run.GapResult) -> None:
+    def show_gaps(self, result: GapResult) -> None:
         """Show a gap run: the clear-day masks and the statistic layers with their colorbars."""
         self.gap_result = result
         self._show_masks(result)
