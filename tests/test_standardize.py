@@ -42,6 +42,8 @@ def _scene(rng, T, H, W):
     state[6, :, : W // 2] = CLEAR  # mostly cloudy elsewhere: over half cloudy, not standardized
     state[6, :, W // 2 :] = CLOUDY
     state[6, 0, : W // 2] = CLOUDY
+    state[7, 0, :3] = CLEAR  # values beyond NDVI's range fall in the end bins: still exact
+    obs[7, 0, :3] = (1.5, -3.0, 2.0)
     donor = rng.random((H, W)) < 0.4
     labels = np.array(["train", "validation", "test"] * (T // 3 + 1))[:T]
     return state, obs, smooth, donor, labels

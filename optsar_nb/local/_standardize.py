@@ -3,14 +3,15 @@
 B.9 maps an image's smoothed prediction onto the distribution of its clear observations, from the
 mean and two interval means (the mean of the values between two quantiles) of each, over the same
 pixels (:func:`~optsar_nb.local.steps_post.standardize_one` does it on one whole image). Here no
-image is ever gathered in one place: every pass reads blocks (time, y, x) of the staged stacks
-and returns small per-image results that are summed, so the statistics are reductions like the
-others of the job, and run on any dask scheduler. The quantiles are exact: the order statistics
-of the whole image, interpolated as numpy's default ("linear") does.
+image is ever gathered in one place: every pass (compiled) reads blocks (time, y, x) of the staged
+stacks and returns small per-image results combined in a tree of tasks, so the statistics are
+reductions like the others of the job and run on any dask scheduler. The quantiles are exact:
+the order statistics of the whole image, interpolated as numpy's default ("linear") does.
 
-1. per image and series (observation, prediction): count, sum, minimum and maximum;
-2. a histogram of N_BINS equal bins between minimum and maximum, which gives the bin holding each
-   order statistic a quantile needs and how many values lie below that bin;
+1. per image: count and sums of both series (observation, prediction), the prediction's range;
+2. a histogram of N_BINS equal bins (observations on [-1, 1], where NDVI lies; predictions on
+   their range), which gives the bin holding each order statistic a quantile needs and how many
+   values lie below that bin;
 3. the values of those bins only (a few per thousand of an image), gathered and sorted: the order
    statistics, hence the quantiles;
 4. the sums and counts of the values within each interval;
@@ -202,7 +203,8 @@ def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
     n, T = r[0].astype(np.int64), r.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = r[1:3] / n
-        # observations are NDVI (checked on input to lie in [-1, 1]); predictions between their extremes
+        # observations are NDVI, in [-1, 1] (any beyond fall in the end bins: still exact, only slower);
+        # predictions between their extremes
         lo = np.stack([np.full(T, -1.0), np.where(n > 0, r[3], 0.0)])
         width = np.stack([np.full(T, 2.0), np.where(n > 0, r[4] - r[3], 0.0)])
         scale = np.where(width > 0, N_BINS / width, 0.0)
