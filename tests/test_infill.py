@@ -717,3 +717,17 @@ def test_staged_stacks_at_an_fsspec_url(tmp_path):
     a, b = _read_outputs(here), _read_outputs(there)
     for name in a:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def test_report_series_interpolation_is_each_pixels_own(tmp_path):
+    """The report's time-series figure draws, per pixel, the linear interpolation between that
+    pixel's training observations (numpy's np.interp as the independent reference)."""
+    ndvi, state, vv, vh, _ = synthetic_scene()
+    run = inf.infill(ndvi, state, vv, vh, _params(), tmp_path, report=False)
+    s = run.series
+    assert s["interpolation"].shape == s["obs"].shape == (len(run.metadata), len(s["y"]))
+    for i in range(len(s["y"])):
+        train = (s["state"][:, i] == 1) & np.isin(s["labels"], ("train", "validation"))
+        train &= ~((s["labels"] == "validation") & bool(s["artificial"][i]))
+        expected = np.interp(s["days"], s["days"][train], s["obs"][train, i])
+        np.testing.assert_allclose(s["interpolation"][:, i], expected, rtol=0, atol=1e-6)

@@ -100,7 +100,7 @@ def series(stage: _accuracy.Stage) -> dict[str, np.ndarray]:
     series_obs = at(stage.obs).astype("float64")
     series_st = at(stage.state)
     donor = np.array([stage.donor[y, x] for y, x in zip(ys, xs)])
-    train = steps.training_mask(series_st, stage.labels, donor[None])
+    train = steps.training_mask(series_st[:, None, :], stage.labels, donor[None, :])[:, 0, :]  # (T, 1 row, n)
     interp = _postprocess.interpolation_baseline(np.where(train, series_obs, np.nan), stage.days)
     return {"days": np.asarray(stage.days), "y": ys, "x": xs, "obs": series_obs, "state": series_st,
             "pred": at(stage.pred).astype("float64"), "gapfree": gapfree, "interpolation": interp,
