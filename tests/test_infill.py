@@ -526,8 +526,7 @@ def test_standardization_applies_by_the_images_own_cloud_cover(tmp_path, monkeyp
     meta = pd.read_csv(run.paths["metadata"])
     (stats,) = seen
     donor = state.values[int(np.flatnonzero(ndvi.id.values == run.donor_id)[0])] == 0
-    finite = np.isfinite(pd.read_csv(run.paths["metadata"])["MAE"])  # every image has clear pixels
-    assert finite.all() and len(stats["cloud"]) == len(meta)
+    assert len(stats["cloud"]) == len(meta)
     out = _read_outputs(run)
     for i, row in meta.iterrows():
         t = int(np.flatnonzero(ndvi.id.values == row["ID"])[0])
