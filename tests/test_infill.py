@@ -518,20 +518,22 @@ def test_standardization_applies_by_the_images_own_cloud_cover(tmp_path, monkeyp
     original = _standardize.statistics
 
     def recording(blocks, *args):
-        seen.append(original(blocks, *args))
-        return seen[-1]
+        seen.append((blocks.cloud, original(blocks, *args)))
+        return seen[-1][1]
 
     monkeypatch.setattr(_standardize, "statistics", recording)
     run = inf.infill(ndvi, state, vv, vh, p, tmp_path, report=False)
     meta = pd.read_csv(run.paths["metadata"])
-    (stats,) = seen
+    ((cloud, stats),) = seen
     donor = state.values[int(np.flatnonzero(ndvi.id.values == run.donor_id)[0])] == 0
-    assert len(stats["cloud"]) == len(meta)
+    assert len(cloud) == len(meta)
     out = _read_outputs(run)
     for i, row in meta.iterrows():
         t = int(np.flatnonzero(ndvi.id.values == row["ID"])[0])
         clear = state.values[t] == 1
-        np.testing.assert_allclose(100 * stats["cloud"][i], row["Cloud_cover"], rtol=1e-9)
+        # the image's own cover, from its states (no artificial cloud), as its Cloud_cover says
+        np.testing.assert_allclose(cloud[i], 1 - clear.sum() / (state.values[t] != -1).sum(), rtol=1e-12)
+        np.testing.assert_allclose(100 * cloud[i], row["Cloud_cover"], rtol=1e-9)
         assert stats["apply"][i] == (row["Cloud_cover"] < 50)
         # the pixels its statistics use (observed and predicted): on a validation pair the clear
         # ones its artificial clouds leave visible

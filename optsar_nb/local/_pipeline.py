@@ -322,7 +322,8 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     lap("PCA smoothing (B.8)")
 
     # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
-    _, mae = _standardize.calibrate(_standardize.Blocks(z_smooth, z_obs, z_st, donor, labels, params), blocks,
+    cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
+    _, mae = _standardize.calibrate(_standardize.Blocks(z_smooth, z_obs, z_st, donor, labels, cloud, params), blocks,
                                     z_pred, workers)
     table = table.assign(MAE=mae)
     if z_smooth is not z_pred:

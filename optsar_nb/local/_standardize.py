@@ -27,7 +27,7 @@ import dask
 import numpy as np
 from numba import njit
 
-from ..missions import CLEAR, MISSING
+from ..missions import CLEAR
 from ..params import InfillParams
 from . import _postprocess, _store
 
@@ -44,6 +44,7 @@ class Blocks:
     state: object
     donor: object
     labels: np.ndarray
+    cloud: np.ndarray  # (T,) each image's cloud fraction over the AOI (its Cloud_cover / 100)
     params: InfillParams
 
     def read(self, rows: slice, cols: slice) -> tuple:
@@ -73,16 +74,13 @@ def _bin(v, lo, scale) -> int:
 
 @njit(cache=True, nogil=True)
 def _ranges_kernel(obs, pred, state, donor, validation, out):
-    """out (7, T): n, sum obs, sum pred, min pred, max pred, clear, valid."""
+    """out (5, T): n, sum obs, sum pred, min pred, max pred."""
     T, h, w = state.shape
     for t in range(T):
         for y in range(h):
             for x in range(w):
-                s = state[t, y, x]
-                out[6, t] += s != MISSING
-                out[5, t] += s == CLEAR
                 o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
-                if _used(o, p, s, validation[t] and donor[y, x]):
+                if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
                     out[0, t] += 1
                     out[1, t] += o
                     out[2, t] += p
@@ -141,7 +139,7 @@ def _interval_kernel(obs, pred, state, donor, validation, bounds, out):
 
 def _ranges(b: Blocks, rows, cols) -> np.ndarray:
     data = b.read(rows, cols)
-    out = np.zeros((7, data[2].shape[0]))
+    out = np.zeros((5, data[2].shape[0]))
     out[3], out[4] = np.inf, -np.inf
     _ranges_kernel(*data, out)
     return out
@@ -192,9 +190,9 @@ def lerp(a: float, b: float, t: float) -> float:
 
 
 def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
-    """Per image: ``cloud`` fraction, ``n`` pixels used, ``apply`` (B.9 applies) and (2, T, 3)
-    ``stats`` [mean, lower-interval mean, upper-interval mean] of the observation and the
-    prediction (NaN where an image has no used pixel)."""
+    """Per image: ``n`` pixels used, ``apply`` (B.9 applies: cloud cover under the threshold and
+    a pixel used) and (2, T, 3) ``stats`` [mean, lower-interval mean, upper-interval mean] of the
+    observation and the prediction (NaN where an image has no used pixel)."""
     def total(fn, *args, combine=operator.add):
         return _store.total([dask.delayed(fn)(b, rows, cols, *args) for rows, cols in blocks], combine,
                             processes=False, workers=workers)
@@ -242,8 +240,7 @@ def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         interval = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], bounds.mean(axis=3))  # none: the midpoint
     stats = np.concatenate([means[..., None], interval], axis=2)
-    cloud = 1.0 - r[5] / np.maximum(r[6], 1)
-    return {"cloud": cloud, "n": n, "apply": (cloud < p.standardize_max_cloud) & (n > 0),
+    return {"n": n, "apply": (b.cloud < p.standardize_max_cloud) & (n > 0),
             "stats": np.where((n > 0)[:, None], stats, np.nan)}
 
 
