@@ -197,6 +197,59 @@ def test_pca_smoothing_equals_numpy_svd():
     assert np.isnan(got[:, 0, 0]).all()
 
 
+def test_blockwise_pca_of_the_job_equals_numpy_svd():
+    """The job's B.8 over blocks (partial sums in the fused stage, uncentred; component scores
+    staged per block; the smoothed prediction rebuilt from them for any region) equals the SVD
+    reconstruction; pixels with an incomplete series keep their prediction."""
+    from optsar_nb.local import _fused
+
+    rng = np.random.default_rng(7)
+    T, H, W, k = 30, 21, 17, 3
+    base = np.cos(np.linspace(0, 4, T))[:, None, None] * rng.normal(0.6, 0.2, size=(1, H, W))
+    pred = (0.3 + base + rng.normal(scale=0.05, size=(T, H, W))).astype("float32")
+    pred[:, 0, 0] = np.nan  # no prediction
+    pred[5, 3, 4] = np.nan  # an incomplete series
+    blocks = [(slice(r, min(r + 8, H)), slice(c, min(c + 8, W))) for r in range(0, H, 8) for c in range(0, W, 8)]
+    means, basis = _fused.pca_basis(sum(_fused.pca_sums(pred[:, r, c]) for r, c in blocks), T, k)
+    scores = np.full((k, H, W), np.nan)
+    for r, c in blocks:
+        scores[:, r, c] = _fused.pca_scores(pred[:, r, c], means, basis)
+    ok = np.isfinite(pred).all(axis=0)
+    rest = np.where(ok, np.nan, pred).astype("float32")
+    got = _fused.smooth_block(scores, rest, means, basis, slice(2, 19), slice(0, 13))  # any region
+    Z = pred[:, ok].astype("float64").T
+    mean = Z.mean(axis=0)
+    _, _, vt = np.linalg.svd(Z - mean, full_matrices=False)
+    want = np.full((T, H, W), np.nan)
+    want[:, ok] = ((Z - mean) @ vt[:k].T @ vt[:k] + mean).T
+    want[:, ~ok] = pred[:, ~ok]
+    np.testing.assert_allclose(got, want[:, 2:19, 0:13], rtol=0, atol=1e-12)
+    assert np.isnan(got[5, 1, 4]) and got[4, 1, 4] == pred[4, 3, 4]  # left as it is
+
+
+def test_block_array_reads_like_the_array_it_stands_for():
+    """A BlockArray computes only the region asked for and is sliced like numpy."""
+    import dask.array as da
+
+    from optsar_nb.local._blocks import BlockArray
+
+    values = np.arange(2 * 3 * 7 * 5, dtype="float32").reshape(2, 3, 7, 5)
+    asked = []
+
+    def fn(rows, cols):
+        asked.append((rows, cols))
+        return values[..., rows, cols]
+
+    a = BlockArray(fn, values.shape, values.dtype)
+    for key in [(slice(None), slice(None), slice(2, 6), slice(1, 4)), (1,), (0, 2, 3, 4), (slice(None), 1, -1),
+                (slice(None), slice(0, 2), slice(5, 99), slice(None)), (1, 2, slice(3, 3), 0)]:
+        np.testing.assert_array_equal(a[key], values[key], err_msg=str(key))
+    assert asked[0] == (slice(2, 6), slice(1, 4)) and asked[2] == (slice(3, 4), slice(4, 5))
+    assert da.from_array(a, chunks=(2, 3, 4, 4), name="t").compute().tolist() == values.tolist()
+    with pytest.raises(IndexError):
+        a[0, 0, :, ::2]
+
+
 def test_standardization_matches_hand_values():
     obs = np.arange(1, 21, dtype="float64") / 20  # 0.05 .. 1.0
     pred = np.arange(1, 21, dtype="float64") / 40 + 0.2  # 0.225 .. 0.7

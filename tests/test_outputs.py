@@ -200,7 +200,7 @@ def test_kill_9_leaves_no_worker_and_the_next_run_cleans_up(tmp_path, wide_scene
     workers: list[int] = []
     while time.time() < deadline and len(workers) < 2:
         time.sleep(0.2)
-        if list(tmp_path.glob(".optsar-work-*/pred/zarr.json")):
+        if list(tmp_path.glob(".optsar-work-*/coef/zarr.json")):
             workers = _children(run.pid)
     assert len(workers) >= 2, "the run never started its worker processes"
     run.kill()
@@ -354,7 +354,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(unprivileged, job)
 def test_sigterm_and_ctrl_c_end_with_one_line_and_remove_temporary_files(tmp_path, sent, code, said):
     run = optsar([*INFILL, "--out", tmp_path, "--workers", "1"], wait=False)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/pred/zarr.json")):
+    while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/coef/zarr.json")):
         time.sleep(0.1)
     os.kill(run.pid, sent)
     assert run.wait(timeout=120) == code

@@ -6,12 +6,13 @@ leave-out errors that calibrate the standard error, and the errors of every esti
 model, fusion, per-pixel mean, linear interpolation) on the same validation and test pixels,
 per bin of distance to the nearest clear training observation. The sums are AOI-wide
 reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
-:func:`gapfree_se_block`) are computed from the same staged stacks when the outputs are written.
+:func:`gapfree_se_block`) are computed from the same stacks when the outputs are written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import dask
 import numpy as np
@@ -20,6 +21,7 @@ import pandas as pd
 from ..missions import CLEAR
 from ..params import InfillParams
 from . import _kernels, _postprocess, _store, fusion, steps
+from ._blocks import BlockArray
 from ._fused import read_with_halo
 
 ESTIMATES = ("model", "fusion", "pixel_mean", "interpolation")
@@ -29,15 +31,14 @@ WITH_SE = ("model", "fusion")  # estimates that carry a standard error
 
 @dataclass
 class Stage:
-    """The staged stacks (Zarr arrays, see ``_store``) and the quantities every block needs."""
+    """The stacks (staged Zarr arrays, see ``_store``, or recomputed per block: ``_blocks.BlockArray``)
+    and the quantities every block needs."""
 
     obs: np.ndarray  # (T, H, W) clear observations, NaN elsewhere
     state: np.ndarray  # (T, H, W) CLEAR / CLOUDY / MISSING
     pred: np.ndarray  # (T, H, W) calibrated S1 predictions
     nmean: np.ndarray  # (2, T, H, W) the fusion's S1 covariates
     alpha: np.ndarray  # (H, W) per-pixel reliability of the S1 correction (written by the scoring pass)
-    fused: np.ndarray  # (T, H, W) the fused estimate from every clear view (written by the scoring pass)
-    se_bin: np.ndarray  # (T, H, W) int8 its standard-error bin, -1 without clear view (written by the scoring pass)
     donor: np.ndarray  # (H, W) bool, the artificial clouds
     labels: np.ndarray  # (T,) split labels
     days: np.ndarray  # (T,) days since the start
@@ -47,8 +48,7 @@ class Stage:
 
 
 def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]:
-    """The scoring pass on one block; writes the block's reliability into ``stage.alpha`` and the
-    product's fused estimate (from every clear view) into ``stage.fused``."""
+    """The scoring pass on one block; writes the block's reliability into ``stage.alpha``."""
     s3, donor = np.asarray(stage.state[:, rows, cols]), stage.donor[rows, cols]
     T = s3.shape[0]
     o = np.asarray(stage.obs[:, rows, cols], dtype="float64").reshape(T, -1)
@@ -71,10 +71,6 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     sums, hist = fusion.score_errors(o, pred, fused, interp, pm, score, gbin, sbin, split, len(SCORED_SPLITS))
     in_aoi = np.isfinite(pred)
     out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
-    clear = (s == CLEAR) & np.isfinite(o)
-    product, _, _, _, product_se_bin = fusion.fused(o, clear, nm, stage.days, stage.weights, alpha, where=~clear)
-    stage.fused[:, rows, cols] = product.reshape(s3.shape)
-    stage.se_bin[:, rows, cols] = product_se_bin.reshape(s3.shape)
     # a seeded sample of the scored points for the scatter figure
     t, n = np.nonzero(score)
     pick = np.random.default_rng([stage.params.seed, rows.start, cols.start]).random(t.size) < stage.sample_fraction
@@ -138,6 +134,26 @@ def _se_bin_probes():
 
 # ---------------------------------------------------------------------------------------------
 # the product's blocks
+def product(stage: Stage, rows: slice, cols: slice, *, with_s1: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The product's fused estimate from every clear view of a block (T, h, w), where the pixel is
+    not clear, and its SE bin (int8, -1 without clear view). Without ``with_s1`` the S1 covariates
+    are not computed (the SE bin depends only on the distances to the clear views) and the
+    estimate is the interpolation with the climatology's correction."""
+    o3 = np.asarray(stage.obs[:, rows, cols], dtype="float64")
+    T, h, w = o3.shape
+    o = o3.reshape(T, -1)
+    clear = (np.asarray(stage.state[:, rows, cols]).reshape(T, -1) == CLEAR) & np.isfinite(o)
+    K = stage.nmean.shape[0]
+    nm = np.asarray(stage.nmean[:, :, rows, cols]) if with_s1 else np.full((K, T, h, w), np.nan, "float32")
+    est, _, _, _, sbin = fusion.fused(o, clear, nm.reshape(K, T, -1), stage.days, stage.weights,
+                                      np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)
+    return est.reshape(T, h, w), sbin.reshape(T, h, w)
+
+
+def _fused_estimate(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
+    return product(stage, rows, cols)[0]
+
+
 def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray:
     """NDVI_gapfree on one block: the clear observation where there is one, else the method's
     estimate ("fusion": the fused estimate; "paper": the calibrated S1 prediction, the fused
@@ -146,7 +162,8 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
     p = stage.params
     if p.method == "paper":  # the focal median reads a halo (NaN beyond the image)
         depth = int(np.ceil(p.focal_median_radius_px))
-        o, state, fused, pred = (read_with_halo(a, rows, cols, depth) for a in (stage.obs, stage.state, stage.fused,
+        fused = BlockArray(partial(_fused_estimate, stage), stage.obs.shape, "float64")
+        o, state, fused, pred = (read_with_halo(a, rows, cols, depth) for a in (stage.obs, stage.state, fused,
                                                                                 stage.pred))
         est = np.where(np.isfinite(pred), pred, fused)
         keep = read_with_halo(inside[None], rows, cols, depth)[0] == 1 if inside is not None else None
@@ -154,7 +171,8 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
         fill = _kernels.focal_median(fill, p.focal_median_radius_px, inset=depth)
     else:
         o = np.asarray(stage.obs[:, rows, cols])
-        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o, stage.fused[:, rows, cols])
+        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o,
+                        product(stage, rows, cols)[0]).astype("float32")
         if inside is not None:
             fill[:, inside[rows, cols] != 1] = np.nan
     return np.clip(fill, -1.0, 1.0, out=fill)
@@ -167,7 +185,7 @@ def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray
     def lookup(table):  # SE bin -1 (no clear view) -> NaN
         return np.concatenate([[np.nan], table]).astype("float32")[sb + 1]
 
-    sb = np.asarray(stage.se_bin[:, rows, cols]).astype(np.intp)
+    sb = product(stage, rows, cols, with_s1=False)[1].astype(np.intp)
     out = lookup(se["fusion"])
     if stage.params.method == "paper":  # the S1 regression's own SE where it predicts
         out = np.where(np.isfinite(stage.pred[:, rows, cols]), lookup(se["model"]), out)

@@ -23,6 +23,33 @@ class _Blocks:
         return np.array(self.values[key])
 
 
+class BlockArray:
+    """A (lead..., H, W) array whose values are computed when a region is read: ``fn(rows, cols)``
+    (slices) returns the region's (lead..., h, w) values. Sliced like numpy (slices of step 1 or
+    integers on y and x, any index on the leading axes), it stands for a staged stack that is
+    cheaper to recompute than to keep (``dask.array.from_array`` takes it too)."""
+
+    def __init__(self, fn, shape, dtype):
+        self.fn, self.shape, self.dtype, self.ndim = fn, tuple(shape), np.dtype(dtype), len(shape)
+
+    def __getitem__(self, key):
+        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * self.ndim
+        key = key[: self.ndim]
+        spatial = []
+        for k, n in zip(key[-2:], self.shape[-2:]):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    raise IndexError("a BlockArray is read by slices of step 1")
+                spatial.append(slice(start, max(start, stop)))
+            else:
+                k = int(k) + (n if int(k) < 0 else 0)
+                spatial.append(slice(k, k + 1))
+        out = self.fn(*spatial)
+        keep = tuple(slice(None) if isinstance(k, slice) else 0 for k in key[-2:])
+        return out[(*key[:-2], *keep)]
+
+
 def lazy_array(values: np.ndarray, chunks) -> da.Array:
     """A dask array over an in-memory array that holds one block per task, not a copy of the
     whole (``dask.array.from_array`` copies the whole array up front). ``name=False``: the data

@@ -47,7 +47,9 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     twice for two windows it straddles.
     """
     tiles = (-1, TILE_PX, TILE_PX)
-    pred_da = _stack_like(da.from_zarr(stage.pred, chunks=tiles), ndvi, table, "NDVI_Pred")
+    # recomputed tile by tile (named here: dask would otherwise hash what it reads to name it)
+    pred_da = _stack_like(da.from_array(stage.pred, chunks=tiles, name=f"NDVI_Pred-{uuid.uuid4().hex}"), ndvi, table,
+                          "NDVI_Pred")
     obs_da = _stack_like(da.from_zarr(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
     st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
     inside = np.asarray(inside.values) if inside is not None else None
@@ -83,12 +85,12 @@ def split_samples(samples: np.ndarray) -> dict[str, np.ndarray]:
     return {split: samples[samples[:, i] == 1][:, n_splits:] for i, split in enumerate(_accuracy.SCORED_SPLITS)}
 
 
-def series(stage: _accuracy.Stage) -> dict[str, np.ndarray]:
-    """Time series of a few pixels with finite predictions (seeded choice) for the report."""
-    ok = np.flatnonzero(np.isfinite(stage.pred[0]).ravel())
+def series(stage: _accuracy.Stage, modelled: np.ndarray) -> dict[str, np.ndarray]:
+    """Time series of a few pixels with a model (``modelled``, (H, W); seeded choice) for the report."""
+    ok = np.flatnonzero(modelled.ravel())
     if ok.size == 0:
         return {}
-    H, W = stage.pred.shape[1:]
+    H, W = modelled.shape
     pick = np.sort(np.random.default_rng(stage.params.seed).choice(ok, min(SERIES_PIXELS, ok.size), replace=False))
     ys, xs = np.unravel_index(pick, (H, W))
     one = [(slice(y, y + 1), slice(x, x + 1)) for y, x in zip(ys, xs)]

@@ -5,31 +5,35 @@ reductions, run on the active scheduler (``_store.compute``):
 1. the optical inputs are read once: clear observations and states staged, per-image cloud
    statistics counted on the staged states; sparse and unpaired images are then dropped (the
    staged stacks compacted);
-2. S1 is read once: the aligned images staged, their window means' AOI means reduced;
+2. S1 is read once: the aligned images staged (compressed), their window means' AOI means reduced;
 3. the fused stage (``_fused``), block by block (worker processes on one machine): the staged
    S1 read with the block's halo and averaged over the windows, covariates, robust regression,
-   prediction, the fusion's S1 covariates staged and a sample of its leave-out rows, from which
-   the fusion weights are fitted;
-4. PCA smoothing (two global reductions, then the reconstruction, staged);
+   prediction; the coefficients staged, the PCA's sums and a sample of the fusion's leave-out
+   rows returned, from which the PCA components and the fusion weights follow;
+4. PCA smoothing: each block's prediction recomputed and its component scores staged;
 5. standardization (``_standardize``: each image's statistics, exact quantiles included, as
    reductions over blocks), then the per-image MAE;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
    standard errors' calibration, every estimate's errors by gap length;
-7. the outputs, tile by tile (the gap fill reads its halo from the staged stacks).
+7. the outputs, tile by tile.
 
 Staged stacks are Zarr arrays (``_store.Store``) in a run folder under ``work_dir``: a local
 folder by default, or an fsspec URL that every worker of a cluster reaches. Their chunks are
 (time, block, block): a block task reads and writes whole chunks, so no two tasks write one chunk.
 
-Why staged: the prediction stack feeds several global reductions in turn (PCA means, PCA
-covariance, the standardization's statistics), so it is computed once and kept instead of in
-memory or recomputed; the observations and states are read by every later pass. S1 is staged
-as it is read, aligned (float32: 8 bytes per pixel and S1 image for both polarizations), and
-each block averages it over the windows itself, halo included: the window means would take 16
-bytes per pixel and pair (float64), and re-reading S1 from compressed input files over every
-block's halo decompresses each file tile many times. Peak memory is then a few blocks per core,
-whatever the scene size; disk use is at most ``_store.staging_bytes`` (about 25 bytes per pixel
-and image; less, as states and cloudy observations compress).
+What is staged, and what recomputed: the observations, states and aligned S1 are staged
+(compressed) as every later pass reads them; of the results only the coefficients (11 per
+pixel), the PCA component scores (floor(pca_fraction x T) per pixel, float64) and the fusion's
+per-pixel reliability. Everything else is recomputed per block where it is read
+(``_blocks.BlockArray``): the smoothed prediction from its scores (cheap; pixels whose series B.8
+leaves as it is are staged as they are, ``rest``), the calibrated one from it and B.9's
+per-image statistics, the fusion's S1 covariates from the staged S1 (twice: scoring, outputs),
+the fused estimate from those. Recomputing is exact: the same operations on the same values.
+Disk use is then at most ``_store.staging_bytes``: about 6 bytes per pixel and optical image
+and 8 per S1 image before compression, for a 2750 x 4671 px scene of 380 images about 15 GB
+after it (the prediction stacks staged at full size would take 140 GB). The S1 window means
+(float64) are not staged: each block averages the staged S1 itself, halo included. Peak memory
+is a few blocks per core, whatever the scene size.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -51,8 +56,8 @@ from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR
 from ..outputs import write_csv
 from ..params import InfillParams
-from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps, steps_post
-from ._blocks import _dask
+from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps
+from ._blocks import BlockArray, _dask
 from .gaps import aoi_mask, select_period
 
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
@@ -126,8 +131,9 @@ def infill(
 
     ``workers``: cores to use on this machine (default: all; ignored on a cluster).
     ``work_dir``: where the job stages its temporary stacks (default: ``out_dir``), a folder or an
-    fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 25 bytes
-    per pixel and image (``_store.staging_bytes``), which is checked first on a local folder.
+    fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 6 bytes
+    per pixel and optical image and 8 per S1 image before compression (``_store.staging_bytes``),
+    which is checked first on a local folder.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
     from ..products import INFILL_MANIFEST_JOB
@@ -241,7 +247,7 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[np.ndarray,
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
         s1 = _dask(band, (-1, edge, edge))  # bounded temporaries
         s1 = s1.astype(np.result_type(s1.dtype, np.float32))
-        z = store.create(name, s1.shape, (s1.shape[0], edge, edge), s1.dtype)
+        z = store.create(name, s1.shape, (s1.shape[0], edge, edge), s1.dtype, compress=True)
         da.store(s1, z, lock=False)
         s1 = da.from_zarr(z)
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
@@ -293,48 +299,50 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, store, edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
-    # B.3-B.7 fused per block; the fusion's covariates staged and its leave-out rows sampled
+    # B.3-B.7 fused per block: coefficients staged, the PCA's sums and the fusion's leave-out rows returned
+    k = steps.pca_components(T, params)
+    pca = 1 <= k < T
     z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64")
-    z_pred = store.create("pred", (T, H, W), (T, edge, edge), "float32")
-    z_nmean = store.create("nmean", (len(steps.FUSION_COVARIATES), T, H, W),
-                           (len(steps.FUSION_COVARIATES), T, edge, edge), "float32")
+    z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", compress=True)
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
     stage = {name: store.open(name) for name in ("s1_vv", "s1_vh", "inside")}
-    stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, pred=z_pred, nmean=z_nmean, weights=weights,
-                 vv_mean=vv_mean, vh_mean=vh_mean, labels=labels, days=days, params=params,
+    stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, rest=z_rest, weights=weights,
+                 vv_mean=vv_mean, vh_mean=vh_mean, labels=labels, days=days, params=params, pca=pca,
                  row_fraction=min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W)))
-    shared = _store.share(stage)
     blocks = _blocks(H, W, edge)
-    leave_out = _fused.concat(_store.compute([dask.delayed(_fused.fit_predict_block)(shared, rows, cols)
-                                              for rows, cols in blocks], processes=True, workers=workers))
-    for name in ("s1_vv", "s1_vh"):  # disk back as soon as the stage is done
-        store.remove(name)
-    fusion_weights = fusion.fit_weights(leave_out["bin"], leave_out["resid"], leave_out["dep"])
+    shared = _store.share(stage)
+    fused = _store.total([dask.delayed(_fused.fit_predict_block)(shared, rows, cols) for rows, cols in blocks],
+                         _fused.combine, processes=True, workers=workers)
+    fusion_weights = fusion.fit_weights(fused["bin"], fused["resid"], fused["dep"])
     lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
 
-    # B.8 PCA smoothing, staged in float64 for B.9 (see steps_post.pca_smooth)
-    pred_lazy = xr.DataArray(da.from_zarr(z_pred, chunks=(-1, edge, edge)), dims=("time", "y", "x"))
-    smoothed = steps_post.pca_smooth(pred_lazy, params, dtype="float64")
-    z_smooth = z_pred
-    if smoothed is not pred_lazy:
-        z_smooth = store.create("smoothed", (T, H, W), (T, edge, edge), "float64")
-        da.store(smoothed.data.rechunk(z_smooth.chunks), z_smooth, lock=False)
+    # B.8 PCA smoothing: the components from the stage's sums, each pixel's scores from its
+    # recomputed prediction (float64, the precision B.9 reads; see steps_post.pca_smooth)
+    means = basis = z_scores = None
+    if pca:
+        means, basis = _fused.pca_basis(fused["pca"], T, k)
+        z_scores = store.create("scores", (k, H, W), (k, edge, edge), "float64")
+        stage.update(means=means, basis=basis, scores=z_scores)
+        shared = _store.share(stage)
+        _store.compute([dask.delayed(_fused.project_block)(shared, rows, cols) for rows, cols in blocks],
+                       processes=True, workers=workers)
+    smooth = BlockArray(partial(_fused.smooth_block, z_scores, z_rest, means, basis), (T, H, W), "float64")
     lap("PCA smoothing (B.8)")
 
     # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
     cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
-    _, mae = _standardize.calibrate(_standardize.Blocks(z_smooth, z_obs, z_st, donor, labels, cloud, params), blocks,
-                                    z_pred, workers)
+    b9 = _standardize.Blocks(smooth, z_obs, z_st, donor, labels, cloud, params)
+    b9_stats, mae = _standardize.calibrate(b9, blocks, workers)
     table = table.assign(MAE=mae)
-    if z_smooth is not z_pred:
-        store.remove("smoothed")
     lap("standardization, MAE (B.9-B.10)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
-    stage = _accuracy.Stage(obs=z_obs, state=z_st, pred=z_pred, nmean=z_nmean, donor=donor,
-                            alpha=store.create("alpha", (H, W), (edge, edge), "float32"),
-                            fused=store.create("fused", (T, H, W), (T, edge, edge), "float32"),
-                            se_bin=store.create("se_bin", (T, H, W), (T, edge, edge), "int8", compress=True),
+    s1_stage = {key: stage[key] for key in ("s1_vv", "s1_vh", "inside", "weights", "vv_mean", "vh_mean", "params")}
+    stage = _accuracy.Stage(obs=z_obs, state=z_st, donor=donor,
+                            pred=BlockArray(partial(_standardize.calibrated_block, b9, b9_stats), (T, H, W), "float32"),
+                            nmean=BlockArray(partial(_fused.fusion_covariates, s1_stage),
+                                             (len(steps.FUSION_COVARIATES), T, H, W), "float32"),
+                            alpha=store.create("alpha", (H, W), (edge, edge), "float64"),
                             labels=labels, days=days, weights=fusion_weights, params=params,
                             sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
     scores = _accuracy.score(stage, blocks, workers)
@@ -347,8 +355,8 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     coef_ok = np.isfinite(coef0)
     overall = metrics_by_gap[metrics_by_gap.gap_bin == "all"].drop(columns="gap_bin").reset_index(drop=True)
     run = InfillRun(params=params, paths=paths, metadata=table, metrics=overall, metrics_by_gap=metrics_by_gap,
-                    donor_id=str(table["ID"][donor_pos]),
-                    samples=_infill_outputs.split_samples(scores["samples"]), series=_infill_outputs.series(stage),
+                    donor_id=str(table["ID"][donor_pos]), samples=_infill_outputs.split_samples(scores["samples"]),
+                    series=_infill_outputs.series(stage, coef_ok),
                     timings=timings, rank_deficient_pixels=int((coef_ok & (rank < 9)).sum()),
                     underdetermined_pixels=int((~coef_ok & in_aoi & (n_train < 9)).sum()),
                     guarded_pixels=int((~coef_ok & in_aoi & (n_train >= 9)).sum()),

@@ -244,14 +244,23 @@ def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
             "stats": np.where((n > 0)[:, None], stats, np.nan)}
 
 
-def calibrate_block(b: Blocks, rows, cols, out, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """B.9 on one block, written into ``out`` (T, H, W) float32; returns its (2, T) MAE sums
-    [sum |obs - calibrated|, count] over the clear pixels (B.10)."""
-    smooth = np.asarray(b.smooth[:, rows, cols])
+def calibrated(smooth: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """B.9 applied to a block's (T, h, w) smoothed prediction with its images' statistics
+    (:func:`statistics`): the calibrated prediction, float32."""
     cal = smooth.astype("float32")
     for t in np.flatnonzero(stats["apply"]):
         cal[t] = _postprocess.standardize_image(smooth[t], stats["stats"][OBS, t], stats["stats"][PRED, t])
-    out[:, rows, cols] = cal
+    return cal
+
+
+def calibrated_block(b: Blocks, stats: dict[str, np.ndarray], rows: slice, cols: slice) -> np.ndarray:
+    """The calibrated prediction of a block of ``b`` (the argument order of ``_blocks.BlockArray``)."""
+    return calibrated(np.asarray(b.smooth[:, rows, cols]), stats)
+
+
+def _mae_sums(b: Blocks, rows, cols, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """A block's (2, T) MAE sums [sum |obs - calibrated|, count] over the clear pixels (B.10)."""
+    cal = calibrated_block(b, stats, rows, cols)
     obs = np.asarray(b.obs[:, rows, cols])
     ok = (np.asarray(b.state[:, rows, cols]) == CLEAR) & np.isfinite(obs) & np.isfinite(cal)
     err = np.where(ok, np.abs(obs.astype("float64") - cal), 0.0)
@@ -259,11 +268,11 @@ def calibrate_block(b: Blocks, rows, cols, out, stats: dict[str, np.ndarray]) ->
     return np.stack([err.reshape(T, -1).sum(axis=1), ok.reshape(T, -1).sum(axis=1)])
 
 
-def calibrate(b: Blocks, blocks, out, workers: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """B.9-B.10 over all blocks: the calibrated predictions written into ``out``; returns the
-    statistics (:func:`statistics`) and the per-image MAE (-1 where an image has no clear pixel)."""
+def calibrate(b: Blocks, blocks, workers: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """B.9-B.10 over all blocks: returns the statistics (:func:`statistics`), with which
+    :func:`calibrated` maps any block, and the per-image MAE (-1 where an image has no clear pixel)."""
     stats = statistics(b, blocks, workers)
-    sums = _store.total([dask.delayed(calibrate_block)(b, rows, cols, out, stats) for rows, cols in blocks],
+    sums = _store.total([dask.delayed(_mae_sums)(b, rows, cols, stats) for rows, cols in blocks],
                         operator.add, processes=False, workers=workers)
     with np.errstate(invalid="ignore", divide="ignore"):
         return stats, np.where(sums[1] > 0, sums[0] / sums[1], -1.0)

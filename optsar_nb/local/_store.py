@@ -30,9 +30,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import InsufficientDisk, WorkerFailed
 
-# zstd at its fastest level for the stacks that compress (states, observations that are NaN where
-# cloudy); float stacks of predictions compress little and are stored raw.
-FAST_ZSTD = zarr.codecs.ZstdCodec(level=1)
+# zstd at its fastest level after a bit shuffle, for the stacks that compress (states, observations
+# that are NaN where cloudy, S1); float stacks of results compress little and are stored raw.
+FAST_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 class Store:
@@ -168,14 +168,16 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-# Temporary disk per pixel and optical image: observations (float32), states (int8), the
-# predictions and the fusion's two covariates (float32) while the regression runs (17 bytes),
-# plus the aligned S1 (S1_BYTES_PER_IMAGE per pixel and S1 image); then the PCA-smoothed
-# predictions in float64 until B.9 has read them (25 bytes); then the fused estimate (float32)
-# and its standard-error bin (int8) (22 bytes). The coefficient image adds 88 bytes per pixel.
-# Upper bounds: states, and observations where it is cloudy, compress.
-STAGING_BYTES_PER_SAMPLE = 25
-FUSED_STAGE_BYTES_PER_SAMPLE = 17
+# Temporary disk per pixel and optical image, before compression: observations (float32) and
+# states (int8), twice while the images kept are copied out of the period's; then the B.8 component
+# scores (float64, pca_fraction of the images: 0.8 bytes by default), and up to 4 bytes more for
+# pixels whose prediction series is incomplete (B.8 leaves them as they are: staged as they are).
+# The aligned S1 adds S1_BYTES_PER_IMAGE per pixel and S1 image, the coefficient image and the
+# fusion's per-pixel reliability 96 bytes per pixel. Upper bounds but for the incomplete series:
+# everything but the scores and coefficients is compressed, and states and cloudy observations
+# compress well.
+STAGING_BYTES_PER_SAMPLE = 5
+SCORE_BYTES_PER_SAMPLE = 0.8
 S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
@@ -185,9 +187,9 @@ OUTPUT_BYTES_PER_SAMPLE = 17
 def staging_bytes(n_images: int, n_s1: int, h: int, w: int) -> int:
     """The largest temporary disk use of an infilling of ``n_images`` optical and ``n_s1`` S1
     images of ``h`` x ``w`` px (the coefficient image included)."""
-    per_pixel = max(FUSED_STAGE_BYTES_PER_SAMPLE * n_images + S1_BYTES_PER_IMAGE * n_s1,
-                    STAGING_BYTES_PER_SAMPLE * n_images)
-    return (per_pixel + 11 * 8) * h * w
+    per_pixel = max(2 * STAGING_BYTES_PER_SAMPLE * n_images,
+                    (STAGING_BYTES_PER_SAMPLE + SCORE_BYTES_PER_SAMPLE) * n_images + S1_BYTES_PER_IMAGE * n_s1)
+    return int((per_pixel + 12 * 8) * h * w)
 
 
 def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path) -> None:

@@ -148,8 +148,9 @@ COVARIATE_SLAB_PIXELS = 1 << 19  # pixels (with halo) of the images one slab of 
 
 
 def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray, vh_mean: np.ndarray,
-                    params: InfillParams, inside: np.ndarray | None = None) -> np.ndarray:
-    """B.3 + B.4 on one block: (T, y, x) S1 window means -> (8, T, y', x') smoothed covariates.
+                    params: InfillParams, inside: np.ndarray | None = None, *, fusion_only: bool = False) -> np.ndarray:
+    """B.3 + B.4 on one block: (T, y, x) S1 window means -> (8, T, y', x') smoothed covariates
+    (``fusion_only``: only the fusion's, (2, T, y', x') in FUSION_COVARIATES order).
 
     The input carries a halo of ``covariate_halo(params)`` pixels on each side (NaN beyond the
     image) and the output is the block without it, exact at the block's edges. Order:
@@ -166,20 +167,21 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     """
     depth = covariate_halo(params)
     T, h, w = vv_win.shape[0], vv_win.shape[-2] - 2 * depth, vv_win.shape[-1] - 2 * depth
-    out = np.empty((8, T, h, w), dtype="float32")
+    out = np.empty((len(FUSION_COVARIATES) if fusion_only else len(COVARIATES), T, h, w), dtype="float32")
     # images are independent: slabs of a few keep the kernels' temporaries small (cache-sized,
     # and recycled by the allocator instead of mapped afresh)
     step = max(1, COVARIATE_SLAB_PIXELS // (vv_win.shape[-2] * vv_win.shape[-1]))
     vv_mean, vh_mean = (np.asarray(m, dtype="float64").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
     for t in range(0, T, step):
         sl = slice(t, t + step)
-        _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl])
+        _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl], fusion_only)
     if inside is not None:
         out[:, :, ~np.asarray(inside, dtype=bool)] = np.nan
     return out
 
 
-def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out: np.ndarray) -> None:
+def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out: np.ndarray,
+                    fusion_only: bool) -> None:
     r_n, r_m = params.neighbourhood_radius_px, params.focal_median_radius_px
     depth, m = covariate_halo(params), int(np.ceil(r_m))
     h, w = out.shape[-2:]
@@ -189,6 +191,9 @@ def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out:
         win = np.asarray(win, dtype="float64")  # float64 throughout; ``out`` (float32) rounds once
         # the box mean over the core + median halo: the input's outer r_n pixels are its halo
         nmean = _kernels.box_mean(win, r_n, inset=r_n)
+        if fusion_only:  # VV_Nmean, VH_Nmean
+            out[k] = _kernels.focal_median(nmean, r_m, inset=m)
+            continue
         pix = win[ring]
         out[0 + k] = np.where(np.isfinite(pix[core]), mean, np.nan)
         # the medians read the median halo ``m`` and cover only the core
