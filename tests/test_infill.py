@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -771,6 +773,32 @@ def test_staged_stacks_at_an_fsspec_url(tmp_path):
     a, b = _read_outputs(here), _read_outputs(there)
     for name in a:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def test_only_inputs_coefficients_and_scores_are_staged(tmp_path, monkeypatch):
+    """The staged stacks are the inputs (observations, states, S1), the coefficients, B.8's
+    component scores and the fusion's reliability, not the prediction stacks (which are
+    recomputed): what is in the run folder just before it is removed."""
+    import zarr
+
+    from optsar_nb.local import _store
+
+    seen = {}
+    destroy = _store.Store.destroy
+
+    def record(store):
+        for folder in Path(store.location).iterdir():
+            seen[folder.name.removesuffix("_all")] = zarr.open_array(store=str(folder), mode="r")
+        destroy(store)
+
+    monkeypatch.setattr(_store.Store, "destroy", record)
+    ndvi, state, vv, vh, _ = synthetic_scene(H=24, W=20, T=30)
+    run = inf.infill(ndvi, state, vv, vh, _params(), tmp_path, report=False, workers=1)
+    T = len(run.metadata)
+    assert set(seen) == {"obs", "state", "s1_vv", "s1_vh", "donor", "inside", "coef", "scores", "rest", "alpha"}
+    assert seen["scores"].shape == (int(0.1 * T), 24, 20) and seen["coef"].shape == (11, 24, 20)
+    # the predictions B.8 leaves as they are: here every modelled pixel's series is complete
+    assert seen["rest"].nchunks_initialized == 0
 
 
 def test_report_series_interpolation_is_each_pixels_own(tmp_path):
