@@ -801,6 +801,33 @@ def test_only_inputs_coefficients_and_scores_are_staged(tmp_path, monkeypatch):
     assert seen["rest"].nchunks_initialized == 0
 
 
+def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
+    """A stack its file stored as int16 x scale (as read: int16 -> float32 x scale) is staged as
+    those int16 and reads back bit for bit; one value that is not of that form (or NaN where
+    the int16 no-data would go) makes the whole stack staged as floats, still identical."""
+    import dask.array as da
+
+    from optsar_nb.local import _store
+
+    rng = np.random.default_rng(3)
+    q = rng.integers(-10000, 10000, size=(7, 20, 24)).astype("int16")
+    values = q.astype("float32") * np.float32(1e-4)
+    values[2, 3:9, 4:7] = np.nan  # cloudy
+    store = _store.Store.create_in(str(tmp_path), "s-")
+    packed = store.stage("a", da.from_array(values, chunks=(7, 8, 8)), (1e-4, 0.0))
+    assert isinstance(packed, _store.Packed) and packed.z.dtype == np.int16
+    np.testing.assert_array_equal(packed[:, 2:17, 5:], values[:, 2:17, 5:])
+    np.testing.assert_array_equal(_store.lazy(packed, chunks=(7, 5, 5)).compute(), values)
+    moved = values.copy()
+    moved[6, 19, 23] += np.float32(3e-5)  # not k x 1e-4: the stack stays float32
+    plain = store.stage("b", da.from_array(moved, chunks=(7, 8, 8)), (1e-4, 0.0))
+    assert not isinstance(plain, _store.Packed) and plain.dtype == np.float32
+    np.testing.assert_array_equal(plain[...], moved)
+    kept = store.copy("c", packed, np.array([0, 2, 5]), (3, 8, 8))  # images kept: still packed
+    np.testing.assert_array_equal(kept[...], values[[0, 2, 5]])
+    store.destroy()
+
+
 def test_report_series_interpolation_is_each_pixels_own(tmp_path):
     """The report's time-series figure draws, per pixel, the linear interpolation between that
     pixel's training observations (numpy's np.interp as the independent reference)."""

@@ -13,7 +13,7 @@ import xarray as xr
 from ..outputs import write_csv
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
-from . import _accuracy, _postprocess, steps
+from . import _accuracy, _postprocess, _store, steps
 from ._blocks import _grid_attrs
 from .stack import TILE_PX, write_geotiff
 
@@ -50,7 +50,7 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     # recomputed tile by tile (named here: dask would otherwise hash what it reads to name it)
     pred_da = _stack_like(da.from_array(stage.pred, chunks=tiles, name=f"NDVI_Pred-{uuid.uuid4().hex}"), ndvi, table,
                           "NDVI_Pred")
-    obs_da = _stack_like(da.from_zarr(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    obs_da = _stack_like(_store.lazy(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
     st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
     inside = np.asarray(inside.values) if inside is not None else None
 

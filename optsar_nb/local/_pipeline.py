@@ -50,7 +50,6 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-import zarr
 
 from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR
@@ -167,10 +166,11 @@ def infill(
 def _stage_optical(ndvi, state, params, aoi, store):
     """B.1-B.2 in one pass over the optical inputs.
 
-    The period's clear observations (float32, NaN elsewhere) and states (int8; MISSING outside
-    the AOI and where a clear pixel has no NDVI) are staged, and each image's AOI cloud
-    statistics are then counted on the staged states (``obs_all``, ``state_all``). Returns the
-    period's NDVI (lazy, for its coordinates), the statistics table and the AOI mask.
+    The period's states (int8; MISSING outside the AOI and where a clear pixel has no NDVI) and
+    clear observations (float32, NaN elsewhere; as the file's int16 when it stored them so:
+    ``Store.stage``) are staged, and each image's AOI cloud statistics are then counted on the
+    staged states (``obs_all``, ``state_all``). Returns the period's NDVI (lazy, for its
+    coordinates), the statistics table, the AOI mask and the two staged stacks.
     """
     ndvi = select_period(ndvi, params.start, params.end).sortby("time")
     state = select_period(state, params.start, params.end).sortby("time")
@@ -182,23 +182,22 @@ def _stage_optical(ndvi, state, params, aoi, store):
     st = steps.observed_state(state, ndvi, inside)
     N, H, W = st.shape
     edge = _edge(N)
-    z_obs, z_st = (store.create(name, (N, H, W), (N, edge, edge), dtype, compress=True)
-                   for name, dtype in (("obs_all", "float32"), ("state_all", "int8")))
-    st_d = _dask(st, (-1, edge, edge))
+    z_st = store.create("state_all", (N, H, W), (N, edge, edge), "int8", compress=True)
+    da.store(_dask(st, (-1, edge, edge)).astype("int8"), z_st, lock=False)
+    st_d = da.from_zarr(z_st)
     obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
-    da.store([st_d.astype("int8"), obs_d], [z_st, z_obs], lock=False)
-    table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st, chunks=(-1, edge, edge))))
-    return ndvi, table, inside
+    obs = store.stage("obs_all", obs_d, ndvi.attrs.get("packing"))
+    table = steps.image_cloud_stats(st.copy(data=st_d))
+    return ndvi, table, inside, obs, z_st
 
 
-def _compact(store, name: str, positions: np.ndarray, chunks) -> zarr.Array:
-    """The staged images ``<name>_all`` at ``positions`` as an array ``name`` chunked by
-    ``chunks`` (the old array removed); the same array when that is every image, same chunks."""
-    z = store.open(f"{name}_all")
-    if np.array_equal(positions, np.arange(z.shape[0])) and tuple(z.chunks) == tuple(chunks):
-        return z
-    out = store.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, compress=True)
-    da.store(da.from_zarr(z)[positions].rechunk(chunks), out, lock=False)
+def _compact(store, name: str, staged, positions: np.ndarray, chunks):
+    """The staged images ``staged`` (``<name>_all``) at ``positions`` as an array ``name``
+    chunked by ``chunks`` (the old array removed); the same array when that is every image,
+    same chunks."""
+    if np.array_equal(positions, np.arange(staged.shape[0])) and tuple(staged.chunks) == tuple(chunks):
+        return staged
+    out = store.copy(name, staged, positions, chunks)
     store.remove(f"{name}_all")
     return out
 
@@ -233,23 +232,22 @@ def _s1_near(s1: xr.DataArray, params: InfillParams) -> np.ndarray:
     return np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad))
 
 
-def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[np.ndarray, np.ndarray]:
+def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.ndarray, np.ndarray]:
     """B.3: the aligned S1 stacks staged as ``s1_vv``/``s1_vh`` (their own precision, at least
-    float32); returns the AOI means (``inside``; None: the whole grid) of the pairs' window means
-    (``weights``), a global reduction over means computed block by block and dropped (the fused
-    stage recomputes them with its halo: ``_kernels.window_mean`` gives a pixel the same value
-    in any block). Raises NoImages when S1 has no valid value in the AOI.
+    float32; the file's int16 when it stored them so); returns them, and the AOI means
+    (``inside``; None: the whole grid) of the pairs' window means (``weights``), a global
+    reduction over means computed block by block and dropped (the fused stage recomputes them
+    with its halo: ``_kernels.window_mean`` gives a pixel the same value in any block). Raises
+    NoImages when S1 has no valid value in the AOI.
     """
     T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
     in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
-    sums = []
+    sums, staged = [], {}
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
         s1 = _dask(band, (-1, edge, edge))  # bounded temporaries
-        s1 = s1.astype(np.result_type(s1.dtype, np.float32))
-        z = store.create(name, s1.shape, (s1.shape[0], edge, edge), s1.dtype, compress=True)
-        da.store(s1, z, lock=False)
-        s1 = da.from_zarr(z)
+        staged[name] = store.stage(name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing"))
+        s1 = _store.lazy(staged[name])
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
                             dtype="float64")
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
@@ -262,7 +260,7 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[np.ndarray,
             f"above s1_max_db={params.s1_max_db} dB, and no-data, count as missing): check that the S1 files cover "
             "the area and period, and are in dB (not linear power or amplitude)")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return s_vv / n_vv, s_vh / n_vh
+        return staged, s_vv / n_vv, s_vh / n_vh
 
 
 def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
@@ -280,13 +278,14 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
         timings[name] = timings.get(name, 0.0) + now - tic
         tic = now
 
-    ndvi, table, inside = _stage_optical(ndvi, state, params, aoi, store)
+    ndvi, table, inside, obs_all, state_all = _stage_optical(ndvi, state, params, aoi, store)
     lap("stage observations (B.1-B.2)")
     sel, vv, vh, weights, table = _select_pairs(ndvi, table, vv, vh, params, inside)
     T, H, W = len(sel), ndvi.sizes["y"], ndvi.sizes["x"]
     edge = _edge(T)
     ndvi = ndvi.isel(time=sel)
-    z_obs, z_st = (_compact(store, name, sel, (T, edge, edge)) for name in ("obs", "state"))
+    z_obs, z_st = (_compact(store, name, staged, sel, (T, edge, edge))
+                   for name, staged in (("obs", obs_all), ("state", state_all)))
     table, donor_pos = steps.split_pairs(table, params)
     labels = table["SplitLabel"].to_numpy().astype(str)
     donor = store.save("donor", np.asarray(z_st[donor_pos] == 0), (edge, edge))
@@ -296,7 +295,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 staged, and the AOI means of its window means (the fused stage recomputes those means)
-    vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, store, edge, inside)
+    s1, vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, store, edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block: coefficients staged, the PCA's sums and the fusion's leave-out rows returned
@@ -305,7 +304,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64")
     z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", compress=True)
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
-    stage = {name: store.open(name) for name in ("s1_vv", "s1_vh", "inside")}
+    stage = {**s1, "inside": store.open("inside")}
     stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, rest=z_rest, weights=weights,
                  vv_mean=vv_mean, vh_mean=vh_mean, labels=labels, days=days, params=params, pca=pca,
                  row_fraction=min(1.0, FUSION_ROWS / max(1, len(fusion.LEAVE_OUT_SKIPS) * n_train_images * H * W)))

@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import dask
+import dask.array as da
 import fsspec
 import numpy as np
 import zarr
@@ -53,12 +54,41 @@ class Store:
         fs.makedirs(path, exist_ok=True)
         return store
 
-    def create(self, name: str, shape, chunks, dtype, *, compress: bool = False) -> zarr.Array:
-        """A new array ``name`` (NaN-filled if float, else 0) chunked by ``chunks``."""
+    def create(self, name: str, shape, chunks, dtype, *, compress: bool = False, fill=None) -> zarr.Array:
+        """A new array ``name`` (filled with ``fill``, default NaN if float, else 0) chunked by ``chunks``."""
         dtype = np.dtype(dtype)
+        fill = (np.nan if dtype.kind == "f" else 0) if fill is None else fill
         return zarr.create_array(store=f"{self.location}/{name}", shape=tuple(shape), chunks=tuple(chunks),
-                                 dtype=dtype, fill_value=np.nan if dtype.kind == "f" else 0,
-                                 compressors=FAST_ZSTD if compress else None, overwrite=True)
+                                 dtype=dtype, fill_value=fill, compressors=FAST_ZSTD if compress else None,
+                                 overwrite=True)
+
+    def stage(self, name: str, data: da.Array, packing: tuple[float, float] | None = None):
+        """``data`` (a float dask array, chunked as it is to be stored) staged as ``name``,
+        compressed; returns the staged array (read like the Zarr array it is).
+
+        With ``packing`` (scale, offset: how the input file stored the values as int16), the
+        values are staged as those int16, half the size, and read back as float32 by the input's
+        own formula (:class:`Packed`). Each block is checked: if any value does not come back
+        identical (another packing, values changed on the way), the stack is staged as floats.
+        """
+        if packing is not None:
+            z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA)
+            packed = Packed(z, *packing)
+            exact = data.map_blocks(packed.put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
+            if bool(exact.all().compute()):
+                return packed
+            self.remove(name)
+        z = self.create(name, data.shape, data.chunksize, data.dtype, compress=True)
+        da.store(data, z, lock=False)
+        return z
+
+    def copy(self, name: str, staged, positions: np.ndarray, chunks):
+        """The images ``positions`` of a staged stack (Zarr or :class:`Packed`) as a new array
+        ``name`` chunked by ``chunks``, staged the same way."""
+        z = staged.z if isinstance(staged, Packed) else staged
+        out = self.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, compress=True, fill=z.fill_value)
+        da.store(da.from_zarr(z)[positions].rechunk(chunks), out, lock=False)
+        return Packed(out, staged.scale, staged.offset) if isinstance(staged, Packed) else out
 
     def save(self, name: str, values: np.ndarray, chunks, *, compress: bool = True) -> zarr.Array:
         """A new array ``name`` holding ``values`` (small arrays the tasks read in part)."""
@@ -77,6 +107,46 @@ class Store:
         fs, path = fsspec.core.url_to_fs(self.location)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+PACKED_NODATA = np.iinfo("int16").min  # NaN, in a packed stack
+
+
+class Packed:
+    """A float32 stack staged as the int16 its input file stored (value = stored x scale + offset,
+    NaN as PACKED_NODATA): sliced like the Zarr array it holds, it reads float32 values computed
+    as the input's reader computed them (``stack.read_geotiff``), hence identical."""
+
+    def __init__(self, z: zarr.Array, scale: float, offset: float):
+        self.z, self.scale, self.offset = z, np.float32(scale), np.float32(offset)
+        self.shape, self.ndim, self.dtype = z.shape, z.ndim, np.dtype("float32")
+        self.chunks = z.chunks
+
+    def decode(self, q: np.ndarray) -> np.ndarray:
+        return np.where(q == PACKED_NODATA, np.float32(np.nan), q.astype("float32") * self.scale + self.offset)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.decode(np.asarray(self.z[key]))
+
+    def put(self, values: np.ndarray, block_info=None) -> np.ndarray:
+        """Stage one block of float values at its place (a whole chunk); returns whether it is
+        exactly representable (a (1, ...) bool array: a dask block)."""
+        where = tuple(slice(*loc) for loc in block_info[0]["array-location"])
+        with np.errstate(invalid="ignore"):
+            q = np.round((values.astype("float64") - float(self.offset)) / float(self.scale))
+            ok = np.isfinite(q) & (np.abs(q) < PACKED_NODATA * -1)
+            q = np.where(ok, q, PACKED_NODATA).astype("int16")
+        exact = bool(np.array_equal(self.decode(q), values, equal_nan=True))
+        if exact:
+            self.z[where] = q
+        return np.full((1,) * values.ndim, exact)
+
+
+def lazy(staged, chunks=None) -> da.Array:
+    """A staged stack (Zarr or :class:`Packed`) as a dask array (its own chunks by default)."""
+    if isinstance(staged, Packed):
+        return da.from_array(staged, chunks=chunks or staged.chunks, name=f"packed-{uuid.uuid4().hex}")
+    return da.from_zarr(staged, chunks=chunks or staged.chunks)
 
 
 def local_folder(location: str) -> Path | None:

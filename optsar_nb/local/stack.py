@@ -177,6 +177,7 @@ def read_geotiff(path: str | Path, *, chunk_px: int | None = None) -> xr.DataArr
         # packed integers: unpack to float32 with no-data as NaN
         values = lazy.astype("float32") * np.float32(scale) + np.float32(offset)
         lazy = da.where(lazy == nodata, np.float32(np.nan), values) if nodata is not None else values
+        attrs["packing"] = (float(scale), float(offset))  # how the values were stored: the job may stage them so
     elif nodata is not None:
         attrs["nodata"] = nodata
     return xr.DataArray(lazy, dims=("band", "y", "x"), coords={"band": names, "y": y, "x": x}, attrs=attrs, name=None)
