@@ -134,24 +134,31 @@ def _se_bin_probes():
 
 # ---------------------------------------------------------------------------------------------
 # the product's blocks
-def product(stage: Stage, rows: slice, cols: slice, *, with_s1: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The product's fused estimate from every clear view of a block (T, h, w), where the pixel is
-    not clear, and its SE bin (int8, -1 without clear view). Without ``with_s1`` the S1 covariates
-    are not computed (the SE bin depends only on the distances to the clear views) and the
-    estimate is the interpolation with the climatology's correction."""
+def product(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
+    """The product's fused estimate from every clear view of a block (T, h, w), where the pixel
+    is not clear."""
+    o, clear, (T, h, w) = _clear_views(stage, rows, cols)
+    nm = np.asarray(stage.nmean[:, :, rows, cols])
+    est = fusion.fused(o, clear, nm.reshape(nm.shape[0], T, -1), stage.days, stage.weights,
+                       np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)[0]
+    return est.reshape(T, h, w)
+
+
+def se_bins(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
+    """The SE bin (int8, -1 without clear view) of every date of a block: from the distances to the
+    pixel's clear views only (no estimate is computed)."""
+    o, clear, (T, h, w) = _clear_views(stage, rows, cols)
+    bins = fusion.fused(o, clear, np.empty((0, T, o.shape[1]), "float32"), stage.days, stage.weights,
+                        np.zeros(o.shape[1]), where=np.zeros_like(clear))[4]
+    return bins.reshape(T, h, w)
+
+
+def _clear_views(stage: Stage, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A block's (T, N) float64 observations and clear views, and its (T, h, w) shape."""
     o3 = np.asarray(stage.obs[:, rows, cols], dtype="float64")
-    T, h, w = o3.shape
+    T = o3.shape[0]
     o = o3.reshape(T, -1)
-    clear = (np.asarray(stage.state[:, rows, cols]).reshape(T, -1) == CLEAR) & np.isfinite(o)
-    K = stage.nmean.shape[0]
-    nm = np.asarray(stage.nmean[:, :, rows, cols]) if with_s1 else np.full((K, T, h, w), np.nan, "float32")
-    est, _, _, _, sbin = fusion.fused(o, clear, nm.reshape(K, T, -1), stage.days, stage.weights,
-                                      np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)
-    return est.reshape(T, h, w), sbin.reshape(T, h, w)
-
-
-def _fused_estimate(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
-    return product(stage, rows, cols)[0]
+    return o, (np.asarray(stage.state[:, rows, cols]).reshape(T, -1) == CLEAR) & np.isfinite(o), o3.shape
 
 
 def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray:
@@ -162,7 +169,7 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
     p = stage.params
     if p.method == "paper":  # the focal median reads a halo (NaN beyond the image)
         depth = int(np.ceil(p.focal_median_radius_px))
-        fused = BlockArray(partial(_fused_estimate, stage), stage.obs.shape, "float64")
+        fused = BlockArray(partial(product, stage), stage.obs.shape, "float64")
         o, state, fused, pred = (read_with_halo(a, rows, cols, depth) for a in (stage.obs, stage.state, fused,
                                                                                 stage.pred))
         est = np.where(np.isfinite(pred), pred, fused)
@@ -172,7 +179,7 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
     else:
         o = np.asarray(stage.obs[:, rows, cols])
         fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o,
-                        product(stage, rows, cols)[0]).astype("float32")
+                        product(stage, rows, cols)).astype("float32")
         if inside is not None:
             fill[:, inside[rows, cols] != 1] = np.nan
     return np.clip(fill, -1.0, 1.0, out=fill)
@@ -185,7 +192,7 @@ def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray
     def lookup(table):  # SE bin -1 (no clear view) -> NaN
         return np.concatenate([[np.nan], table]).astype("float32")[sb + 1]
 
-    sb = product(stage, rows, cols, with_s1=False)[1].astype(np.intp)
+    sb = se_bins(stage, rows, cols).astype(np.intp)
     out = lookup(se["fusion"])
     if stage.params.method == "paper":  # the S1 regression's own SE where it predicts
         out = np.where(np.isfinite(stage.pred[:, rows, cols]), lookup(se["model"]), out)

@@ -116,12 +116,17 @@ def pca_scores(pred: np.ndarray, means: np.ndarray, basis: np.ndarray) -> np.nda
 
 def smooth_block(scores, rest, means: np.ndarray, basis: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
     """(T, h, w) float64 B.8 output of a block: means + basis scores where a pixel's series is
-    complete, else its prediction (``rest``); the same sums as ``_postprocess.pca_reconstruct``."""
+    complete, else its prediction (``rest``, read only when the block has such pixels); the
+    same sums as ``_postprocess.pca_reconstruct``."""
+    if basis is None:
+        return np.asarray(rest[:, rows, cols]).astype("float64")
+    s = np.asarray(scores[:, rows, cols])
+    k, h, w = s.shape
+    ok = np.isfinite(s[0])
+    if ok.all():
+        return (means[:, None] + basis @ s.reshape(k, -1)).reshape(-1, h, w)
     out = np.asarray(rest[:, rows, cols]).astype("float64")
-    if basis is not None:
-        s = np.asarray(scores[:, rows, cols])
-        ok = np.isfinite(s[0])
-        out[:, ok] = means[:, None] + basis @ s[:, ok]
+    out[:, ok] = means[:, None] + basis @ s[:, ok]
     return out
 
 
