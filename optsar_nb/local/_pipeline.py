@@ -245,9 +245,11 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
     sums, staged = [], {}
     for name, band in (("s1_vv", vv), ("s1_vh", vh)):
-        s1 = _dask(band, (-1, edge, edge))  # bounded temporaries
-        staged[name] = store.stage(name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing"))
-        s1 = _store.lazy(staged[name])
+        # chunks of half a block: a block's read with its halo decodes about half as much
+        s1 = _dask(band, (-1, max(16, edge // 2), max(16, edge // 2)))
+        staged[name] = store.stage(name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing"),
+                                   codec=_store.FAST_LZ4)
+        s1 = _store.lazy(staged[name], chunks=(-1, edge, edge))  # the sums' order: by block, as everywhere
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
                             dtype="float64")
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)

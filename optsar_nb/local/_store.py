@@ -34,6 +34,9 @@ from ..errors import InsufficientDisk, WorkerFailed
 # zstd at its fastest level after a bit shuffle, for the stacks that compress (states, observations
 # that are NaN where cloudy, S1); float stacks of results compress little and are stored raw.
 FAST_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+# S1, read many times with a halo (several chunks per read): lz4, decoded about twice as fast,
+# compresses it nearly as well (within 2 %; observations 15 % less well)
+FAST_LZ4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
 
 
 class Store:
@@ -54,15 +57,17 @@ class Store:
         fs.makedirs(path, exist_ok=True)
         return store
 
-    def create(self, name: str, shape, chunks, dtype, *, compress: bool = False, fill=None) -> zarr.Array:
-        """A new array ``name`` (filled with ``fill``, default NaN if float, else 0) chunked by ``chunks``."""
+    def create(self, name: str, shape, chunks, dtype, *, compress: bool = False, fill=None,
+               codec=FAST_ZSTD) -> zarr.Array:
+        """A new array ``name`` (filled with ``fill``, default NaN if float, else 0) chunked by
+        ``chunks``, compressed with ``codec`` if ``compress``."""
         dtype = np.dtype(dtype)
         fill = (np.nan if dtype.kind == "f" else 0) if fill is None else fill
         return zarr.create_array(store=f"{self.location}/{name}", shape=tuple(shape), chunks=tuple(chunks),
-                                 dtype=dtype, fill_value=fill, compressors=FAST_ZSTD if compress else None,
+                                 dtype=dtype, fill_value=fill, compressors=codec if compress else None,
                                  overwrite=True)
 
-    def stage(self, name: str, data: da.Array, packing: tuple[float, float] | None = None):
+    def stage(self, name: str, data: da.Array, packing: tuple[float, float] | None = None, codec=FAST_ZSTD):
         """``data`` (a float dask array, chunked as it is to be stored) staged as ``name``,
         compressed; returns the staged array (read like the Zarr array it is).
 
@@ -72,13 +77,13 @@ class Store:
         identical (another packing, values changed on the way), the stack is staged as floats.
         """
         if packing is not None:
-            z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA)
+            z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA, codec=codec)
             packed = Packed(z, *packing)
             exact = data.map_blocks(packed.put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
             if bool(exact.all().compute()):
                 return packed
             self.remove(name)
-        z = self.create(name, data.shape, data.chunksize, data.dtype, compress=True)
+        z = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
         da.store(data, z, lock=False)
         return z
 
