@@ -69,9 +69,10 @@ def test_infill_refuses_a_too_small_work_disk_before_any_work(tmp_path, capsys, 
     work = tmp_path / "scratch"
     assert main([*args, "--out", str(tmp_path / "out"), "--work-dir", str(work)]) == 2
     err = capsys.readouterr().err
-    # 74 images and 60 S1 images of 80 x 80 px: per pixel 74 x (5 + 0.8) bytes (observations, states,
-    # scores) + 60 x 8 (S1) + 96 (coefficients, reliability) = 1005.2 bytes, x 6400 px
-    assert "about 6.4 MB of temporary stacks (74 images of 80 x 80 px)" in err and "1.0 MB free" in err
+    # 74 images and 60 S1 images of 80 x 80 px, all stored as int16: per pixel 74 x (2 + 1 + 0.8)
+    # bytes (observations, states, scores) + 60 x 4 (S1) + 96 (coefficients, reliability) = 617.2
+    # bytes, x 6400 px
+    assert "about 4.0 MB of temporary stacks (74 images of 80 x 80 px)" in err and "1.0 MB free" in err
     assert "--work-dir" in err
     assert list(work.iterdir()) == [] and list((tmp_path / "out").iterdir()) == []
 

@@ -5,7 +5,8 @@ the covariates, fits and predicts. Only the coefficients are staged (11 per pixe
 prediction is not: the stage returns what the PCA needs of it (band sums and cross products,
 :func:`fit_predict_block`), and the predictions are recomputed from the S1 and the coefficients
 where they are needed again (:func:`project_block`, exact: the same covariates and the same sum).
-That keeps the temporary disk of a large scene to its observations, states and S1, compressed.
+That keeps the temporary disk of a large scene to its observations, states and S1 (compressed),
+coefficients and component scores.
 Its own module so that worker processes import it (and through it the steps) without the job's
 other machinery.
 """

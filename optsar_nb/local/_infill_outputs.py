@@ -39,8 +39,11 @@ def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) ->
     return xr.DataArray(data, dims=("time", "y", "x"), coords=coords, attrs=_grid_attrs(template), name=name)
 
 
-def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, overwrite) -> None:
+def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, overwrite, *, s1_done=None) -> None:
     """The stacks, the coefficient image and the metadata CSV.
+
+    ``s1_done()`` is called once the last file that reads S1 (the gap-free stack, through the
+    fusion's covariates) is written: the staged S1 can go before the other files take the disk.
 
     The staged stacks are read by the files' tiles: the gap fill's focal median then runs on
     blocks that are the writer's windows (or whole multiples of them), so no block is computed
@@ -65,6 +68,8 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
 
     write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_block(stage, inside, r, c), "NDVI_gapfree"),
                   paths["NDVI_gapfree"], overwrite=overwrite)
+    if s1_done is not None:
+        s1_done()
     write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_se_block(stage, se, inside, r, c), "NDVI_gapfree_SE"),
                   paths["NDVI_gapfree_SE"], overwrite=overwrite)
     write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)

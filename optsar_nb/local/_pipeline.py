@@ -30,8 +30,8 @@ leaves as it is are staged as they are, ``rest``), the calibrated one from it an
 per-image statistics, the fusion's S1 covariates from the staged S1 (twice: scoring, outputs),
 the fused estimate from those. Recomputing is exact: the same operations on the same values.
 Disk use is then at most ``_store.staging_bytes``: about 6 bytes per pixel and optical image
-and 8 per S1 image before compression, for a 2750 x 4671 px scene of 380 images about 15 GB
-after it (the prediction stacks staged at full size would take 140 GB). The S1 window means
+and 8 per S1 image before compression (4 and 4 for int16 inputs); for a 2750 x 4671 px scene of 380 images about 20 GB
+after it (scaled from an eighth of it; the prediction stacks staged at full size took 140 GB). The S1 window means
 (float64) are not staged: each block averages the staged S1 itself, halo included. Peak memory
 is a few blocks per core, whatever the scene size.
 """
@@ -131,7 +131,8 @@ def infill(
     ``workers``: cores to use on this machine (default: all; ignored on a cluster).
     ``work_dir``: where the job stages its temporary stacks (default: ``out_dir``), a folder or an
     fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 6 bytes
-    per pixel and optical image and 8 per S1 image before compression (``_store.staging_bytes``),
+    per pixel and optical image and 8 per S1 image before compression, less for int16 inputs
+    (``_store.staging_bytes``),
     which is checked first on a local folder.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
@@ -148,7 +149,8 @@ def infill(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             _store.check_disk_space(select_period(ndvi, params.start, params.end).shape,
-                                    _s1_near(vv, params).size, folder, out_dir)
+                                    _s1_near(vv, params).size, folder, out_dir, packed_obs="packing" in ndvi.attrs,
+                                    packed_s1="packing" in vv.attrs and "packing" in vh.attrs)
         store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
             # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
@@ -364,7 +366,8 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
                     model_pixels=int((coef_ok & in_aoi).sum()),
                     prediction_out_of_range=(int(scores["out_of_range"][0]), int(scores["out_of_range"][1])),
                     fusion_weights=fusion_weights, standard_errors=se)
-    _infill_outputs.write_outputs(ndvi, table, stage, se, z_coef, inside, paths, overwrite)
+    _infill_outputs.write_outputs(ndvi, table, stage, se, z_coef, inside, paths, overwrite,
+                                  s1_done=lambda: [store.remove(name) for name in s1])
     write_csv(metrics_by_gap, paths["metrics"], overwrite=overwrite)
     lap("write outputs")
     if report:

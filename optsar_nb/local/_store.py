@@ -243,39 +243,40 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-# Temporary disk per pixel and optical image, before compression: observations (float32) and
-# states (int8), twice while the images kept are copied out of the period's; then the B.8 component
-# scores (float64, pca_fraction of the images: 0.8 bytes by default), and up to 4 bytes more for
-# pixels whose prediction series is incomplete (B.8 leaves them as they are: staged as they are).
-# The aligned S1 adds S1_BYTES_PER_IMAGE per pixel and S1 image, the coefficient image and the
-# fusion's per-pixel reliability 96 bytes per pixel. Upper bounds but for the incomplete series:
-# everything but the scores and coefficients is compressed, and states and cloudy observations
-# compress well.
-STAGING_BYTES_PER_SAMPLE = 5
+# Temporary disk per pixel and optical image, before compression: observations (float32, or the
+# int16 their file stored) and states (int8), twice while the images kept are copied out of the
+# period's; then the B.8 component scores (float64, pca_fraction of the images: 0.8 bytes by
+# default), and up to 4 bytes more for pixels whose prediction series is incomplete (B.8 leaves
+# them as they are: staged as they are). The aligned S1 adds 8 bytes per pixel and S1 image (VV
+# and VH in float32; 4 as int16), the coefficient image and the fusion's per-pixel reliability 96
+# bytes per pixel. Upper bounds but for the incomplete series: everything but the scores and
+# coefficients is compressed (case 3 of the benchmarks stages about 60 % of this estimate).
 SCORE_BYTES_PER_SAMPLE = 0.8
-S1_BYTES_PER_IMAGE = 8  # VV and VH in float32
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
 OUTPUT_BYTES_PER_SAMPLE = 17
 
 
-def staging_bytes(n_images: int, n_s1: int, h: int, w: int) -> int:
+def staging_bytes(n_images: int, n_s1: int, h: int, w: int, *, packed_obs: bool = False,
+                  packed_s1: bool = False) -> int:
     """The largest temporary disk use of an infilling of ``n_images`` optical and ``n_s1`` S1
-    images of ``h`` x ``w`` px (the coefficient image included)."""
-    per_pixel = max(2 * STAGING_BYTES_PER_SAMPLE * n_images,
-                    (STAGING_BYTES_PER_SAMPLE + SCORE_BYTES_PER_SAMPLE) * n_images + S1_BYTES_PER_IMAGE * n_s1)
+    images of ``h`` x ``w`` px (the coefficient image included); ``packed_*``: the inputs are
+    int16 files (``attrs["packing"]``), staged as such."""
+    optical = (2 if packed_obs else 4) + 1
+    per_pixel = max(2 * optical * n_images,
+                    (optical + SCORE_BYTES_PER_SAMPLE) * n_images + (4 if packed_s1 else 8) * n_s1)
     return int((per_pixel + 12 * 8) * h * w)
 
 
-def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path) -> None:
+def check_disk_space(shape: tuple[int, int, int], n_s1: int, work_dir: Path, out_dir: Path, **packed) -> None:
     """Refuse to start when ``work_dir`` cannot hold the staged stacks of a (time, y, x) input
-    and ``n_s1`` S1 images.
+    and ``n_s1`` S1 images (``packed``: see :func:`staging_bytes`).
 
     Counts every image of the period (an upper bound: sparse and unpaired images are dropped
     later). The message gives the sizes and the fix, instead of a full disk an hour in.
     """
     n, h, w = shape
-    staging = staging_bytes(n, n_s1, h, w)
+    staging = staging_bytes(n, n_s1, h, w, **packed)
     outputs = n * h * w * OUTPUT_BYTES_PER_SAMPLE
     free = shutil.disk_usage(work_dir).free
     if staging > free:
