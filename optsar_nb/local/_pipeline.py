@@ -30,10 +30,10 @@ leaves as it is are staged as they are, ``rest``), the calibrated one from it an
 per-image statistics, the fusion's S1 covariates from the staged S1 (twice: scoring, outputs),
 the fused estimate from those. Recomputing is exact: the same operations on the same values.
 Disk use is then at most ``_store.staging_bytes``: about 6 bytes per pixel and optical image
-and 8 per S1 image before compression (4 and 4 for int16 inputs); for a 2750 x 4671 px scene of 380 images about 20 GB
-after it (scaled from an eighth of it; the prediction stacks staged at full size took 140 GB). The S1 window means
-(float64) are not staged: each block averages the staged S1 itself, halo included. Peak memory
-is a few blocks per core, whatever the scene size.
+and 8 per S1 image before compression (4 and 4 for int16 inputs); for a 2750 x 4671 px scene of
+380 images about 20 GB after it (the prediction stacks staged at full size took 140 GB). The S1
+window means (float64) are not staged: each block averages the staged S1 itself, halo included.
+Peak memory is a few blocks per core, whatever the scene size.
 """
 
 from __future__ import annotations
@@ -132,8 +132,7 @@ def infill(
     ``work_dir``: where the job stages its temporary stacks (default: ``out_dir``), a folder or an
     fsspec URL (a shared filesystem, ``s3://bucket/prefix``, ...); it needs up to about 6 bytes
     per pixel and optical image and 8 per S1 image before compression, less for int16 inputs
-    (``_store.staging_bytes``),
-    which is checked first on a local folder.
+    (``_store.staging_bytes``), which is checked first on a local folder.
     """
     from ..outputs import WORK_PREFIX, OutputSet, fingerprint
     from ..products import INFILL_MANIFEST_JOB
