@@ -129,8 +129,3 @@ def smooth_block(scores, rest, means: np.ndarray, basis: np.ndarray, rows: slice
     out = np.asarray(rest[:, rows, cols]).astype("float64")
     out[:, ok] = means[:, None] + basis @ s[:, ok]
     return out
-
-
-def fusion_covariates(stage: dict, rows: slice, cols: slice) -> np.ndarray:
-    """(2, T, h, w) the fusion's S1 covariates of a block, recomputed (see :func:`s1_covariates`)."""
-    return s1_covariates(stage, rows, cols, fusion_only=True)

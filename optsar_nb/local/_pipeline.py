@@ -342,7 +342,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     s1_stage = {key: stage[key] for key in ("s1_vv", "s1_vh", "inside", "weights", "vv_mean", "vh_mean", "params")}
     stage = _accuracy.Stage(obs=z_obs, state=z_st, donor=donor,
                             pred=BlockArray(partial(_standardize.calibrated_block, b9, b9_stats), (T, H, W), "float32"),
-                            nmean=BlockArray(partial(_fused.fusion_covariates, s1_stage),
+                            nmean=BlockArray(partial(_fused.s1_covariates, s1_stage, fusion_only=True),
                                              (len(steps.FUSION_COVARIATES), T, H, W), "float32"),
                             alpha=store.create("alpha", (H, W), (edge, edge), "float64"),
                             labels=labels, days=days, weights=fusion_weights, params=params,

@@ -32,7 +32,8 @@ from fsspec.implementations.local import LocalFileSystem
 from ..errors import InsufficientDisk, WorkerFailed
 
 # zstd at its fastest level after a bit shuffle, for the stacks that compress (states, observations
-# that are NaN where cloudy, S1); float stacks of results compress little and are stored raw.
+# that are NaN where cloudy, S1, the mostly empty incomplete series); dense float stacks of results
+# (coefficients, component scores) compress little and are stored raw.
 FAST_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 # S1, read many times with a halo (several chunks per read): lz4, decoded about twice as fast,
 # compresses it nearly as well (within 2 %; observations 15 % less well)
@@ -139,7 +140,7 @@ class Packed:
         where = tuple(slice(*loc) for loc in block_info[0]["array-location"])
         with np.errstate(invalid="ignore"):
             q = np.round((values.astype("float64") - float(self.offset)) / float(self.scale))
-            ok = np.isfinite(q) & (np.abs(q) < PACKED_NODATA * -1)
+            ok = np.isfinite(q) & (np.abs(q) <= np.iinfo("int16").max)  # PACKED_NODATA is the one below
             q = np.where(ok, q, PACKED_NODATA).astype("int16")
         exact = bool(np.array_equal(self.decode(q), values, equal_nan=True))
         if exact:
