@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 
 def circle_offsets(radius_px: float) -> np.ndarray:
@@ -45,46 +46,57 @@ def _median_of_rows(values: np.ndarray) -> np.ndarray:
         return np.where(n > 0, (lo + hi) / 2, np.nan)
 
 
-# Images per slab of the 3 x 3 median are chosen so that a slab holds about this many pixels:
-# its dozen temporaries then stay in the CPU cache instead of streaming whole stacks through
-# memory once per min/max.
-MEDIAN_SLAB_PIXELS = 1 << 15
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _med3(a, b, c):
+    """Median of three (not NaN)."""
+    return max(min(a, b), min(max(a, b), c))
 
 
-# Pixels per slab of the box mean (float64 values and float32 counts plus their partial sums).
-BOX_SLAB_PIXELS = 1 << 15
-
-
-def _med3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Elementwise median of three arrays (NaN in any input gives NaN)."""
-    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
-
-
+@njit(cache=True, error_model="numpy", nogil=True)
 def _median3x3(padded: np.ndarray) -> np.ndarray:
-    """Median of every 3 x 3 window: (n, h + 2, w + 2) -> (n, h, w).
+    """NaN-aware median of every 3 x 3 window: (n, h + 2, w + 2) -> (n, h, w); NaN where the
+    centre is NaN.
 
-    Each column of three is sorted once (low, mid, high) and shared by the three windows that
-    contain it; the window's median is then med3(max of the lows, med3 of the mids, min of the
-    highs), an exact identity (Paeth, Graphics Gems 1990; the same selection as Devillard's
-    19-exchange "opt_med9" network, with the column sorts shared) that costs about half the
-    min/max passes. np.minimum/np.maximum propagate NaN, so a window holding any NaN yields
-    NaN: the caller recognises incomplete windows by that.
+    Compiled, one image row at a time: each column of three is sorted once (low, mid, high) and
+    shared by the three windows that contain it; a full window's median is then med3(max of the
+    lows, med3 of the mids, min of the highs), an exact identity (Paeth, Graphics Gems 1990;
+    the same selection as Devillard's 19-exchange "opt_med9" network, with the column sorts
+    shared). A window holding NaN (the image's edge, masked pixels) sorts its valid values: the
+    median, or the mean of the two middle ones (in float64) for an even count, as
+    :func:`_median_of_rows`.
     """
     n, hp, wp = padded.shape
     out = np.empty((n, hp - 2, wp - 2), dtype=padded.dtype)
-    step = max(1, MEDIAN_SLAB_PIXELS // max(hp * wp, 1))
-    for s in range(0, n, step):
-        p = padded[s : s + step]
-        a, b, c = p[:, :-2], p[:, 1:-1], p[:, 2:]  # rows y - 1, y, y + 1 of every column
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        mid = np.minimum(hi, c)
-        np.maximum(hi, c, out=hi)
-        low = np.minimum(lo, mid)
-        np.maximum(lo, mid, out=mid)
-        left, centre, right = (..., slice(0, -2)), (..., slice(1, -1)), (..., slice(2, None))
-        max_low = np.maximum(np.maximum(low[left], low[centre]), low[right])
-        min_high = np.minimum(np.minimum(hi[left], hi[centre]), hi[right])
-        out[s : s + step] = _med3(max_low, _med3(mid[left], mid[centre], mid[right]), min_high)
+    low, mid, high = np.empty(wp, padded.dtype), np.empty(wp, padded.dtype), np.empty(wp, padded.dtype)
+    bad = np.empty(wp, np.bool_)
+    values = np.empty(9)
+    for i in range(n):
+        for y in range(hp - 2):
+            for c in range(wp):
+                a, b, d = padded[i, y, c], padded[i, y + 1, c], padded[i, y + 2, c]
+                bad[c] = np.isnan(a) or np.isnan(b) or np.isnan(d)
+                lo, hi = min(a, b), max(a, b)
+                m = min(hi, d)
+                high[c] = max(hi, d)
+                low[c], mid[c] = min(lo, m), max(lo, m)
+            for x in range(wp - 2):
+                if not (bad[x] or bad[x + 1] or bad[x + 2]):
+                    max_low = max(max(low[x], low[x + 1]), low[x + 2])
+                    min_high = min(min(high[x], high[x + 1]), high[x + 2])
+                    out[i, y, x] = _med3(max_low, _med3(mid[x], mid[x + 1], mid[x + 2]), min_high)
+                    continue
+                if np.isnan(padded[i, y + 1, x + 1]):
+                    out[i, y, x] = np.nan
+                    continue
+                count = 0
+                for dy in range(3):
+                    for dx in range(3):
+                        v = padded[i, y + dy, x + dx]
+                        if not np.isnan(v):
+                            values[count] = v
+                            count += 1
+                ordered = np.sort(values[:count])
+                out[i, y, x] = (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
     return out
 
 
@@ -92,10 +104,10 @@ def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarr
     """NaN-aware circular focal median over the last two axes of ``a`` (any leading axes).
 
     Output pixel = median of the in-array, non-NaN values under the circle centred on it;
-    NaN where the centre is NaN. Pixels whose whole neighbourhood is valid take a vectorised
-    path (shared column sorts for the 3 x 3 kernel, a sort otherwise); the few others (image
-    edges, next to masked pixels) are gathered and reduced with the NaN-aware median, so the
-    result is exact everywhere. With ``inset`` >= the kernel's radius the array's border of
+    NaN where the centre is NaN. The 3 x 3 kernel (radius 1.5, the method's) is compiled
+    (:func:`_median3x3`); other circles take a vectorised sort where the whole neighbourhood is
+    valid, and gather the few others (image edges, next to masked pixels) for the NaN-aware
+    median, so the result is exact everywhere. With ``inset`` >= the kernel's radius the array's border of
     ``inset`` pixels is a halo (as in :func:`box_mean`): the result covers only the inner
     region, with no padding and none of the halo's edge pixels taking the slow path.
     """
@@ -113,18 +125,15 @@ def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarr
     padded = np.ascontiguousarray(padded)  # the gather below indexes its flat memory
     h, w = padded.shape[-2] - 2 * r, padded.shape[-1] - 2 * r
     shape = (*a.shape[:-2], h, w)
+    if len(offsets) == 9:  # the full 3 x 3 square: compiled, exact everywhere
+        return _median3x3(padded.reshape(-1, h + 2, w + 2)).reshape(shape).astype(a.dtype, copy=False)
+    cells = [padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets]
+    count = np.zeros(shape, dtype=np.int16)
+    for c in cells:
+        count += ~np.isnan(c)
     valid = ~np.isnan(padded[..., r : r + h, r : r + w])
-    if len(offsets) == 9:  # the full 3 x 3 square
-        out = _median3x3(padded.reshape(-1, h + 2, w + 2)).reshape(shape)
-        full = ~np.isnan(out)  # NaN exactly where one of the nine is NaN
-    else:
-        cells = [padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets]
-        count = np.zeros(shape, dtype=np.int16)
-        for c in cells:
-            count += ~np.isnan(c)
-        full = valid & (count == len(offsets))
-        out = np.where(full, _median_of_rows(np.stack(cells, axis=-1)), np.nan)
-    out = out.astype(a.dtype, copy=False)
+    full = valid & (count == len(offsets))
+    out = np.where(full, _median_of_rows(np.stack(cells, axis=-1)), np.nan).astype(a.dtype, copy=False)
     partial = np.nonzero(valid & ~full)
     if partial[0].size:
         # one gather through flat indices: the window's cells lie at fixed offsets in the padded array
@@ -135,68 +144,103 @@ def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarr
     return out
 
 
-def _window_sum(p: np.ndarray, n: int, out_len: int, axis: int) -> np.ndarray:
-    """Sums of ``n`` consecutive entries along ``axis``: out[i] = p[i] + ... + p[i + n - 1].
+@njit(cache=True, error_model="numpy", nogil=True)
+def _window_sum(x, n, out, block):
+    """Sums of ``n`` consecutive entries of the 1-D ``x``: out[i] = x[i] + ... + x[i + n - 1] for
+    i < len(out); ``block``: scratch as long as ``x``.
 
-    Built from power-of-two partial sums (n = 21 -> 16 + 4 + 1), so each output is the same
-    fixed expression of its inputs wherever the array starts: chunking does not change a bit.
+    Built from power-of-two partial sums (n = 21 -> 1 + 4 + 16, added in that order), so each
+    output is the same fixed expression of its inputs wherever the array starts: chunking does
+    not change a bit.
     """
-    def take(x, start, length):
-        idx = [slice(None)] * x.ndim
-        idx[axis] = slice(start, start + length)
-        return x[tuple(idx)]
-
-    total, offset = None, 0
-    size = p.shape[axis]
-    power, block = 1, p
+    size = x.shape[0]
+    block[:size] = x
+    first, offset, power = True, 0, 1
     while power <= n:
         if n & power:
-            part = take(block, offset, out_len)
-            total = part.copy() if total is None else total + part
+            for i in range(out.shape[0]):
+                out[i] = block[offset + i] if first else out[i] + block[offset + i]
+            first = False
             offset += power
-        nxt = size - 2 * power + 1
-        if 2 * power <= n and nxt > 0:
-            block = take(block, 0, nxt) + take(block, power, nxt)
+        if 2 * power <= n:  # the partial sums of 2 * power entries, in place (block[j + power] is still old)
+            for j in range(size - 2 * power + 1):
+                block[j] = block[j] + block[j + power]
         power *= 2
-    return total
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _column_window_sum(x, n, out, block):
+    """:func:`_window_sum` down the rows of the 2-D ``x``, a row at a time (out[i] = x[i] + ...
+    + x[i + n - 1], the same partial sums in the same order); ``block``: scratch shaped as ``x``."""
+    size, m = x.shape
+    block[:size] = x
+    first, offset, power = True, 0, 1
+    while power <= n:
+        if n & power:
+            for i in range(out.shape[0]):
+                for c in range(m):
+                    out[i, c] = block[offset + i, c] if first else out[i, c] + block[offset + i, c]
+            first = False
+            offset += power
+        if 2 * power <= n:
+            for j in range(size - 2 * power + 1):
+                for c in range(m):
+                    block[j, c] = block[j, c] + block[j + power, c]
+        power *= 2
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _box_mean(a, r, inset):
+    """:func:`box_mean` of a (n, H, W) float64 array whose halo ``inset`` >= r: the sums down the
+    columns (vectorised along the rows), then along each row."""
+    n, H, W = a.shape
+    h, w, k, o = H - 2 * inset, W - 2 * inset, 2 * r + 1, inset - r
+    hs, ws = h + 2 * r, w + 2 * r  # the rows and columns the windows read
+    out = np.empty((n, h, w))
+    vals, counts, block = np.empty((hs, ws)), np.empty((hs, ws)), np.empty((hs, ws))
+    col_sum, col_count = np.empty((h, ws)), np.empty((h, ws))
+    row_sum, row_count, line = np.empty(w), np.empty(w), np.empty(ws)
+    for i in range(n):
+        full = True
+        for y in range(hs):
+            for c in range(ws):
+                v = a[i, o + y, o + c]
+                ok = not np.isnan(v)
+                full &= ok
+                vals[y, c], counts[y, c] = (v, 1.0) if ok else (0.0, 0.0)
+        _column_window_sum(vals, k, col_sum, block)
+        if not full:
+            _column_window_sum(counts, k, col_count, block)
+        for y in range(h):
+            _window_sum(col_sum[y], k, row_sum, line)
+            if full:  # every window holds k * k values
+                row_count[:] = k * k
+            else:
+                _window_sum(col_count[y], k, row_count, line)
+            for x in range(w):
+                ok = not np.isnan(a[i, inset + y, inset + x]) and row_count[x] > 0
+                out[i, y, x] = row_sum[x] / row_count[x] if ok else np.nan
+    return out
 
 
 def box_mean(a: np.ndarray, radius_px: int, *, inset: int = 0) -> np.ndarray:
     """NaN-aware mean over the (2r+1)^2 square (``ee.Kernel.square(r)``) on the last two axes.
 
     Only in-array, non-NaN neighbours count; NaN where the centre is NaN. Computed as the ratio
-    of two box sums (values and valid counts) in float64. With ``inset`` >= r the array's
-    border of ``inset`` pixels is a halo: no padding is needed and the result covers only the
-    inner region (shape reduced by 2 x inset), which is what a block with a halo wants.
+    of two box sums (values and valid counts) in float64, compiled, one image at a time (its
+    partial sums stay in the CPU cache). With ``inset`` >= r the array's border of ``inset``
+    pixels is a halo: no padding is needed and the result covers only the inner region (shape
+    reduced by 2 x inset), which is what a block with a halo wants.
     """
     a = np.asarray(a, dtype="float64")
     shape = a.shape
     a = a.reshape(-1, *shape[-2:])  # (images, y, x): images are independent
-    valid = ~np.isnan(a)
-    r = radius_px
+    r = int(radius_px)
     if inset < r:
         pad = [(0, 0), (r - inset, r - inset), (r - inset, r - inset)]
-        a, valid, inset = np.pad(a, pad, constant_values=np.nan), np.pad(valid, pad), r
-    h, w = a.shape[-2] - 2 * inset, a.shape[-1] - 2 * inset
-    src = (slice(None), slice(inset - r, a.shape[-2] - inset + r), slice(inset - r, a.shape[-1] - inset + r))
-    centre = (slice(None), slice(inset, inset + h), slice(inset, inset + w))
-
-    def box(x):
-        return _window_sum(_window_sum(x[src], 2 * r + 1, h, 1), 2 * r + 1, w, 2)
-
-    # slabs of a few images keep the partial sums in the CPU cache (the values do not change)
-    out = np.empty((a.shape[0], h, w))
-    step = max(1, BOX_SLAB_PIXELS // (a.shape[-2] * a.shape[-1]))
-    for s in range(0, a.shape[0], step):
-        x, ok = a[s : s + step], valid[s : s + step]
-        if ok.all():  # every window is full (no NaN, no padding): its count is the kernel's size
-            out[s : s + step] = box(x) / float((2 * r + 1) ** 2)
-            continue
-        sums = box(np.where(ok, x, 0.0))
-        counts = box(ok.astype("float32"))  # integers: exact in float32
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + step] = np.where(ok[centre] & (counts > 0), sums / np.maximum(counts, 1), np.nan)
-    return out.reshape(*shape[:-2], h, w)
+        a, inset = np.pad(a, pad, constant_values=np.nan), r
+    out = _box_mean(np.ascontiguousarray(a), r, inset)
+    return out.reshape(*shape[:-2], *out.shape[-2:])
 
 
 def window_weights(optical_times, s1_times, window_days: float) -> np.ndarray:
@@ -216,26 +260,48 @@ def window_mean(s1: np.ndarray, weights: np.ndarray, min_db: float, max_db: floa
 
     Values below ``min_db`` or above ``max_db``, infinities and NaN are masked and left out of
     the mean; NaN where a window holds no valid value. Each window's images are summed in time
-    order, so the result does not depend on the block shape (a matrix product's summation order
-    could).
+    order (float64), so the result does not depend on the block shape (a matrix product's
+    summation order could).
     """
-    s1 = np.asarray(s1)
-    valid = np.isfinite(s1) & (s1 >= min_db) & (s1 <= max_db)
-    values = np.where(valid, s1, s1.dtype.type(0))  # input precision; sums accumulate in float64
-    out = np.full((weights.shape[0], *s1.shape[1:]), np.nan)
-    done: dict[bytes, int] = {}  # optical dates a few days apart often share their S1 window: reuse it
-    for i, row in enumerate(weights):  # one optical date at a time, vectorised over pixels
-        sel = np.flatnonzero(row)
-        if sel.size == 0:
+    s1 = np.ascontiguousarray(s1)
+    if s1.dtype.kind != "f":
+        s1 = s1.astype("float64")
+    sel = [np.flatnonzero(row) for row in weights]
+    starts = np.cumsum([0] + [len(s) for s in sel])
+    # optical dates a few days apart often share their S1 window: computed once
+    first: dict[bytes, int] = {}
+    source = np.array([first.setdefault(s.tobytes(), i) for i, s in enumerate(sel)], dtype=np.intp)
+    index = np.concatenate(sel).astype(np.intp) if sel else np.zeros(0, np.intp)
+    return _window_mean(s1, starts.astype(np.intp), index, source, float(min_db), float(max_db))
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _window_mean(s1, starts, index, source, min_db, max_db):
+    """:func:`window_mean` with date i's images ``index[starts[i]:starts[i + 1]]``; a date whose
+    ``source`` is an earlier date with the same images copies it."""
+    T, (_, H, W) = starts.shape[0] - 1, s1.shape
+    out = np.full((T, H, W), np.nan)
+    total, count = np.empty((H, W)), np.empty((H, W), np.int32)
+    for i in range(T):
+        if source[i] != i:
+            out[i] = out[source[i]]
             continue
-        key = sel.tobytes()
-        if key in done:
-            out[i] = out[done[key]]
+        if starts[i] == starts[i + 1]:
             continue
-        done[key] = i
-        if sel[-1] - sel[0] + 1 == sel.size:  # consecutive images (time-sorted S1): views, no copies
-            sel = slice(sel[0], sel[-1] + 1)
-        total, count = values[sel].sum(axis=0, dtype="float64"), valid[sel].sum(axis=0, dtype="int16")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[i] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        for k in range(starts[i], starts[i + 1]):
+            j = index[k]
+            for y in range(H):
+                for x in range(W):
+                    v = s1[j, y, x]
+                    ok = np.isfinite(v) and v >= min_db and v <= max_db
+                    value = np.float64(v) if ok else 0.0
+                    if k == starts[i]:
+                        total[y, x], count[y, x] = value, ok
+                    else:
+                        total[y, x] += value
+                        count[y, x] += ok
+        for y in range(H):
+            for x in range(W):
+                if count[y, x] > 0:
+                    out[i, y, x] = total[y, x] / count[y, x]
     return out

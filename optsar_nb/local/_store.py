@@ -184,7 +184,7 @@ def share(obj):
     return dask.delayed(obj, traverse=False)
 
 
-def compute(tasks: list, *, processes: bool, workers: int | None) -> list:
+def compute(tasks: list, *, processes: bool, workers: int | None, width: int | None = None) -> list:
     """Run dask ``tasks`` on the active scheduler and return their results.
 
     With a distributed Client, there. Otherwise on this machine with ``workers`` cores (default:
@@ -194,11 +194,12 @@ def compute(tasks: list, *, processes: bool, workers: int | None) -> list:
     single task, runs here. Worker processes are started with "spawn" (safe whatever threads
     this process runs), so a script calling the job at top level needs the usual
     ``if __name__ == "__main__":`` guard; they end when this process ends, even when it is
-    killed.
+    killed. ``width``: how many of the graph's tasks can run at once (default: one per task
+    given; more when the given tasks are the roots of a tree).
     """
     if client_active():
         return list(dask.compute(*tasks))
-    n = min(workers or os.cpu_count() or 1, len(tasks))
+    n = min(workers or os.cpu_count() or 1, width or len(tasks))
     if n <= 1:
         return list(dask.compute(*tasks, scheduler="sync"))
     if not processes:
@@ -222,7 +223,7 @@ def total(tasks: list, combine, *, processes: bool, workers: int | None):
     while len(level) > 1:
         pairs = [dask.delayed(combine)(a, b) for a, b in zip(level[::2], level[1::2])]
         level = pairs + level[len(pairs) * 2 :]
-    return compute(level, processes=processes, workers=workers)[0]
+    return compute(level, processes=processes, workers=workers, width=len(tasks))[0]
 
 
 def _worker_init(parent: int) -> None:
