@@ -829,6 +829,28 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     store.destroy()
 
 
+def _slow_thread_id(i):
+    import threading
+    import time
+
+    time.sleep(0.05)
+    return {threading.get_ident()}
+
+
+def test_reductions_over_blocks_use_every_worker():
+    """A reduction's tree of tasks (one root) runs its leaves on all the workers asked for: the
+    graph's width, not its single root, sets how many run at once."""
+    import operator
+
+    import dask
+
+    from optsar_nb.local import _store
+
+    leaves = [dask.delayed(_slow_thread_id)(i) for i in range(12)]
+    assert len(_store.total(leaves, operator.or_, processes=False, workers=2)) == 2
+    assert len(_store.total(leaves, operator.or_, processes=False, workers=1)) == 1
+
+
 def test_report_series_interpolation_is_each_pixels_own(tmp_path):
     """The report's time-series figure draws, per pixel, the linear interpolation between that
     pixel's training observations (numpy's np.interp as the independent reference)."""
