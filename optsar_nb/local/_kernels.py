@@ -145,81 +145,76 @@ def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarr
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _window_sum(x, n, out, block):
-    """Sums of ``n`` consecutive entries of the 1-D ``x``: out[i] = x[i] + ... + x[i + n - 1] for
-    i < len(out); ``block``: scratch as long as ``x``.
+def _window_sums(x, n, out, scratch_a, scratch_b):
+    """Sums of ``n`` consecutive rows of the 2-D ``x``: out[i] = x[i] + ... + x[i + n - 1] for
+    i < len(out), vectorised along the rows; ``scratch_*``: arrays shaped as ``x``.
 
     Built from power-of-two partial sums (n = 21 -> 1 + 4 + 16, added in that order), so each
     output is the same fixed expression of its inputs wherever the array starts: chunking does
     not change a bit.
     """
-    size = x.shape[0]
-    block[:size] = x
-    first, offset, power = True, 0, 1
+    size, m = x.shape
+    cur, first, offset, power, into_a = x, True, 0, 1, True
     while power <= n:
         if n & power:
             for i in range(out.shape[0]):
-                out[i] = block[offset + i] if first else out[i] + block[offset + i]
+                for c in range(m):
+                    out[i, c] = cur[offset + i, c] if first else out[i, c] + cur[offset + i, c]
             first = False
             offset += power
-        if 2 * power <= n:  # the partial sums of 2 * power entries, in place (block[j + power] is still old)
+        if 2 * power <= n:  # the partial sums of 2 * power rows
+            nxt = scratch_a if into_a else scratch_b
+            into_a = not into_a
             for j in range(size - 2 * power + 1):
-                block[j] = block[j] + block[j + power]
+                for c in range(m):
+                    nxt[j, c] = cur[j, c] + cur[j + power, c]
+            cur = nxt
         power *= 2
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def _column_window_sum(x, n, out, block):
-    """:func:`_window_sum` down the rows of the 2-D ``x``, a row at a time (out[i] = x[i] + ...
-    + x[i + n - 1], the same partial sums in the same order); ``block``: scratch shaped as ``x``."""
-    size, m = x.shape
-    block[:size] = x
-    first, offset, power = True, 0, 1
-    while power <= n:
-        if n & power:
-            for i in range(out.shape[0]):
-                for c in range(m):
-                    out[i, c] = block[offset + i, c] if first else out[i, c] + block[offset + i, c]
-            first = False
-            offset += power
-        if 2 * power <= n:
-            for j in range(size - 2 * power + 1):
-                for c in range(m):
-                    block[j, c] = block[j, c] + block[j + power, c]
-        power *= 2
+def _box_sums(x, k, scratch, col, col_t, out_t):
+    """(w, h) box sums, transposed, of the (h + k - 1, w + k - 1) ``x``: down the columns, then
+    (transposed, so again down the columns) along the rows."""
+    _window_sums(x, k, col, scratch[0], scratch[1])
+    col_t[:, :] = col.T
+    _window_sums(col_t, k, out_t, scratch[2], scratch[3])
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def _box_mean(a, r, inset):
-    """:func:`box_mean` of a (n, H, W) float64 array whose halo ``inset`` >= r: the sums down the
-    columns (vectorised along the rows), then along each row."""
+    """:func:`box_mean` of a (n, H, W) float64 array whose halo ``inset`` >= r, one image at a
+    time (its partial sums stay in the CPU cache)."""
     n, H, W = a.shape
     h, w, k, o = H - 2 * inset, W - 2 * inset, 2 * r + 1, inset - r
     hs, ws = h + 2 * r, w + 2 * r  # the rows and columns the windows read
     out = np.empty((n, h, w))
-    vals, counts, block = np.empty((hs, ws)), np.empty((hs, ws)), np.empty((hs, ws))
-    col_sum, col_count = np.empty((h, ws)), np.empty((h, ws))
-    row_sum, row_count, line = np.empty(w), np.empty(w), np.empty(ws)
+    vals, counts = np.empty((hs, ws)), np.empty((hs, ws))
+    scratch = np.empty((4, max(hs, ws), max(hs, ws)))
+    col, col_t = np.empty((h, ws)), np.empty((ws, h))
+    sums, n_valid = np.empty((w, h)), np.empty((w, h))
     for i in range(n):
-        full = True
-        for y in range(hs):
-            for c in range(ws):
-                v = a[i, o + y, o + c]
-                ok = not np.isnan(v)
-                full &= ok
-                vals[y, c], counts[y, c] = (v, 1.0) if ok else (0.0, 0.0)
-        _column_window_sum(vals, k, col_sum, block)
-        if not full:
-            _column_window_sum(counts, k, col_count, block)
+        window = a[i, o : o + hs, o : o + ws]
+        full = not np.isnan(window).any()
+        if full:  # every window holds k * k values
+            vals[:, :] = window
+        else:
+            for y in range(hs):
+                for c in range(ws):
+                    v = window[y, c]
+                    ok = not np.isnan(v)
+                    vals[y, c], counts[y, c] = (v, 1.0) if ok else (0.0, 0.0)
+        _box_sums(vals, k, scratch, col, col_t, sums)
+        if full:
+            for y in range(h):
+                for x in range(w):
+                    out[i, y, x] = sums[x, y] / (k * k)
+            continue
+        _box_sums(counts, k, scratch, col, col_t, n_valid)
         for y in range(h):
-            _window_sum(col_sum[y], k, row_sum, line)
-            if full:  # every window holds k * k values
-                row_count[:] = k * k
-            else:
-                _window_sum(col_count[y], k, row_count, line)
             for x in range(w):
-                ok = not np.isnan(a[i, inset + y, inset + x]) and row_count[x] > 0
-                out[i, y, x] = row_sum[x] / row_count[x] if ok else np.nan
+                ok = not np.isnan(a[i, inset + y, inset + x]) and n_valid[x, y] > 0
+                out[i, y, x] = sums[x, y] / n_valid[x, y] if ok else np.nan
     return out
 
 
