@@ -9,7 +9,7 @@ import rasterio
 import xarray as xr
 
 from optsar_nb.errors import OutputExists, StackMismatch
-from optsar_nb.local.stack import read_netcdf, read_stack, write_geotiff, write_stack
+from optsar_nb.local.stack import read_netcdf, read_stack, write_geotiff, write_geotiffs, write_stack
 from optsar_nb.outputs import write_csv
 
 
@@ -61,6 +61,32 @@ def test_packed_int16_round_trip(tmp_path):
     finite = np.isfinite(stack.values)
     assert np.abs(back.values[finite] - stack.values[finite]).max() <= 0.5e-4 + 1e-7
     assert np.isnan(back.values[0, 0, 0])
+
+
+def test_files_written_together_compute_their_shared_blocks_once(tmp_path):
+    """Two stacks cut from one block function (as NDVI_gapfree and its SE) are written window by
+    window together: every block is computed once, and each file holds its own half."""
+    import threading
+
+    import dask.array as da
+
+    template = _stack(ny=300, nx=280)  # 5 x 5 blocks of up to 64 px
+    calls, lock = [], threading.Lock()
+
+    def pair(block_info=None):
+        (_, _), (_, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        with lock:
+            calls.append((r0, c0))
+        return np.stack([template.values[:, r0:r1, c0:c1], -template.values[:, r0:r1, c0:c1]])
+
+    both = da.map_blocks(pair, chunks=((2,), (3,), (64,) * 4 + (44,), (64,) * 4 + (24,)), dtype="float32")
+    a, b = (template.copy(data=both[i]) for i in range(2))
+    write_geotiffs([(a, tmp_path / "a.tif"), (b, tmp_path / "b.tif")])
+    assert sorted(calls) == sorted({(r, c) for r in range(0, 300, 64) for c in range(0, 280, 64)})
+    for name, sign in (("a.tif", 1), ("b.tif", -1)):
+        with rasterio.open(tmp_path / name) as src:
+            np.testing.assert_array_equal(src.read(), sign * template.values)
+            assert src.descriptions == tuple(template["id"].values)
 
 
 def _metadata(tmp_path, stack):

@@ -134,14 +134,14 @@ def _se_bin_probes():
 
 # ---------------------------------------------------------------------------------------------
 # the product's blocks
-def product(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
+def product(stage: Stage, rows: slice, cols: slice, *, with_bins: bool = False):
     """The product's fused estimate from every clear view of a block (T, h, w), where the pixel
-    is not clear."""
+    is not clear; ``with_bins``: and the SE bin of every date (int8, -1 without clear view)."""
     o, clear, (T, h, w) = _clear_views(stage, rows, cols)
     nm = np.asarray(stage.nmean[:, :, rows, cols])
-    est = fusion.fused(o, clear, nm.reshape(nm.shape[0], T, -1), stage.days, stage.weights,
-                       np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)[0]
-    return est.reshape(T, h, w)
+    est, _, _, _, bins = fusion.fused(o, clear, nm.reshape(nm.shape[0], T, -1), stage.days, stage.weights,
+                                      np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)
+    return (est.reshape(T, h, w), bins.reshape(T, h, w)) if with_bins else est.reshape(T, h, w)
 
 
 def se_bins(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
@@ -166,7 +166,22 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
     estimate ("fusion": the fused estimate; "paper": the calibrated S1 prediction, the fused
     estimate where a pixel has no model, then the B.10 focal median); NaN outside the AOI;
     never outside [-1, 1]."""
-    p = stage.params
+    return _gapfree(stage, inside, rows, cols)[0]
+
+
+def gapfree_pair(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray | None,
+                 rows: slice, cols: slice) -> np.ndarray:
+    """(2, T, h, w) float32: NDVI_gapfree (:func:`gapfree_block`) and NDVI_gapfree_SE of one
+    block. The SE is 0 where the clear observation is kept, else the standard error of the
+    estimate by distance to the nearest clear observation (``se``: per SE bin); NaN outside the
+    AOI. With the fusion, one pass of the fused estimate gives both (and the SE bins)."""
+    fill, bins = _gapfree(stage, inside, rows, cols)
+    return np.stack([fill, _gapfree_se(stage, se, inside, rows, cols, bins)])
+
+
+def _gapfree(stage: Stage, inside, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`gapfree_block`, and the SE bins when the fusion's estimate gave them (else None)."""
+    p, bins = stage.params, None
     if p.method == "paper":  # the focal median reads a halo (NaN beyond the image)
         depth = int(np.ceil(p.focal_median_radius_px))
         fused = BlockArray(partial(product, stage), stage.obs.shape, "float64")
@@ -178,21 +193,20 @@ def gapfree_block(stage: Stage, inside: np.ndarray | None, rows: slice, cols: sl
         fill = _kernels.focal_median(fill, p.focal_median_radius_px, inset=depth)
     else:
         o = np.asarray(stage.obs[:, rows, cols])
-        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o,
-                        product(stage, rows, cols)).astype("float32")
+        est, bins = product(stage, rows, cols, with_bins=True)
+        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o, est).astype("float32")
         if inside is not None:
             fill[:, inside[rows, cols] != 1] = np.nan
-    return np.clip(fill, -1.0, 1.0, out=fill)
+    return np.clip(fill, -1.0, 1.0, out=fill), bins
 
 
-def gapfree_se_block(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray | None,
-                     rows: slice, cols: slice) -> np.ndarray:
-    """NDVI_gapfree_SE on one block: 0 where the clear observation is kept, else the standard
-    error of the estimate by distance to the nearest clear observation; NaN outside the AOI."""
+def _gapfree_se(stage: Stage, se, inside, rows: slice, cols: slice, bins: np.ndarray | None) -> np.ndarray:
+    """NDVI_gapfree_SE (see :func:`gapfree_pair`) from the block's SE bins (``bins``; None:
+    computed here)."""
     def lookup(table):  # SE bin -1 (no clear view) -> NaN
         return np.concatenate([[np.nan], table]).astype("float32")[sb + 1]
 
-    sb = se_bins(stage, rows, cols).astype(np.intp)
+    sb = (se_bins(stage, rows, cols) if bins is None else bins).astype(np.intp)
     out = lookup(se["fusion"])
     if stage.params.method == "paper":  # the S1 regression's own SE where it predicts
         out = np.where(np.isfinite(stage.pred[:, rows, cols]), lookup(se["model"]), out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels, _postprocess, fusion, steps
+from . import _kernels, _postprocess, _standardize, fusion, steps
 
 
 def read_with_halo(stack, rows: slice, cols: slice, depth: int, dtype="float32") -> np.ndarray:
@@ -98,13 +98,19 @@ def pca_basis(pca: np.ndarray, T: int, n_keep: int) -> tuple[np.ndarray, np.ndar
     return means, _postprocess.pca_basis(cross - n * np.outer(means, means), n, n_keep)
 
 
-def project_block(stage: dict, rows: slice, cols: slice) -> None:
+def project_block(stage: dict, rows: slice, cols: slice) -> np.ndarray:
     """B.8 on one block: the prediction recomputed (covariates and the staged coefficients) and
     the complete pixels' component scores basis^T (pred - means) written into "scores" (float64;
-    NaN elsewhere). ``stage`` as for :func:`fit_predict_block`, plus "means" and "basis"."""
+    NaN elsewhere). Returns the block's first pass of B.9's statistics
+    (``_standardize.ranges_of``) on the smoothed prediction as every later pass reads it
+    (:func:`smooth_block` of the staged scores). ``stage`` as for :func:`fit_predict_block`,
+    plus "means" and "basis"."""
     g = stage
     pred = steps.predict_block(s1_covariates(g, rows, cols), g["coef"][:, rows, cols])
     g["scores"][:, rows, cols] = pca_scores(pred, g["means"], g["basis"])
+    smooth = smooth_block(g["scores"], g["rest"], g["means"], g["basis"], rows, cols)
+    return _standardize.block_ranges(np.asarray(g["obs"][:, rows, cols]), smooth, np.asarray(g["state"][:, rows, cols]),
+                                     np.asarray(g["donor"][rows, cols]), g["labels"] == "validation")
 
 
 def pca_scores(pred: np.ndarray, means: np.ndarray, basis: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _postprocess, _store, steps
 from ._blocks import _grid_attrs
-from .stack import TILE_PX, write_geotiff
+from .stack import TILE_PX, write_geotiff, write_geotiffs
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
@@ -42,8 +42,9 @@ def _stack_like(data, template: xr.DataArray, table: pd.DataFrame, name: str) ->
 def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, overwrite, *, s1_done=None) -> None:
     """The stacks, the coefficient image and the metadata CSV.
 
-    ``s1_done()`` is called once the last file that reads S1 (the gap-free stack, through the
-    fusion's covariates) is written: the staged S1 can go before the other files take the disk.
+    ``s1_done()`` is called once the last files that read S1 (the gap-free stack and its SE,
+    written together, through the fusion's covariates) are written: the staged S1 can go before
+    the other files take the disk.
 
     The stacks are computed by the staging's blocks (at most a file tile; both are powers of
     two): each lies within one of the writer's windows (whole tiles), so none is computed twice
@@ -59,21 +60,19 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
     inside = np.asarray(inside.values) if inside is not None else None
 
-    def blockwise(fn, name):
-        def one(block_info=None):
-            _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"])
-            return fn(rows, cols)
+    # NDVI_gapfree and its SE from one pass over the blocks (named here: dask would otherwise
+    # hash what the function reads to name it)
+    def pair(block_info=None):
+        _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"][1:])
+        return _accuracy.gapfree_pair(stage, se, inside, rows, cols)
 
-        # named here: dask would otherwise hash what the function reads to name it
-        out = da.map_blocks(one, chunks=pred_da.data.chunks, dtype="float32", name=f"{name}-{uuid.uuid4().hex}")
-        return _stack_like(out, ndvi, table, name)
-
-    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_block(stage, inside, r, c), "NDVI_gapfree"),
-                  paths["NDVI_gapfree"], overwrite=overwrite)
+    both = da.map_blocks(pair, chunks=((2,), *pred_da.data.chunks), dtype="float32",
+                         name=f"NDVI_gapfree-{uuid.uuid4().hex}")
+    write_geotiffs([(_stack_like(both[0], ndvi, table, "NDVI_gapfree"), paths["NDVI_gapfree"]),
+                    (_stack_like(both[1], ndvi, table, "NDVI_gapfree_SE"), paths["NDVI_gapfree_SE"])],
+                   overwrite=overwrite)
     if s1_done is not None:
         s1_done()
-    write_geotiff(blockwise(lambda r, c: _accuracy.gapfree_se_block(stage, se, inside, r, c), "NDVI_gapfree_SE"),
-                  paths["NDVI_gapfree_SE"], overwrite=overwrite)
     write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
     write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
     write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)

@@ -10,7 +10,8 @@ reductions, run on the active scheduler (``_store.compute``):
    S1 read with the block's halo and averaged over the windows, covariates, robust regression,
    prediction; the coefficients staged, the PCA's sums and a sample of the fusion's leave-out
    rows returned, from which the PCA components and the fusion weights follow;
-4. PCA smoothing: each block's prediction recomputed and its component scores staged;
+4. PCA smoothing: each block's prediction recomputed and its component scores staged (and the
+   first of B.9's passes run on the smoothed prediction);
 5. standardization (``_standardize``: each image's statistics, exact quantiles included, as
    reductions over blocks), then the per-image MAE;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
@@ -155,7 +156,7 @@ def infill(
             # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
             local = nullcontext() if _store.client_active() else dask.config.set(scheduler="threads",
                                                                                   num_workers=workers)
-            with local:
+            with local, _store.job_pools():
                 run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:
@@ -320,21 +321,21 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
 
     # B.8 PCA smoothing: the components from the stage's sums, each pixel's scores from its
     # recomputed prediction (float64, the precision B.9 reads; see steps_post.pca_smooth)
-    means = basis = z_scores = None
-    if pca:
+    means = basis = z_scores = ranges = None
+    if pca:  # and the first pass of B.9's statistics, on the smoothed prediction
         means, basis = _fused.pca_basis(fused["pca"], T, k)
         z_scores = store.create("scores", (k, H, W), (k, edge, edge), "float64")
         stage.update(means=means, basis=basis, scores=z_scores)
         shared = _store.share(stage)
-        _store.compute([dask.delayed(_fused.project_block)(shared, rows, cols) for rows, cols in blocks],
-                       processes=True, workers=workers)
+        ranges = _store.total([dask.delayed(_fused.project_block)(shared, rows, cols) for rows, cols in blocks],
+                              _standardize.merge_ranges, processes=True, workers=workers)
     smooth = BlockArray(partial(_fused.smooth_block, z_scores, z_rest, means, basis), (T, H, W), "float64")
     lap("PCA smoothing (B.8)")
 
     # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
     cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
     b9 = _standardize.Blocks(smooth, z_obs, z_st, donor, labels, cloud, params)
-    b9_stats, mae = _standardize.calibrate(b9, blocks, workers)
+    b9_stats, mae = _standardize.calibrate(b9, blocks, workers, ranges)
     table = table.assign(MAE=mae)
     lap("standardization, MAE (B.9-B.10)")
 

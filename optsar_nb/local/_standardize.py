@@ -137,15 +137,20 @@ def _interval_kernel(obs, pred, state, donor, validation, bounds, out):
                                 out[series, t, k, 1] += 1
 
 
-def _ranges(b: Blocks, rows, cols) -> np.ndarray:
-    data = b.read(rows, cols)
-    out = np.zeros((5, data[2].shape[0]))
+def ranges_of(b: Blocks, rows, cols) -> np.ndarray:
+    """The first pass on one block: (5, T) per image n, sum obs, sum pred, min pred, max pred."""
+    return block_ranges(*b.read(rows, cols))
+
+
+def block_ranges(obs, pred, state, donor, validation) -> np.ndarray:
+    """:func:`ranges_of` of a block's arrays (as :meth:`Blocks.read` returns them)."""
+    out = np.zeros((5, state.shape[0]))
     out[3], out[4] = np.inf, -np.inf
-    _ranges_kernel(*data, out)
+    _ranges_kernel(obs, pred, state, donor, validation, out)
     return out
 
 
-def _merge_ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def merge_ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = a + b
     out[3], out[4] = np.minimum(a[3], b[3]), np.maximum(a[4], b[4])
     return out
@@ -189,15 +194,17 @@ def lerp(a: float, b: float, t: float) -> float:
     return float(np.float64(b) - diff * (1 - t)) if t >= 0.5 else float(np.float64(a) + diff * t)
 
 
-def statistics(b: Blocks, blocks, workers: int | None) -> dict[str, np.ndarray]:
+def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per image: ``n`` pixels used, ``apply`` (B.9 applies: cloud cover under the threshold and
     a pixel used) and (2, T, 3) ``stats`` [mean, lower-interval mean, upper-interval mean] of the
-    observation and the prediction (NaN where an image has no used pixel)."""
+    observation and the prediction (NaN where an image has no used pixel). ``ranges``: the
+    first pass's result (:func:`ranges_of`, summed over the blocks with :func:`merge_ranges`) when
+    an earlier pass over the blocks computed it."""
     def total(fn, *args, combine=operator.add):
         return _store.total([dask.delayed(fn)(b, rows, cols, *args) for rows, cols in blocks], combine,
                             processes=False, workers=workers)
 
-    r = total(_ranges, combine=_merge_ranges)
+    r = total(ranges_of, combine=merge_ranges) if ranges is None else ranges
     n, T = r[0].astype(np.int64), r.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = r[1:3] / n
@@ -268,10 +275,11 @@ def _mae_sums(b: Blocks, rows, cols, stats: dict[str, np.ndarray]) -> np.ndarray
     return np.stack([err.reshape(T, -1).sum(axis=1), ok.reshape(T, -1).sum(axis=1)])
 
 
-def calibrate(b: Blocks, blocks, workers: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def calibrate(b: Blocks, blocks, workers: int | None,
+              ranges: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """B.9-B.10 over all blocks: returns the statistics (:func:`statistics`), with which
     :func:`calibrated` maps any block, and the per-image MAE (-1 where an image has no clear pixel)."""
-    stats = statistics(b, blocks, workers)
+    stats = statistics(b, blocks, workers, ranges)
     sums = _store.total([dask.delayed(_mae_sums)(b, rows, cols, stats) for rows, cols in blocks],
                         operator.add, processes=False, workers=workers)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -20,6 +20,7 @@ import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask
@@ -193,9 +194,10 @@ def compute(tasks: list, *, processes: bool, workers: int | None, width: int | N
     times the speed of one thread, processes at about twice), else in threads; one core, or a
     single task, runs here. Worker processes are started with "spawn" (safe whatever threads
     this process runs), so a script calling the job at top level needs the usual
-    ``if __name__ == "__main__":`` guard; they end when this process ends, even when it is
-    killed. ``width``: how many of the graph's tasks can run at once (default: one per task
-    given; more when the given tasks are the roots of a tree).
+    ``if __name__ == "__main__":`` guard; they end with the call, or with the job
+    (:func:`job_pools`), and when this process ends, even when it is killed. ``width``: how
+    many of the graph's tasks can run at once (default: one per task given; more when the
+    given tasks are the roots of a tree).
     """
     if client_active():
         return list(dask.compute(*tasks))
@@ -204,16 +206,43 @@ def compute(tasks: list, *, processes: bool, workers: int | None, width: int | N
         return list(dask.compute(*tasks, scheduler="sync"))
     if not processes:
         return list(dask.compute(*tasks, scheduler="threads", num_workers=n))
-    context = multiprocessing.get_context("spawn")
+    job = _JOB_POOLS[-1] if _JOB_POOLS else None
+    pool = job.get(n) if job is not None else None
+    if pool is None:
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(os.getpid(),))
+        if job is not None:
+            job[n] = pool
     try:
-        with ProcessPoolExecutor(n, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-            return list(dask.compute(*tasks, scheduler="processes", pool=pool))
+        return list(dask.compute(*tasks, scheduler="processes", pool=pool))
     except BrokenProcessPool as err:
+        if job is not None:
+            job.pop(n, None)
         raise WorkerFailed(
             "a worker process of the infilling stopped abruptly. If this runs from a script, put the call under "
             "`if __name__ == \"__main__\":` (worker processes import the main script again); otherwise the machine "
             "may have run out of memory: pass workers=1 (or fewer workers) to use less"
         ) from err
+    finally:
+        if job is None:
+            pool.shutdown()
+
+
+_JOB_POOLS: list[dict] = []  # the worker pools of the job that runs (see job_pools), by size
+
+
+@contextmanager
+def job_pools():
+    """Within this context, the worker processes :func:`compute` starts serve every later stage
+    too (starting them costs seconds: imports, compiled code loaded), and end with it."""
+    pools: dict = {}
+    _JOB_POOLS.append(pools)
+    try:
+        yield
+    finally:
+        _JOB_POOLS.remove(pools)
+        for pool in pools.values():
+            pool.shutdown()
 
 
 def total(tasks: list, combine, *, processes: bool, workers: int | None):

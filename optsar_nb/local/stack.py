@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import dask.array as da
@@ -234,6 +235,35 @@ def write_geotiff(
     is packed as int16 (value = stored x scale, NaN stored as -32768), which readers unpack.
     Returns the path.
     """
+    return write_geotiffs([(data, path)], band_names=band_names, overwrite=overwrite, nodata=nodata,
+                          scale=scale)[0]
+
+
+def write_geotiffs(items: list[tuple[xr.DataArray, str | Path]], *, overwrite: bool = False, **options) -> list[Path]:
+    """Write several (band|time, y, x) DataArrays of one grid, each as :func:`write_geotiff` does
+    (``options`` apply to each), window by window together: a window of every file is computed
+    in one pass, so the work their graphs share (a block function returning several outputs) is
+    done once. Returns the paths."""
+    specs = [_geotiff_spec(data, **options) for data, _ in items]
+    height, width = specs[0]["profile"]["height"], specs[0]["profile"]["width"]
+    if any((s["profile"]["height"], s["profile"]["width"]) != (height, width) for s in specs):
+        raise StackMismatch("the files written together must share their grid")
+    rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in specs), height, width,
+                                tiled=specs[0]["profile"]["tiled"])
+    windows = [(r, c) for r in range(0, height, rows) for c in range(0, width, cols)]
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(path, overwrite=overwrite)) for _, path in items]
+        _write_windows_of([s["arr"].rechunk((-1, rows, cols)) for s in specs], tmps, specs, rows, cols, windows)
+        for tmp, spec, (_, path) in zip(tmps, specs, items, strict=True):
+            p = spec["profile"]
+            verify_geotiff(tmp, count=p["count"], height=height, width=width, dtype=p["dtype"],
+                           names=spec["band_names"], label=Path(path))
+    return [Path(path) for _, path in items]
+
+
+def _geotiff_spec(data: xr.DataArray, *, band_names=None, nodata=None, scale=None) -> dict:
+    """What :func:`write_geotiffs` writes of ``data``: its dask array (packed as int16 with
+    ``scale``), the file's profile, band names and type."""
     import rasterio
 
     if data.ndim == 2:
@@ -269,39 +299,38 @@ def write_geotiff(
         profile.pop("blockxsize"), profile.pop("blockysize")
     if count > 1:
         profile["interleave"] = "band"
-    rows, cols = _write_windows(count * dtype.itemsize, height, width, tiled=profile["tiled"])
-    arr = arr.rechunk((-1, rows, cols))
-    windows = [(r, c) for r in range(arr.numblocks[1]) for c in range(arr.numblocks[2])]
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        _write_windows_of(arr, tmp, profile, band_names, scale, dtype, rows, cols, windows)
-        verify_geotiff(tmp, count=count, height=height, width=width, dtype=dtype.name, names=band_names,
-                       label=Path(path))
-    return Path(path)
+    return {"arr": arr, "profile": profile, "band_names": band_names, "scale": scale, "dtype": dtype}
 
 
-def _write_windows_of(arr, tmp, profile, band_names, scale, dtype, rows, cols, windows) -> None:
-    """The writing loop of :func:`write_geotiff`, into ``tmp``."""
+def _write_windows_of(arrs, tmps, specs, rows, cols, windows) -> None:
+    """The writing loop of :func:`write_geotiffs`: window (row, col) offsets ``windows`` of the
+    dask arrays ``arrs`` (chunked by the windows) into the files ``tmps``."""
+    import dask
     import rasterio
     from rasterio.windows import Window
 
-    with rasterio.open(tmp, "w", **profile) as dst, ThreadPoolExecutor(max_workers=1) as writer:
-        for i, name in enumerate(band_names):
-            dst.set_band_description(i + 1, name)
-        if scale is not None:
-            dst.scales = [scale] * len(band_names)
-            dst.offsets = [0.0] * len(band_names)
+    with ExitStack() as files, ThreadPoolExecutor(max_workers=1) as writer:
+        dsts = [files.enter_context(rasterio.open(tmp, "w", **spec["profile"])) for tmp, spec in zip(tmps, specs)]
+        for dst, spec in zip(dsts, specs):
+            for i, name in enumerate(spec["band_names"]):
+                dst.set_band_description(i + 1, name)
+            if spec["scale"] is not None:
+                dst.scales = [spec["scale"]] * len(spec["band_names"])
+                dst.offsets = [0.0] * len(spec["band_names"])
 
-        def write(block, r, c):
-            dst.write(block, window=Window(c * cols, r * rows, block.shape[2], block.shape[1]))
+        def write(blocks, r0, c0):
+            for dst, block in zip(dsts, blocks):
+                dst.write(block, window=Window(c0, r0, block.shape[2], block.shape[1]))
 
         # one thread compresses and writes window k (GDAL releases the GIL) while the next is
         # computed (dask spreads a window's chunks over its threads); at most two windows wait
         pending = None
-        for r, c in windows:
-            block = np.asarray(arr.blocks[0, r, c].compute()).astype(dtype, copy=False)
+        for r0, c0 in windows:
+            parts = dask.compute(*[a.blocks[0, r0 // rows, c0 // cols] for a in arrs])
+            blocks = [np.asarray(b).astype(spec["dtype"], copy=False) for b, spec in zip(parts, specs)]
             if pending is not None:
                 pending.result()
-            pending = writer.submit(write, block, r, c)
+            pending = writer.submit(write, blocks, r0, c0)
         if pending is not None:
             pending.result()
 
