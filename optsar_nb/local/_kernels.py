@@ -55,49 +55,58 @@ def _med3(a, b, c):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _median3x3(padded: np.ndarray) -> np.ndarray:
     """NaN-aware median of every 3 x 3 window: (n, h + 2, w + 2) -> (n, h, w); NaN where the
-    centre is NaN.
-
-    Compiled, one image row at a time: each column of three is sorted once (low, mid, high) and
-    shared by the three windows that contain it; a full window's median is then med3(max of the
-    lows, med3 of the mids, min of the highs), an exact identity (Paeth, Graphics Gems 1990;
-    the same selection as Devillard's 19-exchange "opt_med9" network, with the column sorts
-    shared). A window holding NaN (the image's edge, masked pixels) sorts its valid values: the
-    median, or the mean of the two middle ones (in float64) for an even count, as
-    :func:`_median_of_rows`.
-    """
+    centre is NaN (:func:`_median3x3_image` on each image)."""
     n, hp, wp = padded.shape
     out = np.empty((n, hp - 2, wp - 2), dtype=padded.dtype)
-    low, mid, high = np.empty(wp, padded.dtype), np.empty(wp, padded.dtype), np.empty(wp, padded.dtype)
-    bad = np.empty(wp, np.bool_)
-    values = np.empty(9)
+    scratch = np.empty((3, wp), padded.dtype)
     for i in range(n):
-        for y in range(hp - 2):
-            for c in range(wp):
-                a, b, d = padded[i, y, c], padded[i, y + 1, c], padded[i, y + 2, c]
-                bad[c] = np.isnan(a) or np.isnan(b) or np.isnan(d)
-                lo, hi = min(a, b), max(a, b)
-                m = min(hi, d)
-                high[c] = max(hi, d)
-                low[c], mid[c] = min(lo, m), max(lo, m)
-            for x in range(wp - 2):
-                if not (bad[x] or bad[x + 1] or bad[x + 2]):
+        _median3x3_image(padded[i], out[i], scratch)
+    return out
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _median3x3_image(padded, out, scratch):
+    """The NaN-aware 3 x 3 median of one image: (h + 2, w + 2) ``padded`` -> (h, w) ``out``
+    (``scratch``: (3, >= w + 2) of the padded's type); NaN where the centre is NaN.
+
+    One image row at a time: each column of three is sorted once (low, mid, high) and shared by
+    the three windows that contain it; a full window's median is then med3(max of the lows,
+    med3 of the mids, min of the highs), an exact identity (Paeth, Graphics Gems 1990; the same
+    selection as Devillard's 19-exchange "opt_med9" network, with the column sorts shared). A
+    window holding NaN (the image's edge, masked pixels) sorts its valid values: the median, or
+    the mean of the two middle ones (in float64) for an even count, as :func:`_median_of_rows`.
+    """
+    hp, wp = padded.shape
+    low, mid, high = scratch[0], scratch[1], scratch[2]
+    values = np.empty(9)
+    for y in range(hp - 2):
+        bad_prev2 = bad_prev = False
+        for c in range(wp):
+            a, b, d = padded[y, c], padded[y + 1, c], padded[y + 2, c]
+            bad = np.isnan(a) or np.isnan(b) or np.isnan(d)
+            lo, hi = min(a, b), max(a, b)
+            m = min(hi, d)
+            high[c] = max(hi, d)
+            low[c], mid[c] = min(lo, m), max(lo, m)
+            if c >= 2:
+                x = c - 2
+                if not (bad or bad_prev or bad_prev2):
                     max_low = max(max(low[x], low[x + 1]), low[x + 2])
                     min_high = min(min(high[x], high[x + 1]), high[x + 2])
-                    out[i, y, x] = _med3(max_low, _med3(mid[x], mid[x + 1], mid[x + 2]), min_high)
-                    continue
-                if np.isnan(padded[i, y + 1, x + 1]):
-                    out[i, y, x] = np.nan
-                    continue
-                count = 0
-                for dy in range(3):
-                    for dx in range(3):
-                        v = padded[i, y + dy, x + dx]
-                        if not np.isnan(v):
-                            values[count] = v
-                            count += 1
-                ordered = np.sort(values[:count])
-                out[i, y, x] = (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
-    return out
+                    out[y, x] = _med3(max_low, _med3(mid[x], mid[x + 1], mid[x + 2]), min_high)
+                elif np.isnan(padded[y + 1, x + 1]):
+                    out[y, x] = np.nan
+                else:
+                    count = 0
+                    for dy in range(3):
+                        for dx in range(3):
+                            v = padded[y + dy, x + dx]
+                            if not np.isnan(v):
+                                values[count] = v
+                                count += 1
+                    ordered = np.sort(values[:count])
+                    out[y, x] = (ordered[(count - 1) // 2] + ordered[count // 2]) / 2
+            bad_prev2, bad_prev = bad_prev, bad
 
 
 def focal_median(a: np.ndarray, radius_px: float, *, inset: int = 0) -> np.ndarray:
@@ -184,38 +193,55 @@ def _box_sums(x, k, scratch, col, col_t, out_t):
 @njit(cache=True, error_model="numpy", nogil=True)
 def _box_mean(a, r, inset):
     """:func:`box_mean` of a (n, H, W) float64 array whose halo ``inset`` >= r, one image at a
-    time (its partial sums stay in the CPU cache)."""
+    time (:func:`_box_mean_image`)."""
     n, H, W = a.shape
+    out = np.empty((n, H - 2 * inset, W - 2 * inset))
+    scratch = _box_scratch(H - 2 * inset, W - 2 * inset, r)
+    for i in range(n):
+        _box_mean_image(a[i], r, inset, out[i], scratch)
+    return out
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _box_scratch(h, w, r):
+    """Scratch arrays of :func:`_box_mean_image` for an (h, w) output of radius ``r``."""
+    hs, ws = h + 2 * r, w + 2 * r
+    return (np.empty((hs, ws)), np.empty((hs, ws)), np.empty((4, max(hs, ws), max(hs, ws))),
+            np.empty((h, ws)), np.empty((ws, h)), np.empty((w, h)), np.empty((w, h)))
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _box_mean_image(a, r, inset, out, scratch):
+    """The box mean of one (H, W) float64 image whose halo ``inset`` >= r into (H - 2 inset,
+    W - 2 inset) ``out``; its partial sums stay in the CPU cache (``scratch``: :func:`_box_scratch`)."""
+    vals, counts, partial, col, col_t, sums, n_valid = scratch
+    H, W = a.shape
     h, w, k, o = H - 2 * inset, W - 2 * inset, 2 * r + 1, inset - r
     hs, ws = h + 2 * r, w + 2 * r  # the rows and columns the windows read
-    out = np.empty((n, h, w))
-    vals, counts = np.empty((hs, ws)), np.empty((hs, ws))
-    scratch = np.empty((4, max(hs, ws), max(hs, ws)))
-    col, col_t = np.empty((h, ws)), np.empty((ws, h))
-    sums, n_valid = np.empty((w, h)), np.empty((w, h))
-    for i in range(n):
-        window = a[i, o : o + hs, o : o + ws]
-        full = not np.isnan(window).any()
-        if full:  # every window holds k * k values
-            vals[:, :] = window
-        else:
-            for y in range(hs):
-                for c in range(ws):
-                    v = window[y, c]
-                    ok = not np.isnan(v)
-                    vals[y, c], counts[y, c] = (v, 1.0) if ok else (0.0, 0.0)
-        _box_sums(vals, k, scratch, col, col_t, sums)
-        if full:
-            for y in range(h):
-                for x in range(w):
-                    out[i, y, x] = sums[x, y] / (k * k)
-            continue
-        _box_sums(counts, k, scratch, col, col_t, n_valid)
+    window = a[o : o + hs, o : o + ws]
+    full = True
+    for y in range(hs):
+        for c in range(ws):
+            full &= not np.isnan(window[y, c])
+    if full:  # every window holds k * k values
+        vals[:, :] = window
+    else:
+        for y in range(hs):
+            for c in range(ws):
+                v = window[y, c]
+                ok = not np.isnan(v)
+                vals[y, c], counts[y, c] = (v, 1.0) if ok else (0.0, 0.0)
+    _box_sums(vals, k, partial, col, col_t, sums)
+    if full:
         for y in range(h):
             for x in range(w):
-                ok = not np.isnan(a[i, inset + y, inset + x]) and n_valid[x, y] > 0
-                out[i, y, x] = sums[x, y] / n_valid[x, y] if ok else np.nan
-    return out
+                out[y, x] = sums[x, y] / (k * k)
+        return
+    _box_sums(counts, k, partial, col, col_t, n_valid)
+    for y in range(h):
+        for x in range(w):
+            ok = not np.isnan(a[inset + y, inset + x]) and n_valid[x, y] > 0
+            out[y, x] = sums[x, y] / n_valid[x, y] if ok else np.nan
 
 
 def box_mean(a: np.ndarray, radius_px: int, *, inset: int = 0) -> np.ndarray:
@@ -300,3 +326,49 @@ def _window_mean(s1, starts, index, source, min_db, max_db):
                 if count[y, x] > 0:
                     out[i, y, x] = total[y, x] / count[y, x]
     return out
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def covariates_3x3(vv_win, vh_win, vv_mean, vh_mean, r_n, m, fusion_only, out):
+    """B.3 + B.4 on one block with the 3 x 3 focal median (``steps.covariate_block``, which
+    documents the covariates), compiled: image by image, each band's box mean and medians in
+    scratch that stays in the CPU cache, written into ``out`` (float32, rounded once).
+
+    ``*_win``: (T, h + 2 d, w + 2 d) float64 window means with their halo d = r_n + m (m: the
+    median's halo); ``*_mean``: (T,) AOI means; ``out``: (8, T, h, w), or (2, T, h, w) when
+    ``fusion_only``. The same operations on the same values as the numpy composition of
+    :func:`box_mean` and :func:`focal_median`.
+    """
+    T, hh, wh = vv_win.shape
+    depth = r_n + m
+    h, w = hh - 2 * depth, wh - 2 * depth
+    nh, nw = h + 2 * m, w + 2 * m  # the box mean over the core and the median's halo
+    nmean, diff, med = np.empty((nh, nw)), np.empty((nh, nw)), np.empty((h, w))
+    box_scratch, med_scratch = _box_scratch(nh, nw, r_n), np.empty((3, max(nw, w + 2)))
+    c0 = m - 1  # where the median's 3 x 3 windows start in an array with the median's halo
+    for t in range(T):
+        for k in range(2):
+            win = vv_win[t] if k == 0 else vh_win[t]
+            mean = vv_mean[t] if k == 0 else vh_mean[t]
+            _box_mean_image(win, r_n, r_n, nmean, box_scratch)
+            _median3x3_image(nmean[c0 : c0 + h + 2, c0 : c0 + w + 2], med, med_scratch)
+            nmean_out = k if fusion_only else 4 + k
+            for y in range(h):
+                for x in range(w):
+                    out[nmean_out, t, y, x] = med[y, x]
+            if fusion_only:
+                continue
+            for y in range(h):
+                for x in range(w):
+                    out[k, t, y, x] = mean if np.isfinite(win[depth + y, depth + x]) else np.nan
+            _median3x3_image(win[depth - 1 : depth + h + 1, depth - 1 : depth + w + 1], med, med_scratch)
+            for y in range(h):
+                for x in range(w):
+                    out[2 + k, t, y, x] = med[y, x] - mean
+            for y in range(nh):
+                for x in range(nw):
+                    diff[y, x] = win[depth - m + y, depth - m + x] - nmean[y, x]
+            _median3x3_image(diff[c0 : c0 + h + 2, c0 : c0 + w + 2], med, med_scratch)
+            for y in range(h):
+                for x in range(w):
+                    out[6 + k, t, y, x] = med[y, x]

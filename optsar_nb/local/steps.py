@@ -168,16 +168,28 @@ def covariate_block(vv_win: np.ndarray, vh_win: np.ndarray, vv_mean: np.ndarray,
     depth = covariate_halo(params)
     T, h, w = vv_win.shape[0], vv_win.shape[-2] - 2 * depth, vv_win.shape[-1] - 2 * depth
     out = np.empty((len(FUSION_COVARIATES) if fusion_only else len(COVARIATES), T, h, w), dtype="float32")
-    # images are independent: slabs of a few keep the kernels' temporaries small (cache-sized,
-    # and recycled by the allocator instead of mapped afresh)
-    step = max(1, COVARIATE_SLAB_PIXELS // (vv_win.shape[-2] * vv_win.shape[-1]))
-    vv_mean, vh_mean = (np.asarray(m, dtype="float64").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
-    for t in range(0, T, step):
-        sl = slice(t, t + step)
-        _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl], fusion_only)
+    if len(_kernels.circle_offsets(params.focal_median_radius_px)) == 9:  # the method's 3 x 3 median: compiled
+        _kernels.covariates_3x3(*(np.ascontiguousarray(a, dtype="float64") for a in (vv_win, vh_win, vv_mean, vh_mean)),
+                                int(params.neighbourhood_radius_px), int(np.ceil(params.focal_median_radius_px)),
+                                fusion_only, out)
+    else:
+        _covariates_composed(vv_win, vh_win, vv_mean, vh_mean, params, out, fusion_only)
     if inside is not None:
         out[:, :, ~np.asarray(inside, dtype=bool)] = np.nan
     return out
+
+
+def _covariates_composed(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out: np.ndarray,
+                         fusion_only: bool) -> None:
+    """:func:`covariate_block` (without the AOI) composed of the numpy-level kernels
+    (:func:`_kernels.box_mean`, :func:`_kernels.focal_median`), for any focal median: slabs of
+    a few images keep their temporaries small (cache-sized, and recycled by the allocator
+    instead of mapped afresh)."""
+    step = max(1, COVARIATE_SLAB_PIXELS // (vv_win.shape[-2] * vv_win.shape[-1]))
+    vv_mean, vh_mean = (np.asarray(m, dtype="float64").reshape(-1, 1, 1) for m in (vv_mean, vh_mean))
+    for t in range(0, vv_win.shape[0], step):
+        sl = slice(t, t + step)
+        _covariate_slab(vv_win[sl], vh_win[sl], vv_mean[sl], vh_mean[sl], params, out[:, sl], fusion_only)
 
 
 def _covariate_slab(vv_win, vh_win, vv_mean, vh_mean, params: InfillParams, out: np.ndarray,
