@@ -156,7 +156,8 @@ def infill(
             # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
             local = nullcontext() if _store.client_active() else dask.config.set(scheduler="threads",
                                                                                   num_workers=workers)
-            with local, _store.job_pools():
+            # worker processes for the process stages, importing their code while the inputs are staged
+            with local, _store.job_pools(workers, warm=_fused.__name__):
                 run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:

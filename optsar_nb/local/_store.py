@@ -14,6 +14,7 @@ for stages whose chain of numpy calls holds the interpreter lock, in worker proc
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import shutil
@@ -207,14 +208,11 @@ def compute(tasks: list, *, processes: bool, workers: int | None, width: int | N
     if not processes:
         return list(dask.compute(*tasks, scheduler="threads", num_workers=n))
     job = _JOB_POOLS[-1] if _JOB_POOLS else None
-    pool = job.get(n) if job is not None else None
-    if pool is None:
-        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                   initargs=(os.getpid(),))
-        if job is not None:
-            job[n] = pool
+    pool = _pool(n) if job is not None else _new_pool(n)
     try:
-        return list(dask.compute(*tasks, scheduler="processes", pool=pool))
+        # one task per submission (dask batches 6 by default): block tasks last long, and the
+        # last batches would otherwise keep one worker busy while the other waits
+        return list(dask.compute(*tasks, scheduler="processes", pool=pool, chunksize=1))
     except BrokenProcessPool as err:
         if job is not None:
             job.pop(n, None)
@@ -232,17 +230,40 @@ _JOB_POOLS: list[dict] = []  # the worker pools of the job that runs (see job_po
 
 
 @contextmanager
-def job_pools():
+def job_pools(workers: int | None = None, warm: str | None = None):
     """Within this context, the worker processes :func:`compute` starts serve every later stage
-    too (starting them costs seconds: imports, compiled code loaded), and end with it."""
+    too (starting them costs seconds: imports, compiled code loaded), and end with it. With
+    ``warm`` (a module's name), ``workers`` processes (default: all cores; none on a cluster or
+    with one core) are started at once and import it while the job's first stages run here."""
     pools: dict = {}
     _JOB_POOLS.append(pools)
     try:
+        n = workers or os.cpu_count() or 1
+        if warm is not None and n > 1 and not client_active():
+            for _ in range(n):
+                _pool(n).submit(_import, warm)
         yield
     finally:
         _JOB_POOLS.remove(pools)
         for pool in pools.values():
             pool.shutdown()
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
+
+
+def _pool(n: int) -> ProcessPoolExecutor:
+    """The running job's pool of ``n`` worker processes (started on first use)."""
+    pools = _JOB_POOLS[-1]
+    if n not in pools:
+        pools[n] = _new_pool(n)
+    return pools[n]
+
+
+def _new_pool(n: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
 
 
 def total(tasks: list, combine, *, processes: bool, workers: int | None):
