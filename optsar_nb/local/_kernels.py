@@ -1,4 +1,8 @@
-"""Numpy kernels of the infilling's neighbourhood and time-window steps (docs/method.md B.3, B.4, B.10).
+"""Kernels of the infilling's neighbourhood and time-window steps (docs/method.md B.3, B.4, B.10).
+
+The window means, box means and 3 x 3 medians, and the covariates built from them, are compiled
+with numba (image by image, in scratch that stays in the CPU cache); other circular medians are
+numpy. ``cache=True``: worker processes load the compiled code from disk.
 
 Every function works on plain arrays whose last two axes are (y, x), with NaN as "masked".
 Neighbourhoods follow Earth Engine: only neighbours inside the array and unmasked take part,
