@@ -156,8 +156,11 @@ def infill(
             # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
             local = nullcontext() if _store.client_active() else dask.config.set(scheduler="threads",
                                                                                   num_workers=workers)
-            # worker processes for the process stages, importing their code while the inputs are staged
-            with local, _store.job_pools(workers, warm=_fused.__name__):
+            # worker processes for the process stages, importing their code while the inputs are
+            # staged (when the grid has several blocks: a single block runs here)
+            size = {d: ndvi.sizes.get(d, 1) for d in ("time", "y", "x")}
+            warm = _fused.__name__ if len(_blocks(size["y"], size["x"], _edge(size["time"]))) > 1 else None
+            with local, _store.job_pools(workers, warm=warm):
                 run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:
