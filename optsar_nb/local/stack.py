@@ -132,7 +132,8 @@ class _RasterioWindows:
         window = Window(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
         with rasterio.open(self.path) as src:
             block = src.read([int(b) + 1 for b in bands], window=window)
-        block = block[:, rows - rows[0]][:, :, cols - cols[0]]
+        if rows.size != window.height or cols.size != window.width:  # a strided selection (a window as read)
+            block = block[:, rows - rows[0]][:, :, cols - cols[0]]
         squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
         return block.squeeze(axis=squeeze) if squeeze else block
 
