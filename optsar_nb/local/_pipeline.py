@@ -16,7 +16,8 @@ reductions, run on the active scheduler (``_store.compute``):
    reductions over blocks), then the per-image MAE;
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
    standard errors' calibration, every estimate's errors by gap length;
-7. the outputs, tile by tile.
+7. the outputs, computed block by block and written tile by tile (the gap-free stack and its SE
+   together, from one pass).
 
 Staged stacks are Zarr arrays (``_store.Store``) in a run folder under ``work_dir``: a local
 folder by default, or an fsspec URL that every worker of a cluster reaches. Their chunks are
