@@ -102,15 +102,13 @@ def project_block(stage: dict, rows: slice, cols: slice) -> np.ndarray:
     """B.8 on one block: the prediction recomputed (covariates and the staged coefficients) and
     the complete pixels' component scores basis^T (pred - means) written into "scores" (float64;
     NaN elsewhere). Returns the block's first pass of B.9's statistics
-    (``_standardize.ranges_of``) on the smoothed prediction as every later pass reads it
-    (:func:`smooth_block` of the staged scores). ``stage`` as for :func:`fit_predict_block`,
-    plus "means" and "basis"."""
+    (``_standardize.ranges_of``) on "b9", whose smoothed prediction reads the scores just
+    written, as every later pass does. ``stage`` as for :func:`fit_predict_block`, plus
+    "means", "basis" and "b9"."""
     g = stage
     pred = steps.predict_block(s1_covariates(g, rows, cols), g["coef"][:, rows, cols])
     g["scores"][:, rows, cols] = pca_scores(pred, g["means"], g["basis"])
-    smooth = smooth_block(g["scores"], g["rest"], g["means"], g["basis"], rows, cols)
-    return _standardize.block_ranges(np.asarray(g["obs"][:, rows, cols]), smooth, np.asarray(g["state"][:, rows, cols]),
-                                     np.asarray(g["donor"][rows, cols]), g["labels"] == "validation")
+    return _standardize.ranges_of(g["b9"], rows, cols)
 
 
 def pca_scores(pred: np.ndarray, means: np.ndarray, basis: np.ndarray) -> np.ndarray:

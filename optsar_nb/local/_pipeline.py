@@ -327,19 +327,20 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     # B.8 PCA smoothing: the components from the stage's sums, each pixel's scores from its
     # recomputed prediction (float64, the precision B.9 reads; see steps_post.pca_smooth)
     means = basis = z_scores = ranges = None
-    if pca:  # and the first pass of B.9's statistics, on the smoothed prediction
+    if pca:
         means, basis = _fused.pca_basis(fused["pca"], T, k)
         z_scores = store.create("scores", (k, H, W), (k, edge, edge), "float64")
-        stage.update(means=means, basis=basis, scores=z_scores)
+    smooth = BlockArray(partial(_fused.smooth_block, z_scores, z_rest, means, basis), (T, H, W), "float64")
+    cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
+    b9 = _standardize.Blocks(smooth, z_obs, z_st, donor, labels, cloud, params)
+    if pca:  # the scores staged, and B.9's first pass run on the smoothed prediction they give
+        stage.update(means=means, basis=basis, scores=z_scores, b9=b9)
         shared = _store.share(stage)
         ranges = _store.total([dask.delayed(_fused.project_block)(shared, rows, cols) for rows, cols in blocks],
                               _standardize.merge_ranges, processes=True, workers=workers)
-    smooth = BlockArray(partial(_fused.smooth_block, z_scores, z_rest, means, basis), (T, H, W), "float64")
     lap("PCA smoothing (B.8)")
 
     # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
-    cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
-    b9 = _standardize.Blocks(smooth, z_obs, z_st, donor, labels, cloud, params)
     b9_stats, mae = _standardize.calibrate(b9, blocks, workers, ranges)
     table = table.assign(MAE=mae)
     lap("standardization, MAE (B.9-B.10)")

@@ -139,14 +139,10 @@ def _interval_kernel(obs, pred, state, donor, validation, bounds, out):
 
 def ranges_of(b: Blocks, rows, cols) -> np.ndarray:
     """The first pass on one block: (5, T) per image n, sum obs, sum pred, min pred, max pred."""
-    return block_ranges(*b.read(rows, cols))
-
-
-def block_ranges(obs, pred, state, donor, validation) -> np.ndarray:
-    """:func:`ranges_of` of a block's arrays (as :meth:`Blocks.read` returns them)."""
-    out = np.zeros((5, state.shape[0]))
+    data = b.read(rows, cols)
+    out = np.zeros((5, data[2].shape[0]))
     out[3], out[4] = np.inf, -np.inf
-    _ranges_kernel(obs, pred, state, donor, validation, out)
+    _ranges_kernel(*data, out)
     return out
 
 
