@@ -9,7 +9,8 @@ import rasterio
 import xarray as xr
 
 from optsar_nb.errors import OutputExists, StackMismatch
-from optsar_nb.local.stack import read_netcdf, read_stack, write_geotiff, write_geotiffs, write_stack
+from optsar_nb.local.geotiff_writer import write_geotiff, write_geotiffs
+from optsar_nb.local.stack import read_netcdf, read_stack, write_stack
 from optsar_nb.outputs import write_csv
 
 

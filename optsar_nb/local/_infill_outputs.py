@@ -15,7 +15,7 @@ from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _postprocess, _store, steps
 from ._blocks import _grid_attrs
-from .stack import TILE_PX, write_geotiff, write_geotiffs
+from .geotiff_writer import TILE_PX, write_geotiff, write_geotiffs
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"

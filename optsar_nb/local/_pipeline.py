@@ -95,7 +95,7 @@ class InfillRun:
 
 def _edge(n_time: int) -> int:
     """Block edge within BLOCK_BYTES, a power of two from 32 to 512: the output files' tiles
-    (``stack.TILE_PX``) are then whole blocks or whole multiples of them, so writing a tile reads
+    (``geotiff_writer.TILE_PX``) are then whole blocks or whole multiples of them, so writing a tile reads
     whole chunks of the staged stacks."""
     edge = np.clip(np.sqrt(BLOCK_BYTES / (max(n_time, 1) * BYTES_PER_SAMPLE)), 32, 512)
     return int(2 ** np.floor(np.log2(edge)))

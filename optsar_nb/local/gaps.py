@@ -327,7 +327,7 @@ def write_gaps(gaps: GapPeriod, out_dir: str | Path, *, overwrite: bool | str = 
     """Write a prepared run's outputs into ``out_dir``; see :func:`characterize_gaps`."""
     from ..outputs import OutputSet, fingerprint, write_csv
     from ..products import CSV, GAP_MANIFEST_JOB, GAP_STATISTICS_FILE, MASK_METADATA_FILE, PNG, TIF, file_name
-    from .stack import write_geotiff
+    from .geotiff_writer import write_geotiff
 
     params = gaps.params
     names = {

@@ -74,7 +74,8 @@ from ._simulate_scene import (
     _Fields,
 )
 from .gaps import aoi_cloud_stats, cloud_state
-from .stack import DEFAULT_CHUNK_PX, metadata_of, write_geotiff
+from .geotiff_writer import write_geotiff
+from .stack import DEFAULT_CHUNK_PX, metadata_of
 
 # --------------------------------------------------------------------------------------------
 # the scene
