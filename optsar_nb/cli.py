@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from .errors import OptsarError, OutputExists
+from .interrupts import Terminated, raised_on_signals
 from .params import METHODS, InfillParams
 from .products import (
     NDVI_INPUT_FILE,
@@ -203,21 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the job's clean-up runs (as for Ctrl-C)."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
-        return args.func(args)
+        with raised_on_signals():
+            return args.func(args)
     except OptsarError as exc:
         hint = " (on the command line: --overwrite)" if isinstance(exc, OutputExists) else ""
         print(f"optsar {args.command}: error: {exc}{hint}", file=sys.stderr)
@@ -227,9 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"optsar {args.command}: {what}; temporary files removed, earlier outputs left as they were",
               file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -357,10 +357,52 @@ def test_sigterm_and_ctrl_c_end_with_one_line_and_remove_temporary_files(tmp_pat
     while time.time() < deadline and not list(tmp_path.glob(".optsar-work-*/coef/zarr.json")):
         time.sleep(0.1)
     os.kill(run.pid, sent)
-    assert run.wait(timeout=120) == code
+    returned = run.wait(timeout=120)
     err = run.stderr.read()
+    assert returned == code, err
     assert f"{said}; temporary files removed" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# Code that numba runs while it compiles or loads a kernel, called back from compiled code (ctypes,
+# weakref finalizers): an exception raised there is printed as "ignored" and lost. Here, a function
+# of a module named as numba's sends the signal to its own process and goes on.
+_NUMBA_CALLBACK = """
+def callback(sent):
+    os.kill(os.getpid(), sent)
+    for _ in range(100_000):
+        pass
+    return "went on"
+"""
+
+
+@pytest.mark.parametrize(("sent", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, "Terminated")])
+def test_a_signal_during_a_numba_compilation_ends_the_job_before_its_next_task(sent, raised):
+    """A signal that arrives while numba compiles (on a kernel's first use, in the main thread with
+    one worker) is not raised there, where it would be lost, but before the job's next task; a
+    signal elsewhere is raised at once; leaving the context restores the handlers it replaced."""
+    import dask
+
+    from optsar_nb.interrupts import Terminated, raised_on_signals
+
+    raised = Terminated if raised == "Terminated" else raised
+    numba_module = {"__name__": "numba.core.callback", "os": os}
+    exec(compile(_NUMBA_CALLBACK, "numba-callback", "exec"), numba_module)
+    before = signal.getsignal(sent)
+    ran = []
+    with raised_on_signals():
+        assert numba_module["callback"](sent) == "went on"
+        with pytest.raises(raised):
+            dask.compute(dask.delayed(ran.append)(1), scheduler="sync")
+        assert ran == []
+        with pytest.raises(raised):
+            dask.compute(dask.delayed(ran.append)(2), scheduler="sync")  # until the context is left
+        with pytest.raises(raised):
+            os.kill(os.getpid(), sent)
+            time.sleep(1)
+    assert signal.getsignal(sent) is before
+    dask.compute(dask.delayed(ran.append)(3), scheduler="sync")
+    assert ran == [3]
 
 
 def _write_set(folder: Path, content: bytes, *, overwrite) -> None:
