@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optsar_nb.errors import OutputLocked, WriteFailed
@@ -403,6 +404,56 @@ def test_a_signal_during_a_numba_compilation_ends_the_job_before_its_next_task(s
     assert signal.getsignal(sent) is before
     dask.compute(dask.delayed(ran.append)(3), scheduler="sync")
     assert ran == [3]
+
+
+def test_an_interrupted_stage_writes_nothing_into_the_removed_work_folder(tmp_path):
+    """Ctrl-C stops the job's wait, not the work it waits for: a block task in another thread goes
+    on. Leaving the job's pools waits for the tasks they run, so the work folder, removed after,
+    stays removed (it came back, made again by the task's late write, when dask's own threads ran
+    the job)."""
+    import dask
+
+    from optsar_nb.local._store import Store, job_pools
+
+    store = Store.create_in(str(tmp_path), "work-")
+    late = store.create("late", (2, 64, 64), (1, 64, 64), "float32")
+
+    def block_task():
+        time.sleep(0.5)
+        late[0] = 1.0
+        return "written"
+
+    def interrupted():
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            with job_pools(2):
+                dask.compute(dask.delayed(block_task)(), dask.delayed(interrupted)())
+        finally:
+            store.destroy()
+    time.sleep(1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_removing_the_work_folder_waits_for_the_zarr_writes_still_running(tmp_path):
+    """A signal interrupts the wait for a Zarr write, not the write, which Zarr's event loop runs
+    on: removing the store waits for it, so no chunk lands in (and makes again) a removed folder."""
+    import threading
+
+    from optsar_nb.local._store import Store
+
+    store = Store.create_in(str(tmp_path), "work-")
+    z = store.create("stack", (64, 512, 512), (1, 512, 512), "float32")
+    writer = threading.Thread(target=z.__setitem__, args=(slice(None), np.ones(z.shape, "float32")))
+    writer.start()
+    while not list(Path(store.location, "stack").rglob("c/*/*/*")):
+        time.sleep(0.001)
+    store.destroy()
+    writer.join()
+    time.sleep(0.5)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _write_set(folder: Path, content: bytes, *, overwrite) -> None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -154,14 +153,12 @@ def infill(
                                     packed_s1="packing" in vv.attrs and "packing" in vh.attrs)
         store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
-            # on this machine, the graphs' own steps run in threads; a user's Client is left in charge
-            local = nullcontext() if _store.client_active() else dask.config.set(scheduler="threads",
-                                                                                  num_workers=workers)
-            # worker processes for the process stages, importing their code while the inputs are
-            # staged (when the grid has several blocks: a single block runs here)
+            # on this machine, the graphs' own steps run in threads, and worker processes for the
+            # process stages import their code while the inputs are staged (when the grid has several
+            # blocks: a single block runs here); a user's Client is left in charge
             size = {d: ndvi.sizes.get(d, 1) for d in ("time", "y", "x")}
             warm = _fused.__name__ if len(_blocks(size["y"], size["x"], _edge(size["time"]))) > 1 else None
-            with local, _store.job_pools(workers, warm=warm):
+            with _store.job_pools(workers, warm=warm):
                 run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:

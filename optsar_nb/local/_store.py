@@ -14,12 +14,13 @@ for stages whose chain of numpy calls holds the interpreter lock, in worker proc
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import multiprocessing
 import os
 import shutil
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 import zarr
+import zarr.core.sync as zarr_sync
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import InsufficientDisk, WorkerFailed
@@ -112,9 +114,27 @@ class Store:
         fs.rm(path, recursive=True)
 
     def destroy(self) -> None:
+        _finish_zarr_io()
         fs, path = fsspec.core.url_to_fs(self.location)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+def _finish_zarr_io(timeout: float = 60) -> None:
+    """Wait (at most ``timeout`` seconds) for the reads and writes Zarr still runs in its event
+    loop: a wait for one of them that a signal interrupted leaves it running, and a chunk written
+    after its folder was removed would make the folder again."""
+    if zarr_sync.loop[0] is None:
+        return
+
+    async def others():
+        this = asyncio.current_task()
+        await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not this), return_exceptions=True)
+
+    try:
+        zarr_sync.sync(others(), timeout=timeout)
+    except TimeoutError:
+        pass
 
 
 PACKED_NODATA = np.iinfo("int16").min  # NaN, in a packed stack
@@ -231,22 +251,31 @@ _JOB_POOLS: list[dict] = []  # the worker pools of the job that runs (see job_po
 
 @contextmanager
 def job_pools(workers: int | None = None, warm: str | None = None):
-    """Within this context, the worker processes :func:`compute` starts serve every later stage
-    too (starting them costs seconds: imports, compiled code loaded), and end with it. With
-    ``warm`` (a module's name), ``workers`` processes (default: all cores; none on a cluster or
-    with one core) are started at once and import it while the job's first stages run here."""
+    """The job's workers on this machine (none on a cluster): within this context, dask's threads
+    scheduler runs on ``workers`` threads (default: all cores) and the worker processes
+    :func:`compute` starts serve every later stage too (starting them costs seconds: imports,
+    compiled code loaded). With ``warm`` (a module's name), ``workers`` processes are started at
+    once (with more than one core) and import it while the job's first stages run here. On the
+    way out, even when the job was interrupted, the tasks they still run finish (nothing writes
+    into the job's staged stacks once it is left) and they end."""
+    if client_active():
+        yield
+        return
+    n = workers or os.cpu_count() or 1
     pools: dict = {}
     _JOB_POOLS.append(pools)
+    threads = ThreadPoolExecutor(n, thread_name_prefix="optsar-job")
     try:
-        n = workers or os.cpu_count() or 1
-        if warm is not None and n > 1 and not client_active():
+        if warm is not None and n > 1:
             for _ in range(n):
                 _pool(n).submit(_import, warm)
-        yield
+        with dask.config.set(scheduler="threads", pool=threads):
+            yield
     finally:
         _JOB_POOLS.remove(pools)
+        threads.shutdown(cancel_futures=True)
         for pool in pools.values():
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
 
 
 def _import(module: str) -> None:
