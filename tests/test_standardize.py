@@ -59,10 +59,11 @@ def test_blockwise_standardization_equals_whole_images(edge):
               for c in range(0, W, edge)]
     cloud = np.array([1.0 - (s == CLEAR).sum() / max((s != MISSING).sum(), 1) for s in state])
     b = _standardize.Blocks(smooth, obs, state, donor, labels, cloud, params)
-    stats, mae = _standardize.calibrate(b, blocks, workers=2)
+    stats = _standardize.statistics(b, blocks, workers=2)
     out = np.concatenate([np.concatenate([_standardize.calibrated_block(b, stats, rows, cols)
                                           for cols in (slice(0, 10), slice(10, W))], axis=2)
                           for rows in (slice(0, 20), slice(20, H))], axis=1)  # any blocks
+    whole = []  # B.9 on each whole image
     for t in range(T):
         clear = state[t] == CLEAR
         used = clear & ~donor if labels[t] == "validation" else clear
@@ -72,8 +73,38 @@ def test_blockwise_standardization_equals_whole_images(edge):
             for series, values in ((_standardize.OBS, obs[t][ok]), (_standardize.PRED, smooth[t][ok])):
                 expected = _postprocess.interval_stats(values, params.standardize_lower, params.standardize_upper)
                 np.testing.assert_allclose(stats["stats"][series, t], expected, rtol=1e-13, atol=1e-15)
-        expected = steps_post.standardize_one(smooth[t], obs[t], used, cloud[t], params)
-        np.testing.assert_allclose(out[t], expected, rtol=2e-7, atol=0)  # float32 of nearly equal float64
-        assert mae[t] == pytest.approx(_postprocess.mae(obs[t], expected, clear), rel=1e-6)
+        whole.append(steps_post.standardize_one(smooth[t], obs[t], used, cloud[t], params))
+        np.testing.assert_allclose(out[t], whole[t], rtol=2e-7, atol=0)  # float32 of nearly equal float64
+    # B.10's per-image MAE, summed over blocks
+    mae = _standardize.mae(sum(_standardize.mae_sums(obs[:, rows, cols], state[:, rows, cols], out[:, rows, cols])
+                               for rows, cols in blocks))
+    for t in range(T):
+        assert mae[t] == pytest.approx(_postprocess.mae(obs[t], whole[t], state[t] == CLEAR), rel=1e-6)
     assert not stats["apply"][4] and not stats["apply"][6] and stats["apply"][5]
     assert mae[4] == -1.0
+
+
+def test_interval_means_with_ties_at_the_interval_ends():
+    """Values on a coarse grid put ties at every quantile and values equal to the intervals' ends
+    in the bins they end in (whose values are tested one by one; the bins between them enter as
+    sums): the means still equal numpy's on the whole images."""
+    params = InfillParams(start="2021-01-01", end="2022-01-01")
+    for seed in range(30):
+        rng = np.random.default_rng(100 + seed)
+        T, H, W = 9, 13, 11
+        state, obs, smooth, donor, labels = _scene(rng, T, H, W)
+        step = float(rng.choice([0.5, 0.1, 0.02]))
+        smooth = np.round(smooth / step) * step
+        obs = (np.round(obs / step) * step).astype("float32")
+        edge = int(rng.integers(3, 14))
+        blocks = [(slice(r, min(r + edge, H)), slice(c, min(c + edge, W))) for r in range(0, H, edge)
+                  for c in range(0, W, edge)]
+        b = _standardize.Blocks(smooth, obs, state, donor, labels, np.zeros(T), params)
+        stats = _standardize.statistics(b, blocks, workers=1)
+        for t in range(T):
+            used = (state[t] == CLEAR) & ~(donor & (labels[t] == "validation"))
+            ok = used & np.isfinite(obs[t]) & np.isfinite(smooth[t])
+            for series, values in ((_standardize.OBS, obs[t][ok]), (_standardize.PRED, smooth[t][ok])):
+                if values.size:
+                    expected = _postprocess.interval_stats(values, params.standardize_lower, params.standardize_upper)
+                    np.testing.assert_allclose(stats["stats"][series, t], expected, rtol=1e-13, atol=1e-15)

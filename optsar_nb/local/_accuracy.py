@@ -2,9 +2,10 @@
 
 After the S1 predictions are calibrated (B.9), one pass over spatial blocks of the staged
 stacks computes, per block: each pixel's reliability of the S1 correction (staged), the
-leave-out errors that calibrate the standard error, and the errors of every estimate (S1
+leave-out errors that calibrate the standard error, the errors of every estimate (S1
 model, fusion, per-pixel mean, linear interpolation) on the same validation and test pixels,
-per bin of distance to the nearest clear training observation. The sums are AOI-wide
+per bin of distance to the nearest clear training observation, and the calibrated prediction's
+error on every clear pixel (B.10's per-image MAE). The sums are AOI-wide
 reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
 :func:`gapfree_se_block`) are computed from the same stacks when the outputs are written.
 """
@@ -20,7 +21,7 @@ import pandas as pd
 
 from ..missions import CLEAR
 from ..params import InfillParams
-from . import _kernels, _postprocess, _store, fusion, steps
+from . import _kernels, _postprocess, _standardize, _store, fusion, steps
 from ._blocks import BlockArray
 from ._fused import read_with_halo
 
@@ -69,6 +70,7 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     pred = np.asarray(stage.pred[:, rows, cols]).reshape(T, -1)
     split = np.array([SCORED_SPLITS.index(lab) if lab in SCORED_SPLITS else -1 for lab in stage.labels])
     sums, hist = fusion.score_errors(o, pred, fused, interp, pm, score, gbin, sbin, split, len(SCORED_SPLITS))
+    mae = _standardize.mae_sums(o, s, pred)
     in_aoi = np.isfinite(pred)
     out_of_range = np.array([(np.abs(pred[in_aoi]) > 1).sum(), in_aoi.sum()])
     # a seeded sample of the scored points for the scatter figure
@@ -78,7 +80,8 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     model = np.where(np.isfinite(pred[t, n]), pred[t, n], fused[t, n])
     samples = np.column_stack([stage.labels[t] == sp for sp in SCORED_SPLITS] +
                               [o[t, n], model, fused[t, n], pm[n], interp[t, n]])
-    return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "samples": samples}
+    return {"sums": sums, "hist": hist, "calibration": calibration, "out_of_range": out_of_range, "mae": mae,
+            "samples": samples}
 
 
 def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
@@ -87,7 +90,7 @@ def score(stage: Stage, blocks, workers: int | None) -> dict[str, np.ndarray]:
     results reduced."""
     parts = _store.compute([dask.delayed(score_block)(stage, rows, cols) for rows, cols in blocks],
                            processes=False, workers=workers)
-    out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range")}
+    out = {k: sum(p[k] for p in parts) for k in ("sums", "hist", "calibration", "out_of_range", "mae")}
     out["samples"] = np.concatenate([p["samples"] for p in parts])
     return out
 

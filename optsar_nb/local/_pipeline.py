@@ -13,9 +13,9 @@ reductions, run on the active scheduler (``_store.compute``):
 4. PCA smoothing: each block's prediction recomputed and its component scores staged (and the
    first of B.9's passes run on the smoothed prediction);
 5. standardization (``_standardize``: each image's statistics, exact quantiles included, as
-   reductions over blocks), then the per-image MAE;
+   reductions over blocks);
 6. the fusion's scoring pass (``_accuracy``), block by block: per-pixel reliability, the
-   standard errors' calibration, every estimate's errors by gap length;
+   standard errors' calibration, every estimate's errors by gap length, the per-image MAE;
 7. the outputs, computed block by block and written tile by tile (the gap-free stack and its SE
    together, from one pass).
 
@@ -337,10 +337,9 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
                               _standardize.merge_ranges, processes=True, workers=workers)
     lap("PCA smoothing (B.8)")
 
-    # B.9 standardization (statistics as AOI-wide reductions over blocks) and the per-image MAE
-    b9_stats, mae = _standardize.calibrate(b9, blocks, workers, ranges)
-    table = table.assign(MAE=mae)
-    lap("standardization, MAE (B.9-B.10)")
+    # B.9 standardization (statistics as AOI-wide reductions over blocks)
+    b9_stats = _standardize.statistics(b9, blocks, workers, ranges)
+    lap("standardization (B.9)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
     s1_stage = {key: stage[key] for key in ("s1_vv", "s1_vh", "inside", "weights", "vv_mean", "vh_mean", "params")}
@@ -352,9 +351,10 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
                             labels=labels, days=days, weights=fusion_weights, params=params,
                             sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
     scores = _accuracy.score(stage, blocks, workers)
+    table = table.assign(MAE=_standardize.mae(scores["mae"]))
     se = _accuracy.standard_errors(scores)
     metrics_by_gap = _accuracy.metrics_tables(scores, se, labels)
-    lap("fusion, standard errors, accuracy by gap length (C)")
+    lap("fusion, standard errors, accuracy by gap length, MAE (C, B.10)")
 
     in_aoi = inside.values if inside is not None else np.ones((H, W), bool)
     coef0, rank, n_train = z_coef.get_orthogonal_selection(([0, 9, 10], slice(None), slice(None)))

@@ -14,8 +14,9 @@ the order statistics of the whole image, interpolated as numpy's default ("linea
    values lie below that bin;
 3. the values of those bins only (a few per thousand of an image), gathered and sorted: the order
    statistics, hence the quantiles;
-4. the sums and counts of the values within each interval;
-then each block is calibrated with its images' statistics, and the per-image MAE summed.
+4. the sums and counts of the values within each interval: the second pass also sums the values
+   of each bin, and the bins an interval ends in are among the third pass's;
+then each block is calibrated with its images' statistics.
 """
 
 from __future__ import annotations
@@ -89,15 +90,20 @@ def _ranges_kernel(obs, pred, state, donor, validation, out):
 
 
 @njit(cache=True, nogil=True)
-def _histogram_kernel(obs, pred, state, donor, validation, lo, scale, hist):
+def _histogram_kernel(obs, pred, state, donor, validation, lo, scale, hist, sums):
+    """Per (series, image, bin): the count (``hist``) and the sum (``sums``) of the used values."""
     T, h, w = state.shape
     for t in range(T):
         for y in range(h):
             for x in range(w):
                 o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
                 if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
-                    hist[0, t, _bin(o, lo[0, t], scale[0, t])] += 1
-                    hist[1, t, _bin(p, lo[1, t], scale[1, t])] += 1
+                    b = _bin(o, lo[0, t], scale[0, t])
+                    hist[0, t, b] += 1
+                    sums[0, t, b] += o
+                    b = _bin(p, lo[1, t], scale[1, t])
+                    hist[1, t, b] += 1
+                    sums[1, t, b] += p
 
 
 @njit(cache=True, nogil=True)
@@ -121,22 +127,6 @@ def _gather_kernel(obs, pred, state, donor, validation, lo, scale, wanted, index
     return k
 
 
-@njit(cache=True, nogil=True)
-def _interval_kernel(obs, pred, state, donor, validation, bounds, out):
-    """out (2, T, 2 intervals, [sum, count]) of the used values within ``bounds`` (2, T, 2, 2)."""
-    T, h, w = state.shape
-    for t in range(T):
-        for y in range(h):
-            for x in range(w):
-                o, p = np.float64(obs[t, y, x]), np.float64(pred[t, y, x])
-                if _used(o, p, state[t, y, x], validation[t] and donor[y, x]):
-                    for series, v in ((0, o), (1, p)):
-                        for k in range(2):
-                            if bounds[series, t, k, 0] <= v <= bounds[series, t, k, 1]:
-                                out[series, t, k, 0] += v
-                                out[series, t, k, 1] += 1
-
-
 def ranges_of(b: Blocks, rows, cols) -> np.ndarray:
     """The first pass on one block: (5, T) per image n, sum obs, sum pred, min pred, max pred."""
     data = b.read(rows, cols)
@@ -152,11 +142,16 @@ def merge_ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _histogram(b: Blocks, rows, cols, lo, scale) -> np.ndarray:
+def _histogram(b: Blocks, rows, cols, lo, scale) -> tuple[np.ndarray, np.ndarray]:
     data = b.read(rows, cols)
     hist = np.zeros((2, data[2].shape[0], N_BINS), np.int32)
-    _histogram_kernel(*data, lo, scale, hist)
-    return hist
+    sums = np.zeros(hist.shape)
+    _histogram_kernel(*data, lo, scale, hist, sums)
+    return hist, sums
+
+
+def _add_pairs(a: tuple, b: tuple) -> tuple:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
 
 
 def _gather(b: Blocks, rows, cols, lo, scale, wanted, capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,12 +159,6 @@ def _gather(b: Blocks, rows, cols, lo, scale, wanted, capacity: int) -> tuple[np
     index, values = np.empty(capacity, np.int64), np.empty(capacity)
     k = _gather_kernel(*b.read(rows, cols), lo, scale, wanted, index, values)
     return index[:k].copy(), values[:k].copy()
-
-
-def _interval_sums(b: Blocks, rows, cols, bounds) -> np.ndarray:
-    out = np.zeros((2, bounds.shape[1], 2, 2))
-    _interval_kernel(*b.read(rows, cols), bounds, out)
-    return out
 
 
 def quantile_positions(n: int, q: float) -> tuple[int, int, float]:
@@ -209,7 +198,8 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
         lo = np.stack([np.full(T, -1.0), np.where(n > 0, r[3], 0.0)])
         width = np.stack([np.full(T, 2.0), np.where(n > 0, r[4] - r[3], 0.0)])
         scale = np.where(width > 0, N_BINS / width, 0.0)
-    hist = total(_histogram, lo, scale).astype(np.int64)
+    hist, bin_sums = total(_histogram, lo, scale, combine=_add_pairs)
+    hist = hist.astype(np.int64)
     cum = np.cumsum(hist, axis=2)
     p = b.params
     qs = (p.standardize_lower[0], p.standardize_lower[1], p.standardize_upper[0], p.standardize_upper[1])
@@ -228,7 +218,7 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
     index, vals = np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
     order = np.lexsort((vals, index))
     index, vals = index[order], vals[order]
-    start = np.searchsorted(index, np.arange(2 * T * N_BINS))  # first value of each (series, image, bin)
+    start = np.searchsorted(index, np.arange(2 * T * N_BINS + 1))  # first value of each (series, image, bin)
     bounds = np.full((2, T, 2, 2), np.nan)
     for s in range(2):
         for t in np.flatnonzero(n > 0):
@@ -239,7 +229,21 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
                     bin_, count_below = need[s, t, rank]
                     ends.append(vals[start[(s * T + t) * N_BINS + bin_] + rank - count_below])
                 bounds[s, t, k // 2, k % 2] = lerp(ends[0], ends[1], weight)
-    sums = total(_interval_sums, bounds)
+    # each interval's sum and count: the bins strictly between its ends' bins lie wholly inside it;
+    # its ends' bins hold an order statistic it was interpolated from (or nothing), so their
+    # values were gathered: those within it are added one by one
+    sums = np.zeros((2, T, 2, 2))
+    for s in range(2):
+        for t in np.flatnonzero(n > 0):
+            for k in range(2):
+                a, z = bounds[s, t, k]
+                first, last = _bin(a, lo[s, t], scale[s, t]), _bin(z, lo[s, t], scale[s, t])
+                sums[s, t, k] = bin_sums[s, t, first + 1 : last].sum(), hist[s, t, first + 1 : last].sum()
+                for bin_ in {first, last}:
+                    i = (s * T + t) * N_BINS + bin_
+                    v = vals[start[i] : start[i + 1]]
+                    v = v[(a <= v) & (v <= z)]
+                    sums[s, t, k] += v.sum(), v.size
     with np.errstate(invalid="ignore", divide="ignore"):
         interval = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], bounds.mean(axis=3))  # none: the midpoint
     stats = np.concatenate([means[..., None], interval], axis=2)
@@ -261,22 +265,18 @@ def calibrated_block(b: Blocks, stats: dict[str, np.ndarray], rows: slice, cols:
     return calibrated(np.asarray(b.smooth[:, rows, cols]), stats)
 
 
-def _mae_sums(b: Blocks, rows, cols, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """A block's (2, T) MAE sums [sum |obs - calibrated|, count] over the clear pixels (B.10)."""
-    cal = calibrated_block(b, stats, rows, cols)
-    obs = np.asarray(b.obs[:, rows, cols])
-    ok = (np.asarray(b.state[:, rows, cols]) == CLEAR) & np.isfinite(obs) & np.isfinite(cal)
+def mae_sums(obs: np.ndarray, state: np.ndarray, cal: np.ndarray) -> np.ndarray:
+    """(2, T) [sum |obs - calibrated|, count] over the clear pixels of a block's (T, ...)
+    observations, states and calibrated predictions: B.10's per-image MAE (:func:`mae`), summed
+    over blocks."""
+    T = state.shape[0]
+    obs, state, cal = (a.reshape(T, -1) for a in (obs, state, cal))
+    ok = (state == CLEAR) & np.isfinite(obs) & np.isfinite(cal)
     err = np.where(ok, np.abs(obs.astype("float64") - cal), 0.0)
-    T = cal.shape[0]
-    return np.stack([err.reshape(T, -1).sum(axis=1), ok.reshape(T, -1).sum(axis=1)])
+    return np.stack([err.sum(axis=1), ok.sum(axis=1)])
 
 
-def calibrate(b: Blocks, blocks, workers: int | None,
-              ranges: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """B.9-B.10 over all blocks: returns the statistics (:func:`statistics`), with which
-    :func:`calibrated` maps any block, and the per-image MAE (-1 where an image has no clear pixel)."""
-    stats = statistics(b, blocks, workers, ranges)
-    sums = _store.total([dask.delayed(_mae_sums)(b, rows, cols, stats) for rows, cols in blocks],
-                        operator.add, processes=False, workers=workers)
+def mae(sums: np.ndarray) -> np.ndarray:
+    """The per-image MAE from the blocks' :func:`mae_sums` summed (-1 where an image has no clear pixel)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return stats, np.where(sums[1] > 0, sums[0] / sums[1], -1.0)
+        return np.where(sums[1] > 0, sums[0] / sums[1], -1.0)
