@@ -279,3 +279,16 @@ def test_weights_vary_with_the_log_of_the_distance_and_one_sided_rows_have_their
     np.testing.assert_allclose(fusion.fit_weights(bins, resid, dep), true, atol=2e-3)
     # too few rows: interpolation (weights 0)
     assert (fusion.fit_weights(bins[:100], resid[:100], dep[:100]) == 0).all()
+
+
+def test_pixel_major_copies_are_the_transposed_values_in_the_type_asked():
+    """The kernels' pixel-major copies (eight pixels at a time, any count of pixels) hold exactly
+    numpy's transposed values, cast as asked, from contiguous and strided inputs alike."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(2, 13, 21)).astype("float32")
+    values[0, 4, 7] = np.nan
+    for a, dtype in ((values[0], "float64"), (values, None), (values[:, :, ::2], None), (values[1] > 0, bool)):
+        got = fusion._pixel_major(a, dtype)
+        expected = np.swapaxes(a, -1, -2).astype(dtype or a.dtype)
+        assert got.flags.c_contiguous and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

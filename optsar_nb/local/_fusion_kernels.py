@@ -17,6 +17,19 @@ from numba import njit
 from ..fusion_fit import GAP_EDGES, SE_EDGES_ONE_SIDED, SE_EDGES_TWO_SIDED
 
 
+@njit(cache=True, nogil=True)
+def transpose_into(src, dst):
+    """``dst[n, t] = src[t, n]`` (cast to dst's type) for (T, N) ``src``: eight pixels' series at
+    a time, each date's eight values one contiguous read (numpy's copy of a transposed view reads
+    one value per cache line: about five times slower)."""
+    T, N = src.shape
+    for n0 in range(0, N, 8):
+        for t in range(T):
+            row = src[t]
+            for n in range(n0, min(n0 + 8, N)):
+                dst[n, t] = row[n]
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def _bins(distance, two_sided):
     """(gap bin, SE bin) of a distance: see ``fusion_fit.gap_bin`` and ``fusion_fit.se_bin``."""

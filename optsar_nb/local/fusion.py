@@ -57,9 +57,14 @@ def _float(a: np.ndarray) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype("float64")
 
 
-def _pixel_major(a: np.ndarray) -> np.ndarray:
-    """A (..., T, N) array as a contiguous (..., N, T) copy: each pixel's series in one run of memory."""
-    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+def _pixel_major(a: np.ndarray, dtype=None) -> np.ndarray:
+    """A (..., T, N) array as a contiguous (..., N, T) copy (cast to ``dtype``; default: its own):
+    each pixel's series in one run of memory."""
+    a = np.asarray(a)
+    out = np.empty((*a.shape[:-2], a.shape[-1], a.shape[-2]), dtype or a.dtype)
+    for i in np.ndindex(a.shape[:-2]):
+        _kernels.transpose_into(a[i], out[i])
+    return out
 
 
 def leave_out_rows(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: np.ndarray,
@@ -95,7 +100,7 @@ def pixel_reliability(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: 
     histogram of |error| of the fused estimate on those rows, which calibrates the standard error.
     """
     alpha, hist = np.empty(obs.shape[1]), np.zeros((N_SE_BINS, HIST_BINS), np.int64)
-    _kernels.reliability(_pixel_major(np.asarray(obs, dtype="float64")), _pixel_major(np.asarray(train, dtype=bool)),
+    _kernels.reliability(_pixel_major(obs, "float64"), _pixel_major(train, bool),
                          _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(skips, np.int64),
                          np.asarray(weights, dtype="float64"), float(prior_samples), HIST_STEP, alpha, hist)
     return alpha, hist
@@ -117,7 +122,7 @@ def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray,
     where = np.ones((T, N), bool) if where is None else np.asarray(where, dtype=bool)
     alpha = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, dtype="float64"), (N,)))
     out, bins = np.empty((3, N, T)), np.empty((2, N, T), np.int8)
-    _kernels.fused(_pixel_major(np.asarray(obs, dtype="float64")), _pixel_major(np.asarray(anchor, dtype=bool)),
+    _kernels.fused(_pixel_major(obs, "float64"), _pixel_major(anchor, bool),
                    _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(weights, dtype="float64"),
                    alpha, _pixel_major(where), out, bins)
     return out[0].T, out[1].T, out[2].T, bins[0].T, bins[1].T
