@@ -101,6 +101,27 @@ def test_robust_regression_equals_statsmodels_rlm():
         np.testing.assert_allclose(coef[i], res.params, rtol=0, atol=1e-6)
 
 
+def test_residual_scale_median_equals_numpy_median_over_the_valid_samples():
+    """The IRLS scale's median(|r|) by selection equals np.median of each row's valid |r|, ties,
+    odd and even counts and rows of one or no sample included; a NaN residual sorts last (as
+    in a numpy sort), and a row without valid samples gives NaN."""
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        P, T = int(rng.integers(1, 30)), int(rng.integers(1, 60))
+        r = rng.normal(size=(P, T))
+        if trial % 2:
+            r = np.round(r, 1)  # ties
+        valid = rng.random((P, T)) < rng.random()
+        got = _regression._abs_median(r, valid)
+        for i in range(P):
+            expected = np.median(np.abs(r[i][valid[i]])) if valid[i].any() else np.nan
+            np.testing.assert_equal(got[i], expected)
+    r = np.array([[1.0, -2.0, np.nan, 0.5], [3.0, np.nan, -1.0, 2.0]])
+    # row 0: |r| sorted 0.5, 1, 2, NaN -> (1 + 2) / 2; row 1 (three valid): 1, 3, NaN -> 3
+    got = _regression._abs_median(r, np.array([[True, True, True, True], [True, True, True, False]]))
+    np.testing.assert_equal(got, [1.5, 3.0])
+
+
 def test_regression_never_silently_produces_inf_or_nan():
     # all-constant covariates: the design has rank 1; a zero column; a perfect fit
     T = 30

@@ -29,6 +29,7 @@ than coefficients get NaN coefficients (masked, as Earth Engine's null), counted
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 MAD_NORMAL = 0.6744897501960817  # Phi^-1(3/4): MAD of a standard normal (statsmodels' mad default)
 PERFECT_FIT_SCALE = 1e-9  # residual scale (NDVI units) below which a fit is exact: no reweighting
@@ -55,13 +56,66 @@ def _solve(Xw: np.ndarray, y: np.ndarray, rcond: float) -> tuple[np.ndarray, np.
 
 
 def _abs_median(r: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """median(|r|) along the last axis over ``valid`` entries (np.median's even-count rule)."""
-    a = np.where(valid, np.abs(r), np.nan)
-    a.sort(axis=-1)
-    n = valid.sum(axis=-1)
-    lo = np.take_along_axis(a, np.maximum((n - 1) // 2, 0)[:, None], -1)[:, 0]
-    hi = np.take_along_axis(a, np.maximum(n // 2, 0)[:, None], -1)[:, 0]
-    return (lo + hi) / 2
+    """median(|r|) along the last axis over ``valid`` entries (np.median's even-count rule; NaN
+    for none): (P, T) -> (P,)."""
+    out = np.empty(r.shape[0])
+    _abs_median_kernel(np.ascontiguousarray(r, dtype="float64"), np.ascontiguousarray(valid, dtype=bool), out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _abs_median_kernel(r, valid, out):
+    """Per row, the two middle order statistics of the valid |r| by selection (a sort of the row
+    when one is NaN: NaN sorts last, as in numpy), their mean the median."""
+    P, T = r.shape
+    values = np.empty(T)
+    for p in range(P):
+        n = 0
+        for t in range(T):  # gathered without a branch: valid samples are scattered in time
+            values[n] = abs(r[p, t])
+            n += valid[p, t]
+        if n == 0:
+            out[p] = np.nan
+            continue
+        k = (n - 1) // 2
+        if np.isnan(values[:n]).any():
+            ordered = np.sort(values[:n])
+            out[p] = (ordered[k] + ordered[n // 2]) / 2
+            continue
+        low = _select(values, n, k)
+        high = low
+        if n % 2 == 0:  # the next order statistic: the least of the values above position k
+            high = values[k + 1]
+            for i in range(k + 2, n):
+                high = min(high, values[i])
+        out[p] = (low + high) / 2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _select(a, n, k):
+    """The k-th smallest of ``a[:n]`` (no NaN), left at ``a[k]`` with no greater value before it
+    and no smaller after it (Hoare's selection, median-of-three pivots; in place)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        x, y, z = a[lo], a[(lo + hi) >> 1], a[hi]
+        pivot = max(min(x, y), min(max(x, y), z))
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
 
 
 def talwar_irls(
