@@ -101,6 +101,34 @@ def test_robust_regression_equals_statsmodels_rlm():
         np.testing.assert_allclose(coef[i], res.params, rtol=0, atol=1e-6)
 
 
+def test_design_holds_each_pixels_usable_samples_in_time_order_then_zero_rows():
+    """The regression's design of a batch of a block's pixels, against a per-pixel loop: the
+    constant and covariates of the usable samples (training, finite response and covariates)
+    of the dates given, in time order, then zero rows up to the largest count."""
+    rng = np.random.default_rng(5)
+    K, T, N = 3, 17, 23
+    covs = rng.normal(size=(K, T, N)).astype("float32")
+    covs[1, 4, 2] = np.nan
+    obs = rng.normal(size=(T, N)).astype("float32")
+    obs[7, 5] = np.nan
+    train = rng.random((T, N)) < 0.6
+    train[:, 9] = False  # a pixel without samples
+    dates = np.array([0, 2, 3, 4, 7, 8, 11, 12, 16])
+    X, y, valid, count = _regression.usable_design(covs, obs, train, dates, slice(2, 12))
+    rows = []
+    for n in range(2, 12):
+        use = [t for t in dates if train[t, n] and np.isfinite(obs[t, n]) and np.isfinite(covs[:, t, n]).all()]
+        rows.append(use)
+    R = max(len(u) for u in rows)
+    assert X.shape == (10, R, K + 1) and list(count) == [len(u) for u in rows]
+    for p, use in enumerate(rows):
+        m = len(use)
+        np.testing.assert_array_equal(X[p, :m], np.column_stack([np.ones(m), covs[:, use, p + 2].T]))
+        np.testing.assert_array_equal(y[p, :m], obs[use, p + 2])
+        assert valid[p, :m].all() and not valid[p, m:].any()
+        assert not X[p, m:].any() and not y[p, m:].any()
+
+
 def test_residual_scale_median_equals_numpy_median_over_the_valid_samples():
     """The IRLS scale's median(|r|) by selection equals np.median of each row's valid |r|, ties,
     odd and even counts and rows of one or no sample included; a NaN residual sorts last (as

@@ -118,6 +118,60 @@ def _select(a, n, k):
     return a[k]
 
 
+def usable_design(covs: np.ndarray, obs: np.ndarray, train: np.ndarray, dates: np.ndarray,
+                  pixels: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The regression's inputs for ``pixels`` of a block: each pixel's usable samples (training,
+    with a finite response and finite covariates) among ``dates``, in time order, then rows of
+    zeros up to the largest count (at least one row).
+
+    ``covs`` (K, T, N) covariates, ``obs`` (T, N) response, ``train`` (T, N) bool. Returns the
+    design X (P, R, K + 1) float64 with the constant first, y (P, R) float64, valid (P, R) bool
+    (the usable rows) and each pixel's count (P,).
+    """
+    start, stop, _ = pixels.indices(obs.shape[1])
+    dates = np.asarray(dates, np.intp)
+    count = np.zeros(stop - start, np.int64)
+    _count_usable(covs, obs, train, dates, start, count)
+    R = max(int(count.max(initial=0)), 1)
+    P = count.size
+    X, y, valid = np.zeros((P, R, covs.shape[0] + 1)), np.zeros((P, R)), np.zeros((P, R), bool)
+    _fill_design(covs, obs, train, dates, start, X, y, valid)
+    return X, y, valid, count
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _usable(covs, obs, train, t, n) -> bool:
+    if not train[t, n] or not np.isfinite(obs[t, n]):
+        return False
+    for k in range(covs.shape[0]):
+        if not np.isfinite(covs[k, t, n]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _count_usable(covs, obs, train, dates, start, count):
+    for t in dates:  # date by date: each read runs along the block's pixels
+        for p in range(count.size):
+            count[p] += _usable(covs, obs, train, t, start + p)
+
+
+@njit(cache=True, nogil=True)
+def _fill_design(covs, obs, train, dates, start, X, y, valid):
+    row = np.zeros(X.shape[0], np.int64)
+    for t in dates:
+        for p in range(X.shape[0]):
+            n = start + p
+            if _usable(covs, obs, train, t, n):
+                j = row[p]
+                X[p, j, 0] = 1.0
+                for k in range(covs.shape[0]):
+                    X[p, j, k + 1] = covs[k, t, n]
+                y[p, j] = obs[t, n]
+                valid[p, j] = True
+                row[p] = j + 1
+
+
 def talwar_irls(
     X: np.ndarray,
     y: np.ndarray,

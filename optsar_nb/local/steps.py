@@ -297,17 +297,10 @@ def fit_block(cov_block: np.ndarray, obs: np.ndarray, train: np.ndarray, params:
     batch = max(64, _regression.BATCH_BYTES // max(1, len(used) * (cov_block.shape[0] + 1) * 8))
     for start in range(0, h * w, batch):
         px = slice(start, start + batch)
-        c_b = covs[:, used, px]
-        y_b = y[used, px].T
-        usable = valid[used, px].T & np.isfinite(y_b) & np.isfinite(c_b).all(axis=0).T
-        n_train = usable.sum(axis=1)
         # each pixel's usable samples first, in time order, and the rest (about half: clouds)
         # dropped: the regression sees only rows that can count
-        keep = np.argsort(~usable, axis=1, kind="stable")[:, : max(int(n_train.max(initial=0)), 1)]
-        X = _with_constant(np.take_along_axis(c_b.transpose(2, 1, 0), keep[..., None], axis=1))
-        coef, rank, _ = _regression.talwar_irls(X, np.take_along_axis(y_b, keep, axis=1).astype("float64"),
-                                                np.take_along_axis(usable, keep, axis=1),
-                                                tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
+        X, y_b, usable, n_train = _regression.usable_design(covs, y, valid, used, px)
+        coef, rank, _ = _regression.talwar_irls(X, y_b, usable, tuning=params.talwar_tuning, rcond=params.lstsq_rcond,
                                                 max_iterations=params.irls_max_iterations, overwrite_X=True)
         coef[n_train < params.min_train_samples] = np.nan  # guard rail: too few samples, no model
         out[:9, px] = coef.T
