@@ -11,7 +11,7 @@ import xarray as xr
 from scipy import ndimage
 
 from optsar_nb.errors import NotEnoughPairs
-from optsar_nb.local import _kernels, _postprocess, _regression
+from optsar_nb.local import _kernels, _postprocess, _regression, steps
 from optsar_nb.local import infill as inf
 from optsar_nb.local.stack import datetime_to_ms
 from optsar_nb.params import InfillParams
@@ -127,6 +127,22 @@ def test_design_holds_each_pixels_usable_samples_in_time_order_then_zero_rows():
         np.testing.assert_array_equal(y[p, :m], obs[use, p + 2])
         assert valid[p, :m].all() and not valid[p, m:].any()
         assert not X[p, m:].any() and not y[p, m:].any()
+
+
+def test_prediction_of_a_block_is_the_float64_sum_in_coefficient_order():
+    """B.7 on a block (compiled) equals numpy's float64 sum constant + c1 x1 + ... + c8 x8, in
+    that order, rounded to float32; NaN where a covariate or a coefficient is NaN."""
+    rng = np.random.default_rng(2)
+    covs = rng.normal(size=(8, 5, 6, 7)).astype("float32")
+    coef = rng.normal(size=(11, 6, 7))
+    covs[3, 2, 1, 1], coef[4, 0, 2] = np.nan, np.nan
+    expected = coef[0] + coef[1] * covs[0].astype("float64")
+    for k in range(1, 8):
+        expected = expected + coef[k + 1] * covs[k].astype("float64")
+    got = steps.predict_block(covs, coef)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected.astype("float32"))
+    assert np.isnan(got[2, 1, 1]) and np.isnan(got[:, 0, 2]).all() and np.isfinite(got).sum() == got.size - 5 - 1
 
 
 def test_residual_scale_median_equals_numpy_median_over_the_valid_samples():

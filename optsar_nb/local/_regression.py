@@ -253,3 +253,20 @@ def _irls_batch(X, y, valid, tuning, rcond, max_iterations, overwrite_X):
 def predict(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """Fitted values: X (P, T, K), coef (P, K) -> (P, T); NaN where a covariate or coefficient is NaN."""
     return np.einsum("ptk,pk->pt", X, coef)
+
+
+@njit(cache=True, nogil=True)
+def predict_images(covs, coef, out):
+    """Fitted values of covariate images: ``covs`` (K, T, h, w), ``coef`` (>= K + 1, h, w) with the
+    constant first -> ``out`` (T, h, w): the float64 sum constant + coef_1 cov_1 + ... + coef_K
+    cov_K in that order (as :func:`predict` on the design), stored in out's type; NaN where a
+    covariate or coefficient is NaN."""
+    K, T, h, w = covs.shape
+    for t in range(T):
+        for y in range(h):
+            for x in range(w):
+                s = coef[0, y, x] + coef[1, y, x] * np.float64(covs[0, t, y, x])
+                for k in range(1, K):
+                    s += coef[k + 1, y, x] * np.float64(covs[k, t, y, x])
+                out[t, y, x] = s
+

@@ -316,11 +316,9 @@ def predict_block(cov_block: np.ndarray, coef: np.ndarray) -> np.ndarray:
     (pixels, T, 9) design: each covariate image is scaled by its coefficient image in turn.
     NaN where a covariate or coefficient is NaN.
     """
-    beta = np.asarray(coef[:9], dtype="float64")[:, None]  # (9, 1, y, x): broadcast over time
-    pred = beta[0] + beta[1] * cov_block[0]
-    for k in range(1, cov_block.shape[0]):
-        pred += beta[k + 1] * cov_block[k]
-    return pred.astype("float32")
+    pred = np.empty(cov_block.shape[1:], "float32")
+    _regression.predict_images(np.asarray(cov_block), np.asarray(coef[: cov_block.shape[0] + 1], dtype="float64"), pred)
+    return pred
 
 
 def robust_regression(obs_train: xr.DataArray, covs: xr.DataArray, params: InfillParams) -> xr.DataArray:
