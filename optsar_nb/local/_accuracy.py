@@ -57,13 +57,11 @@ def score_block(stage: Stage, rows: slice, cols: slice) -> dict[str, np.ndarray]
     N = s.shape[1]
     nm = np.asarray(stage.nmean[:, :, rows, cols]).reshape(-1, T, N)
     train = steps.training_mask(s3, stage.labels, donor).reshape(T, N)
-    alpha, calibration = fusion.pixel_reliability(o, train, nm, stage.days, stage.weights,
-                                                  stage.params.fusion_prior_samples)
-    stage.alpha[rows, cols] = alpha.reshape(s3.shape[1:])
-
     test = (s == CLEAR) & (stage.labels[:, None] == "test")
     score = steps.validation_pixels(s3, stage.labels, donor).reshape(T, N) | test
-    fused, interp, _, gbin, sbin = fusion.fused(o, train, nm, stage.days, stage.weights, alpha, where=score)
+    alpha, calibration, (fused, interp, _, gbin, sbin) = fusion.reliability_and_fused(
+        o, train, nm, stage.days, stage.weights, stage.params.fusion_prior_samples, score)
+    stage.alpha[rows, cols] = alpha.reshape(s3.shape[1:])
     score &= np.isfinite(interp)
     # every estimate at the scored points (validation and test), on the same points
     pm = _postprocess.pixel_mean_baseline(np.where(train, o, np.nan))
@@ -140,11 +138,18 @@ def _se_bin_probes():
 def product(stage: Stage, rows: slice, cols: slice, *, with_bins: bool = False):
     """The product's fused estimate from every clear view of a block (T, h, w), where the pixel
     is not clear; ``with_bins``: and the SE bin of every date (int8, -1 without clear view)."""
-    o, clear, (T, h, w) = _clear_views(stage, rows, cols)
+    est, bins = _product(stage, rows, cols, *_clear_views(stage, rows, cols))
+    return (est, bins) if with_bins else est
+
+
+def _product(stage: Stage, rows: slice, cols: slice, o: np.ndarray, clear: np.ndarray,
+             shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`product` (with its SE bins) from the block's :func:`_clear_views`."""
+    T, h, w = shape
     nm = np.asarray(stage.nmean[:, :, rows, cols])
     est, _, _, _, bins = fusion.fused(o, clear, nm.reshape(nm.shape[0], T, -1), stage.days, stage.weights,
                                       np.asarray(stage.alpha[rows, cols]).ravel(), where=~clear)
-    return (est.reshape(T, h, w), bins.reshape(T, h, w)) if with_bins else est.reshape(T, h, w)
+    return est.reshape(T, h, w), bins.reshape(T, h, w)
 
 
 def se_bins(stage: Stage, rows: slice, cols: slice) -> np.ndarray:
@@ -178,13 +183,15 @@ def gapfree_pair(stage: Stage, se: dict[str, np.ndarray], inside: np.ndarray | N
     block. The SE is 0 where the clear observation is kept, else the standard error of the
     estimate by distance to the nearest clear observation (``se``: per SE bin); NaN outside the
     AOI. With the fusion, one pass of the fused estimate gives both (and the SE bins)."""
-    fill, bins = _gapfree(stage, inside, rows, cols)
-    return np.stack([fill, _gapfree_se(stage, se, inside, rows, cols, bins)])
+    fill, bins, clear = _gapfree(stage, inside, rows, cols)
+    return np.stack([fill, _gapfree_se(stage, se, inside, rows, cols, bins, clear)])
 
 
-def _gapfree(stage: Stage, inside, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`gapfree_block`, and the SE bins when the fusion's estimate gave them (else None)."""
-    p, bins = stage.params, None
+def _gapfree(stage: Stage, inside, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None,
+                                                                      np.ndarray | None]:
+    """:func:`gapfree_block`, and when the fusion's estimate gave them (else None) the SE bins
+    and the clear views (T, h, w)."""
+    p, bins, clear = stage.params, None, None
     if p.method == "paper":  # the focal median reads a halo (NaN beyond the image)
         depth = int(np.ceil(p.focal_median_radius_px))
         fused = BlockArray(partial(product, stage), stage.obs.shape, "float64")
@@ -194,18 +201,20 @@ def _gapfree(stage: Stage, inside, rows: slice, cols: slice) -> tuple[np.ndarray
         keep = read_with_halo(inside[None], rows, cols, depth)[0] == 1 if inside is not None else None
         fill = _postprocess.fill_image(o, est, (state == CLEAR) & np.isfinite(o), keep)
         fill = _kernels.focal_median(fill, p.focal_median_radius_px, inset=depth)
-    else:
-        o = np.asarray(stage.obs[:, rows, cols])
-        est, bins = product(stage, rows, cols, with_bins=True)
-        fill = np.where((stage.state[:, rows, cols] == CLEAR) & np.isfinite(o), o, est).astype("float32")
+    else:  # the block's observations and states read once, for the estimate and the clear views kept
+        o, clear, shape = _clear_views(stage, rows, cols)
+        est, bins = _product(stage, rows, cols, o, clear, shape)
+        clear = clear.reshape(shape)
+        fill = np.where(clear, o.reshape(shape), est).astype("float32")
         if inside is not None:
             fill[:, inside[rows, cols] != 1] = np.nan
-    return np.clip(fill, -1.0, 1.0, out=fill), bins
+    return np.clip(fill, -1.0, 1.0, out=fill), bins, clear
 
 
-def _gapfree_se(stage: Stage, se, inside, rows: slice, cols: slice, bins: np.ndarray | None) -> np.ndarray:
+def _gapfree_se(stage: Stage, se, inside, rows: slice, cols: slice, bins: np.ndarray | None,
+                clear: np.ndarray | None = None) -> np.ndarray:
     """NDVI_gapfree_SE (see :func:`gapfree_pair`) from the block's SE bins (``bins``; None:
-    computed here)."""
+    computed here) and clear views (``clear``; None: read here)."""
     def lookup(table):  # SE bin -1 (no clear view) -> NaN
         return np.concatenate([[np.nan], table]).astype("float32")[sb + 1]
 
@@ -213,7 +222,9 @@ def _gapfree_se(stage: Stage, se, inside, rows: slice, cols: slice, bins: np.nda
     out = lookup(se["fusion"])
     if stage.params.method == "paper":  # the S1 regression's own SE where it predicts
         out = np.where(np.isfinite(stage.pred[:, rows, cols]), lookup(se["model"]), out)
-    out[(stage.state[:, rows, cols] == CLEAR) & np.isfinite(stage.obs[:, rows, cols])] = 0.0
+    if clear is None:
+        clear = (stage.state[:, rows, cols] == CLEAR) & np.isfinite(stage.obs[:, rows, cols])
+    out[clear] = 0.0
     if inside is not None:
         out[:, inside[rows, cols] != 1] = np.nan
     return out

@@ -99,11 +99,29 @@ def pixel_reliability(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: 
     and clipped to [0, 2] (1 for a pixel without rows). Also returns the (N_SE_BINS, HIST_BINS)
     histogram of |error| of the fused estimate on those rows, which calibrates the standard error.
     """
-    alpha, hist = np.empty(obs.shape[1]), np.zeros((N_SE_BINS, HIST_BINS), np.int64)
-    _kernels.reliability(_pixel_major(obs, "float64"), _pixel_major(train, bool),
-                         _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(skips, np.int64),
+    return _reliability(*_series(obs, train, s1), days, weights, prior_samples, skips)
+
+
+def _series(obs, anchor, s1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block's (N, T) float64 observations, (N, T) anchors and (K, N, T) S1 covariates, pixel-major."""
+    return _pixel_major(obs, "float64"), _pixel_major(anchor, bool), _pixel_major(_float(s1))
+
+
+def _reliability(obs, train, s1, days, weights, prior_samples, skips=LEAVE_OUT_SKIPS):
+    """:func:`pixel_reliability` of pixel-major series (:func:`_series`)."""
+    alpha, hist = np.empty(obs.shape[0]), np.zeros((N_SE_BINS, HIST_BINS), np.int64)
+    _kernels.reliability(obs, train, s1, np.asarray(days, dtype="float64"), np.asarray(skips, np.int64),
                          np.asarray(weights, dtype="float64"), float(prior_samples), HIST_STEP, alpha, hist)
     return alpha, hist
+
+
+def reliability_and_fused(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: np.ndarray, weights: np.ndarray,
+                          prior_samples: float, where: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """:func:`pixel_reliability`, then :func:`fused` from the training observations as anchors
+    with that reliability, at ``where``: the series made pixel-major once for both."""
+    series = _series(obs, train, s1)
+    alpha, hist = _reliability(*series, days, weights, prior_samples)
+    return alpha, hist, _fused(*series, days, weights, alpha, where)
 
 
 def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray, weights: np.ndarray,
@@ -118,13 +136,17 @@ def fused(obs: np.ndarray, anchor: np.ndarray, s1: np.ndarray, days: np.ndarray,
     and its SE bin (:func:`gap_bin`, :func:`se_bin`; -1 without anchors). At an anchor's own date
     the estimate ignores that anchor; an undefined S1 departure contributes 0.
     """
-    T, N = obs.shape
-    where = np.ones((T, N), bool) if where is None else np.asarray(where, dtype=bool)
+    return _fused(*_series(obs, anchor, s1), days, weights, alpha, where)
+
+
+def _fused(obs, anchor, s1, days, weights, alpha, where):
+    """:func:`fused` of pixel-major series (:func:`_series`); ``where`` (T, N) as given there."""
+    N, T = obs.shape
+    where = np.ones((N, T), bool) if where is None else _pixel_major(where, bool)
     alpha = np.ascontiguousarray(np.broadcast_to(np.asarray(alpha, dtype="float64"), (N,)))
     out, bins = np.empty((3, N, T)), np.empty((2, N, T), np.int8)
-    _kernels.fused(_pixel_major(obs, "float64"), _pixel_major(anchor, bool),
-                   _pixel_major(_float(s1)), np.asarray(days, dtype="float64"), np.asarray(weights, dtype="float64"),
-                   alpha, _pixel_major(where), out, bins)
+    _kernels.fused(obs, anchor, s1, np.asarray(days, dtype="float64"), np.asarray(weights, dtype="float64"),
+                   alpha, where, out, bins)
     return out[0].T, out[1].T, out[2].T, bins[0].T, bins[1].T
 
 
