@@ -8,6 +8,7 @@ filling and the MAE work per image. All functions are pure.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 # ---------------------------------------------------------------------------------------------
 # B.8 temporal PCA smoothing
@@ -73,24 +74,34 @@ def interval_stats(values: np.ndarray, lower: tuple[float, float], upper: tuple[
     return np.asarray(out)
 
 
-def standardize_image(pred: np.ndarray, obs_stats: np.ndarray, pred_stats: np.ndarray) -> np.ndarray:
-    """Map a prediction onto the observation's distribution (docs/method.md B.9).
+def standardize_image(pred: np.ndarray, obs_stats: np.ndarray, pred_stats: np.ndarray,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Map a prediction onto the observation's distribution (docs/method.md B.9), float32 (into
+    ``out``, a C-contiguous float32 array of its shape, if given).
 
     ``*_stats`` = [mean, lower-interval mean, upper-interval mean] over the same clear pixels.
     Deviations above the prediction mean scale by (obs upper - obs mean) / (pred upper - pred
     mean), below by the lower-interval ratio; a zero prediction range falls back to the
-    observation's, i.e. a ratio of 1 (a pure shift).
+    observation's, i.e. a ratio of 1 (a pure shift). Computed in float64.
     """
-    m_o, lo_o, up_o = obs_stats
-    m_p, lo_p, up_p = pred_stats
+    m_o, lo_o, up_o = (float(v) for v in obs_stats)
+    m_p, lo_p, up_p = (float(v) for v in pred_stats)
 
     def ratio(num, den):
         return num / den if den != 0 else 1.0
 
-    up = ratio(up_o - m_o, up_p - m_p)
-    lo = ratio(lo_o - m_o, lo_p - m_p)
-    dev = pred.astype("float64") - m_p
-    return (m_o + np.where(dev >= 0, dev * up, dev * lo)).astype("float32")
+    pred = np.ascontiguousarray(pred)
+    out = np.empty(pred.shape, "float32") if out is None else out
+    _standardize_values(pred.reshape(-1), m_o, m_p, ratio(up_o - m_o, up_p - m_p), ratio(lo_o - m_o, lo_p - m_p),
+                        out.reshape(-1))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _standardize_values(pred, m_o, m_p, up, lo, out):
+    for i in range(pred.size):
+        dev = np.float64(pred[i]) - m_p
+        out[i] = m_o + (dev * up if dev >= 0 else dev * lo)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def calibrated(smooth: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
     (:func:`statistics`): the calibrated prediction, float32."""
     cal = smooth.astype("float32")
     for t in np.flatnonzero(stats["apply"]):
-        cal[t] = _postprocess.standardize_image(smooth[t], stats["stats"][OBS, t], stats["stats"][PRED, t])
+        _postprocess.standardize_image(smooth[t], stats["stats"][OBS, t], stats["stats"][PRED, t], out=cal[t])
     return cal
 
 
