@@ -7,7 +7,7 @@ model, fusion, per-pixel mean, linear interpolation) on the same validation and 
 per bin of distance to the nearest clear training observation, and the calibrated prediction's
 error on every clear pixel (B.10's per-image MAE). The sums are AOI-wide
 reductions of what blocks return. The product's blocks (:func:`gapfree_block`,
-:func:`gapfree_se_block`) are computed from the same stacks when the outputs are written.
+:func:`gapfree_pair`) are computed from the same stacks when the outputs are written.
 """
 
 from __future__ import annotations

@@ -78,14 +78,12 @@ def leave_out_rows(obs: np.ndarray, train: np.ndarray, s1: np.ndarray, days: np.
     observations left in (all but those strictly between the two anchors) minus the
     interpolation, ``se_bin`` and ``pixel`` (column index in the block).
     """
-    obs, train = np.asarray(obs, dtype="float64"), np.asarray(train, dtype=bool)
-    s1 = _float(s1)
+    obs, train, s1 = _series(obs, train, s1)
     size = int(train.sum()) * len(skips)
     pixel, resid = np.empty(size, np.int64), np.empty(size)
     bins, dep = np.empty((2, size), np.int64), np.empty((size, s1.shape[0] + 1))
-    n = _kernels.leave_out_rows(_pixel_major(obs), _pixel_major(train), _pixel_major(s1),
-                                np.asarray(days, dtype="float64"), np.asarray(skips, np.int64), pixel, resid,
-                                bins, dep)
+    n = _kernels.leave_out_rows(obs, train, s1, np.asarray(days, dtype="float64"), np.asarray(skips, np.int64),
+                                pixel, resid, bins, dep)
     return {"bin": bins[0, :n], "se_bin": bins[1, :n], "resid": resid[:n], "dep": dep[:n], "pixel": pixel[:n]}
 
 
