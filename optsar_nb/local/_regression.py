@@ -70,15 +70,17 @@ def _abs_median_kernel(r, valid, out):
     P, T = r.shape
     values = np.empty(T)
     for p in range(P):
-        n = 0
+        n = nan = 0
         for t in range(T):  # gathered without a branch: valid samples are scattered in time
-            values[n] = abs(r[p, t])
+            v = abs(r[p, t])
+            values[n] = v
             n += valid[p, t]
+            nan += valid[p, t] and np.isnan(v)
         if n == 0:
             out[p] = np.nan
             continue
         k = (n - 1) // 2
-        if np.isnan(values[:n]).any():
+        if nan:
             ordered = np.sort(values[:n])
             out[p] = (ordered[k] + ordered[n // 2]) / 2
             continue
@@ -269,4 +271,3 @@ def predict_images(covs, coef, out):
                 for k in range(1, K):
                     s += coef[k + 1, y, x] * np.float64(covs[k, t, y, x])
                 out[t, y, x] = s
-

@@ -313,7 +313,7 @@ def predict_block(cov_block: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """B.7 on one block: (8, T, y, x) covariates, (>= 9, y, x) coefficients -> (T, y, x) float32.
 
     The same float64 sum as :func:`_regression.predict` on the design, without building the
-    (pixels, T, 9) design: each covariate image is scaled by its coefficient image in turn.
+    (pixels, T, 9) design: compiled, element by element (:func:`_regression.predict_images`).
     NaN where a covariate or coefficient is NaN.
     """
     pred = np.empty(cov_block.shape[1:], "float32")
