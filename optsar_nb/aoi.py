@@ -109,7 +109,8 @@ def _crs_of(obj: dict) -> str | None:
     return None
 
 
-def _read_shapefile(path: Path) -> dict:
+def read_shapefile(path: Path) -> dict:
+    """A shapefile as a GeoJSON FeatureCollection; its .prj (if any) as the collection's 'crs'."""
     import shapefile  # pyshp
 
     try:
@@ -132,7 +133,7 @@ def _load_raw(source: AOISource) -> tuple[Any, dict, str | None, str]:
         if not path.exists():
             raise InvalidAOI(f"AOI file {path} does not exist: check the path")
         if path.suffix.lower() == ".shp":
-            obj = _read_shapefile(path)
+            obj = read_shapefile(path)
         else:
             try:
                 obj = json.loads(path.read_text())
@@ -241,7 +242,7 @@ def load_aois(path: str | Path) -> list[AOI]:
     the error per AOI. Use :func:`load_aoi` on each returned geometry dict for validation.
     """
     path = Path(path)
-    obj = _read_shapefile(path) if path.suffix.lower() == ".shp" else json.loads(path.read_text())
+    obj = read_shapefile(path) if path.suffix.lower() == ".shp" else json.loads(path.read_text())
     feats = obj["features"] if obj.get("type") == "FeatureCollection" else [obj]
     out = []
     for i, feat in enumerate(feats):

@@ -11,6 +11,8 @@ import base64
 import importlib
 import io
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,8 +119,12 @@ def test_zipped_shapefile_upload(app, tmp_path):
     with zipfile.ZipFile(buffer, "w") as archive:
         for ext in ("shp", "shx", "dbf"):
             archive.write(tmp_path / f"field.{ext}", f"field.{ext}")
+    unpacked = set(Path(tempfile.gettempdir()).glob("optsar_aoi_*"))
     app.aoi_control._handle_upload({"new": ({"name": "field.zip", "content": memoryview(buffer.getvalue())},)})
     assert app.aoi is not None and app.aoi.bounds == pytest.approx((148.7665, -31.3190, 148.7725, -31.3168))
+    assert set(Path(tempfile.gettempdir()).glob("optsar_aoi_*")) == unpacked  # the unpacked copy is removed
+    app.aoi_control._handle_upload({"new": ({"name": "other.zip", "content": memoryview(b"PK not a zip")},)})
+    assert "not a zip archive" in app.aoi_control.message.value and app.aoi.name == "field"
 
 
 # --------------------------------------------------------------------------------------------

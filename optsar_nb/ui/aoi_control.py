@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..aoi import AOI, load_aoi
+from ..aoi import AOI, load_aoi, read_shapefile
 from ..errors import OptsarError
 from ._deps import require
 from .layers import nice_bounds_center
@@ -38,8 +38,9 @@ def clear_error(panel) -> None:
         panel.value = ""
 
 
-def geojson_from_upload(name: str, content: bytes) -> dict | str:
-    """The AOI source of an uploaded file: GeoJSON text, or a zipped shapefile unpacked to disk."""
+def geojson_from_upload(name: str, content: bytes) -> dict:
+    """The AOI of an uploaded file as GeoJSON: the file's text, or a zipped shapefile read (and its
+    unpacked copy removed: nothing is left in the temporary folder)."""
     suffix = Path(name).suffix.lower()
     if suffix in (".geojson", ".json"):
         try:
@@ -47,13 +48,16 @@ def geojson_from_upload(name: str, content: bytes) -> dict | str:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise OptsarError(f"{name} is not valid GeoJSON ({exc})") from None
     if suffix == ".zip":
-        folder = Path(tempfile.mkdtemp(prefix="optsar_aoi_"))
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            archive.extractall(folder)
-        shapefiles = sorted(folder.rglob("*.shp"))
-        if not shapefiles:
-            raise OptsarError(f"{name} holds no .shp file: zip the .shp with its .shx, .dbf and .prj")
-        return str(shapefiles[0])
+        with tempfile.TemporaryDirectory(prefix="optsar_aoi_") as folder:
+            try:
+                with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                    archive.extractall(folder)
+            except zipfile.BadZipFile as exc:
+                raise OptsarError(f"{name} is not a zip archive ({exc}): zip the shapefile's files") from None
+            shapefiles = sorted(Path(folder).rglob("*.shp"))
+            if not shapefiles:
+                raise OptsarError(f"{name} holds no .shp file: zip the .shp with its .shx, .dbf and .prj")
+            return read_shapefile(shapefiles[0])
     raise OptsarError(f"{name}: upload a .geojson/.json file or a .zip of a shapefile (.shp, .shx, .dbf, .prj)")
 
 
