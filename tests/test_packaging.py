@@ -28,8 +28,8 @@ def test_environment_matches_pyproject():
     conda = {}
     text = (ROOT / "environment.yml").read_text()
     for line in text[text.index("\ndependencies:") :].splitlines():
-        item = re.match(r"^  - ([^\s#:]+.*?)\s*(#.*)?$", line)
-        if item and not item.group(1).startswith(("python", "pip")):
+        item = re.match(r"^(?:  |      )- ([^\s#:]+.*?)\s*(#.*)?$", line)  # conda's, or pip's (from PyPI)
+        if item and not item.group(1).startswith(("python", "pip", "-e")):
             name, spec = _split(item.group(1))
             conda[name] = spec
     assert conda == pyproject

@@ -90,6 +90,35 @@ def test_files_written_together_compute_their_shared_blocks_once(tmp_path):
             assert src.descriptions == tuple(template["id"].values)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "bool"])
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_tiles_compressed_by_the_tasks_are_read_back_by_gdal(tmp_path, monkeypatch, dtype, bigtiff):
+    """The writer compresses each tile in the task that computes it and fills the tile index
+    itself; GDAL (an independent reader) reads every value back, edge tiles included, from a
+    classic TIFF or, above the size limit of one, a BigTIFF."""
+    from optsar_nb.local import geotiff_writer
+
+    if bigtiff:
+        monkeypatch.setattr(geotiff_writer, "CLASSIC_TIFF_BYTES", 0)
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(2, 300, 520)) * (1 if dtype.startswith("float") else 40)
+    data = (values > 0) if dtype == "bool" else values.astype(dtype)
+    if dtype.startswith("float"):
+        data[0, 299, 519] = np.nan
+    stack = _stack(n=2, ny=300, nx=520).copy(data=data)
+    write_geotiff(stack, tmp_path / "t.tif")
+    with rasterio.open(tmp_path / "t.tif") as src:
+        assert src.block_shapes == [(256, 256)] * 2 and src.compression.value == "DEFLATE"
+        assert src.dtypes[0] == ("uint8" if dtype == "bool" else dtype)
+        np.testing.assert_array_equal(src.read(), data.astype(src.dtypes[0]))
+    assert (tmp_path / "t.tif").read_bytes()[2] == (43 if bigtiff else 42)
+    small = _stack(n=2, ny=40, nx=30)  # smaller than a tile: one tile, rounded up to 16 px
+    write_geotiff(small, tmp_path / "small.tif")
+    with rasterio.open(tmp_path / "small.tif") as src:
+        assert src.block_shapes == [(48, 32)] * 2
+        np.testing.assert_array_equal(src.read(), small.values)
+
+
 def _metadata(tmp_path, stack):
     from optsar_nb.local.stack import metadata_of
 

@@ -1,41 +1,46 @@
 """Writing (band|time, y, x) DataArrays as tiled, compressed GeoTIFFs, window by window.
 
-The writer of :mod:`optsar_nb.local.stack`'s files: every window is whole tiles of the file,
-computed (dask) while the previous one is compressed and written, and several files of one grid
-can be written together so that the work their graphs share is done once
-(:func:`write_geotiffs`). A file is written under a temporary name, checked, then moved into
-place (``outputs.atomic_path``, ``outputs.verify_geotiff``).
+The writer of :mod:`optsar_nb.local.stack`'s files. GDAL writes a file's header and tags (grid,
+CRS, band names, no-data, scales) with no tile in it; the tiles are then compressed by the dask
+tasks that compute them (on whatever scheduler is active: on a cluster the workers compress,
+and only compressed bytes travel to the writing process), appended to the file, and their
+offsets and lengths filled into the file's tile index. Several files of one grid can be
+written together so that the work their graphs share is done once (:func:`write_geotiffs`). A
+file is written under a temporary name, checked, then moved into place
+(``outputs.atomic_path``, ``outputs.verify_geotiff``).
 """
 
 from __future__ import annotations
 
-import os
+import struct
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
+import dask
 import dask.array as da
+import deflate
 import numpy as np
 import xarray as xr
 
-from ..errors import StackMismatch
+from ..errors import StackMismatch, WriteFailed
 from ..outputs import atomic_path, verify_geotiff
 from ._blocks import lazy_array
 from .grid import transform_from_coords
 
-TILE_PX = 256  # tile edge of the GeoTIFFs written here
-# Bytes of one window (all bands) computed and written at a time. Windows are whole tiles, so
-# that every tile is compressed once: a window cutting a tile makes GDAL decompress and
-# recompress it for each piece, which cost minutes on a 437-band stack.
-WRITE_WINDOW_BYTES = 128 * 2**20
-# zlib level of the deflate compression. Level 1 writes float stacks ~2.4x faster than the
-# default 6 for files ~4 % larger (measured on a simulated 437 x 500 x 414 NDVI stack);
+TILE_PX = 256  # tile edge of the GeoTIFFs written here (smaller images: one tile, rounded up to 16 px)
+# Bytes of one window (all bands of every file written together) computed at a time; two
+# windows are in flight (one computed while the previous one's tiles are compressed).
+WRITE_WINDOW_BYTES = 64 * 2**20
+# Level of the deflate compression (libdeflate). Level 1 writes float stacks ~2.4x faster than
+# the default 6 for files ~4 % larger (measured on a simulated 437 x 500 x 414 NDVI stack);
 # PREDICTOR=3 was slower and larger on such noisy floats.
 DEFLATE_LEVEL = 1
-# Threads GDAL compresses a file's tiles with (its NUM_THREADS creation option): deflate is the
-# bulk of writing a stack, and tiles are compressed independently, so the file is the same
-# byte for byte whatever the count.
-COMPRESS_THREADS = os.cpu_count() or 1
+# GeoTIFFs up to this many bytes of (uncompressed, padded) tiles are classic TIFF, larger ones
+# BigTIFF: compressed tiles can grow a little beyond their raw size, and a classic TIFF's offsets
+# end at 4 GiB.
+CLASSIC_TIFF_BYTES = 2**32 - 2**28
 
 
 def write_geotiff(
@@ -67,22 +72,27 @@ def write_geotiffs(items: list[tuple[xr.DataArray, str | Path]], *, overwrite: b
     height, width = specs[0]["profile"]["height"], specs[0]["profile"]["width"]
     if any((s["profile"]["height"], s["profile"]["width"]) != (height, width) for s in specs):
         raise StackMismatch("the files written together must share their grid")
-    rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in specs), height, width,
-                                tiled=specs[0]["profile"]["tiled"])
+    tile = specs[0]["tile"]
+    rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in specs), tile)
     windows = [(r, c) for r in range(0, height, rows) for c in range(0, width, cols)]
     with ExitStack() as stack:
         tmps = [stack.enter_context(atomic_path(path, overwrite=overwrite)) for _, path in items]
-        _write_windows_of([s["arr"].rechunk((-1, rows, cols)) for s in specs], tmps, specs, rows, cols, windows)
-        for tmp, spec, (_, path) in zip(tmps, specs, items, strict=True):
-            p = spec["profile"]
-            verify_geotiff(tmp, count=p["count"], height=height, width=width, dtype=p["dtype"],
-                           names=spec["band_names"], label=Path(path))
+        files = [_TiledFile(tmp, spec, Path(path)) for tmp, spec, (_, path) in zip(tmps, specs, items, strict=True)]
+        for file in files:
+            stack.callback(file.file.close)  # on failure too (closing twice is harmless)
+        tasks = [_encoded_tiles(spec, tile) for spec in specs]
+        _write_windows_of(tasks, files, tile, rows, cols, windows)
+        for file in files:
+            file.close()
+            p = file.spec["profile"]
+            verify_geotiff(file.path, count=p["count"], height=height, width=width, dtype=p["dtype"],
+                           names=file.spec["band_names"], label=file.label)
     return [Path(path) for _, path in items]
 
 
 def _geotiff_spec(data: xr.DataArray, *, band_names=None, nodata=None, scale=None) -> dict:
     """What :func:`write_geotiffs` writes of ``data``: its dask array (packed as int16 with
-    ``scale``), the file's profile, band names and type."""
+    ``scale``), the file's profile and tile shape, band names and type."""
     import rasterio
 
     if data.ndim == 2:
@@ -108,60 +118,148 @@ def _geotiff_spec(data: xr.DataArray, *, band_names=None, nodata=None, scale=Non
         dtype, nodata = np.dtype("int16"), packed_nodata
     if nodata is None and dtype.kind == "f":
         nodata = np.nan
+    # one tile edge for large images; an image smaller than a tile is one tile (TIFF tiles are
+    # multiples of 16 px)
+    tile = tuple(min(TILE_PX, -(-n // 16) * 16) for n in (height, width))
+    raw = count * tile[0] * tile[1] * dtype.itemsize * -(-height // tile[0]) * -(-width // tile[1])
     profile = dict(
         driver="GTiff", count=count, height=height, width=width, dtype=dtype.name, crs=crs,
-        transform=rasterio.Affine(*transform), nodata=nodata, compress="deflate", zlevel=DEFLATE_LEVEL,
-        tiled=True, blockxsize=TILE_PX, blockysize=TILE_PX, BIGTIFF="IF_SAFER", NUM_THREADS=str(COMPRESS_THREADS),
+        transform=rasterio.Affine(*transform), nodata=nodata, compress="deflate", tiled=True,
+        blockysize=tile[0], blockxsize=tile[1], BIGTIFF="NO" if raw <= CLASSIC_TIFF_BYTES else "YES",
+        SPARSE_OK=True, interleave="band",
     )
-    if height < TILE_PX or width < TILE_PX:
-        profile.update(tiled=False)
-        profile.pop("blockxsize"), profile.pop("blockysize")
-    if count > 1:
-        profile["interleave"] = "band"
-    return {"arr": arr, "profile": profile, "band_names": band_names, "scale": scale, "dtype": dtype}
+    return {"arr": arr, "profile": profile, "band_names": band_names, "scale": scale, "dtype": dtype, "tile": tile}
 
 
-def _write_windows_of(arrs, tmps, specs, rows, cols, windows) -> None:
-    """The writing loop of :func:`write_geotiffs`: window (row, col) offsets ``windows`` of the
-    dask arrays ``arrs`` (chunked by the windows) into the files ``tmps``."""
-    import dask
-    import rasterio
-    from rasterio.windows import Window
+def _encoded_tiles(spec: dict, tile: tuple[int, int]) -> np.ndarray:
+    """(tile rows, tile columns) array of dask delayed tasks, each returning the compressed bands
+    of one tile of the file ``spec`` describes."""
+    # unoptimized: the files written together then name the blocks they share alike
+    chunks = spec["arr"].rechunk((-1, *tile)).to_delayed(optimize_graph=False)[0]
+    encode = dask.delayed(_encode_tile, pure=True)
+    out = np.empty(chunks.shape, dtype=object)
+    for index, chunk in np.ndenumerate(chunks):
+        out[index] = encode(chunk, spec["dtype"].str, tile)
+    return out
 
-    with ExitStack() as files, ThreadPoolExecutor(max_workers=1) as writer:
-        dsts = [files.enter_context(rasterio.open(tmp, "w", **spec["profile"])) for tmp, spec in zip(tmps, specs)]
-        for dst, spec in zip(dsts, specs):
+
+def _encode_tile(block: np.ndarray, dtype: str, tile: tuple[int, int]) -> list[bytes]:
+    """The deflate-compressed tiles (one per band, little-endian ``dtype``, padded with zeros to
+    ``tile`` at the image's edges) of a (bands, rows, columns) block."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    block = np.asarray(block)
+    bands, h, w = block.shape
+    full = np.zeros((bands, *tile), dtype) if (h, w) != tile else np.empty((bands, *tile), dtype)
+    full[:, :h, :w] = block
+    compressor = deflate.zlib_compress
+    return [compressor(band, DEFLATE_LEVEL) for band in full]
+
+
+class _TiledFile:
+    """A GeoTIFF whose header and tags GDAL wrote with no tile in it (SPARSE_OK); tiles are
+    appended and the tile index (TileOffsets, TileByteCounts) filled when it is closed."""
+
+    def __init__(self, path: Path, spec: dict, label: Path):
+        import rasterio
+
+        self.path, self.spec, self.label = path, spec, label
+        p = spec["profile"]
+        with rasterio.open(path, "w", **p) as dst:
             for i, name in enumerate(spec["band_names"]):
                 dst.set_band_description(i + 1, name)
             if spec["scale"] is not None:
-                dst.scales = [spec["scale"]] * len(spec["band_names"])
-                dst.offsets = [0.0] * len(spec["band_names"])
+                dst.scales = [spec["scale"]] * p["count"]
+                dst.offsets = [0.0] * p["count"]
+        self.index = _tile_index(path)
+        th, tw = spec["tile"]
+        self.shape = (p["count"], -(-p["height"] // th), -(-p["width"] // tw))  # band-major, as TIFF orders them
+        self.offsets = np.zeros(self.shape, "uint64")
+        self.lengths = np.zeros(self.shape, "uint64")
+        self.file = open(path, "r+b", buffering=0)  # unbuffered: a failed write fails here, not at close
+        self.end = self.file.seek(0, 2)
 
-        def write(blocks, r0, c0):
-            for dst, block in zip(dsts, blocks):
-                dst.write(block, window=Window(c0, r0, block.shape[2], block.shape[1]))
+    def append(self, row: int, col: int, bands: list[bytes]) -> None:
+        """Append a tile's compressed bands (tile row and column ``row``, ``col``)."""
+        try:
+            for b, data in enumerate(bands):
+                self._write(data)
+                self.offsets[b, row, col], self.lengths[b, row, col] = self.end, len(data)
+                self.end += len(data)
+        except OSError as exc:
+            raise WriteFailed(f"{self.label} is incomplete: writing its tiles failed ({exc})") from None
 
-        # one thread compresses and writes window k (GDAL releases the GIL) while the next is
-        # computed (dask spreads a window's chunks over its threads); at most two windows wait
-        pending = None
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # an unbuffered write may write part of what it is given
+            view = view[self.file.write(view):]
+
+    def close(self) -> None:
+        """Fill in the tile index and close the file."""
+        try:
+            with self.file:
+                for (where, kind, count), values in zip(self.index, (self.offsets, self.lengths), strict=True):
+                    if count != values.size or values.max(initial=0) > np.iinfo(kind).max:
+                        raise WriteFailed(f"{self.label}: the tile index cannot hold the tiles written")
+                    self.file.seek(where)
+                    self._write(values.ravel().astype(kind).tobytes())
+        except OSError as exc:
+            raise WriteFailed(f"{self.label} is incomplete: writing its tile index failed ({exc})") from None
+
+
+_FIELD = {3: "<u2", 4: "<u4", 16: "<u8"}  # TIFF field types: SHORT, LONG, LONG8
+
+
+def _tile_index(path: Path) -> list[tuple[int, str, int]]:
+    """Where a little-endian (Big)TIFF's first directory keeps its TileOffsets and TileByteCounts:
+    for each, (file offset of the values, their numpy type, their count)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if head[:2] != b"II" or struct.unpack_from("<H", head, 2)[0] not in (42, 43):
+            raise WriteFailed(f"{path}: GDAL wrote no little-endian TIFF header")
+        big = struct.unpack_from("<H", head, 2)[0] == 43
+        ifd = struct.unpack_from("<Q" if big else "<I", head, 8 if big else 4)[0]
+        f.seek(ifd)
+        n = struct.unpack("<Q" if big else "<H", f.read(8 if big else 2))[0]
+        entry, inline = (20, 8) if big else (12, 4)
+        data = f.read(n * entry)
+    found = {}
+    for i in range(n):
+        tag, kind, count = struct.unpack_from("<HHQ" if big else "<HHI", data, i * entry)
+        if tag in (324, 325):  # TileOffsets, TileByteCounts
+            value_at = ifd + (8 if big else 2) + i * entry + (12 if big else 8)
+            size = np.dtype(_FIELD[kind]).itemsize * count
+            where = value_at if size <= inline else struct.unpack_from("<Q" if big else "<I", data,
+                                                                        i * entry + (12 if big else 8))[0]
+            found[tag] = (where, _FIELD[kind], count)
+    return [found[324], found[325]]
+
+
+def _write_windows_of(tasks, files, tile, rows, cols, windows) -> None:
+    """The writing loop of :func:`write_geotiffs`: each window's tiles of every file computed and
+    compressed by dask tasks (the next window's while this one's tiles are appended)."""
+    th, tw = tile
+
+    def window(r0, c0):
+        rs, cs = slice(r0 // th, (r0 + rows) // th), slice(c0 // tw, (c0 + cols) // tw)
+        where = [(t, i, j) for t in range(len(files)) for i, j in np.ndindex(tasks[t][rs, cs].shape)]
+        done = dask.compute(*[tasks[t][rs, cs][i, j] for t, i, j in where])
+        return [(t, rs.start + i, cs.start + j, bands) for (t, i, j), bands in zip(where, done, strict=True)]
+
+    with ThreadPoolExecutor(max_workers=2) as computing:
+        pending = deque()
         for r0, c0 in windows:
-            parts = dask.compute(*[a.blocks[0, r0 // rows, c0 // cols] for a in arrs])
-            blocks = [np.asarray(b).astype(spec["dtype"], copy=False) for b, spec in zip(parts, specs)]
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(write, blocks, r0, c0)
-        if pending is not None:
-            pending.result()
+            pending.append(computing.submit(window, r0, c0))
+            if len(pending) == 2:
+                for t, i, j, bands in pending.popleft().result():
+                    files[t].append(i, j, bands)
+        while pending:
+            for t, i, j, bands in pending.popleft().result():
+                files[t].append(i, j, bands)
 
 
-def _write_windows(bytes_per_pixel: int, height: int, width: int, *, tiled: bool) -> tuple[int, int]:
-    """(rows, cols) of the windows :func:`write_geotiff` writes: whole tiles within WRITE_WINDOW_BYTES.
-
-    A tiled file gets square windows of whole tiles (at least one tile); a striped one (small
-    images) full-width row bands, so that no strip is written in pieces either.
-    """
+def _write_windows(bytes_per_pixel: int, tile: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of the windows :func:`write_geotiffs` computes at a time: square groups of
+    whole tiles within WRITE_WINDOW_BYTES (at least one tile)."""
     pixels = max(1, WRITE_WINDOW_BYTES // max(bytes_per_pixel, 1))
-    if not tiled:
-        return int(np.clip(pixels // width, 1, height)), width
-    tiles = max(1, int(np.sqrt(pixels / TILE_PX**2)))
-    return min(tiles * TILE_PX, height), min(tiles * TILE_PX, width)
+    tiles = max(1, int(np.sqrt(pixels / (tile[0] * tile[1]))))
+    return tiles * tile[0], tiles * tile[1]
