@@ -880,17 +880,46 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     values = q.astype("float32") * np.float32(1e-4)
     values[2, 3:9, 4:7] = np.nan  # cloudy
     store = _store.Store.create_in(str(tmp_path), "s-")
-    packed = store.stage("a", da.from_array(values, chunks=(7, 8, 8)), (1e-4, 0.0))
+    moved = values.copy()
+    moved[6, 19, 23] += np.float32(3e-5)  # not k x 1e-4: the stack stays float32
+    states = (q % 3).astype("int8")
+    # staged together, in one pass: packed, packed that falls back to floats, and unpacked
+    packed, plain, plain_int8 = store.stage([("a", da.from_array(values, chunks=(7, 8, 8)), (1e-4, 0.0)),
+                                             ("b", da.from_array(moved, chunks=(7, 8, 8)), (1e-4, 0.0)),
+                                             ("s", da.from_array(states, chunks=(7, 8, 8)), None)])
     assert isinstance(packed, _store.Packed) and packed.z.dtype == np.int16
     np.testing.assert_array_equal(packed[:, 2:17, 5:], values[:, 2:17, 5:])
     np.testing.assert_array_equal(_store.lazy(packed, chunks=(7, 5, 5)).compute(), values)
-    moved = values.copy()
-    moved[6, 19, 23] += np.float32(3e-5)  # not k x 1e-4: the stack stays float32
-    plain = store.stage("b", da.from_array(moved, chunks=(7, 8, 8)), (1e-4, 0.0))
     assert not isinstance(plain, _store.Packed) and plain.dtype == np.float32
     np.testing.assert_array_equal(plain[...], moved)
+    assert plain_int8.dtype == np.int8 and plain_int8.chunks == (7, 8, 8)
+    np.testing.assert_array_equal(plain_int8[...], states)
     kept = store.copy("c", packed, np.array([0, 2, 5]), (3, 8, 8))  # images kept: still packed
     np.testing.assert_array_equal(kept[...], values[[0, 2, 5]])
+    store.destroy()
+
+
+def test_stacks_staged_together_compute_what_they_share_once(tmp_path):
+    import threading
+
+    import dask.array as da
+
+    from optsar_nb.local import _store
+
+    calls, lock = [], threading.Lock()
+
+    def counted(block):
+        with lock:
+            calls.append(block.shape)
+        return block
+
+    values = np.arange(4 * 20 * 24, dtype="float32").reshape(4, 20, 24)
+    shared = da.from_array(values, chunks=(4, 8, 8)).map_blocks(counted, meta=np.array((), "float32"))
+    store = _store.Store.create_in(str(tmp_path), "s-")
+    x, y = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)])
+    assert len(calls) == 3 * 3  # one call per block, not one per staged stack
+    np.testing.assert_array_equal(x[...], values)
+    np.testing.assert_array_equal(y[...], 2 * values.astype("float64"))
     store.destroy()
 
 

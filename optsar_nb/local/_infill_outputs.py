@@ -73,9 +73,9 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
                    overwrite=overwrite)
     if s1_done is not None:
         s1_done()
-    write_geotiff(st_da, paths["NDVI_Mask"], overwrite=overwrite)
-    write_geotiff(pred_da, paths["NDVI_Pred"], overwrite=overwrite)
-    write_geotiff(obs_da, paths["NDVI_Obs"], overwrite=overwrite)
+    # together: one pass of windows, the workers kept busy across the files' ends
+    write_geotiffs([(st_da, paths["NDVI_Mask"]), (pred_da, paths["NDVI_Pred"]), (obs_da, paths["NDVI_Obs"])],
+                   overwrite=overwrite)
     coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
                         attrs=_grid_attrs(ndvi))

@@ -186,12 +186,10 @@ def _stage_optical(ndvi, state, params, aoi, store):
     st = steps.observed_state(state, ndvi, inside)
     N, H, W = st.shape
     edge = _edge(N)
-    z_st = store.create("state_all", (N, H, W), (N, edge, edge), "int8", compress=True)
-    da.store(_dask(st, (-1, edge, edge)).astype("int8"), z_st, lock=False)
-    st_d = da.from_zarr(z_st)
+    st_d = _dask(st, (-1, edge, edge)).astype("int8")
     obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
-    obs = store.stage("obs_all", obs_d, ndvi.attrs.get("packing"))
-    table = steps.image_cloud_stats(st.copy(data=st_d))
+    z_st, obs = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))])
+    table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st)))
     return ndvi, table, inside, obs, z_st
 
 
@@ -247,12 +245,14 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
     in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
-    sums, staged = [], {}
-    for name, band in (("s1_vv", vv), ("s1_vh", vh)):
+    names, items = ("s1_vv", "s1_vh"), []
+    for name, band in zip(names, (vv, vh)):
         # chunks of half a block: a block's read with its halo decodes about half as much
         s1 = _dask(band, (-1, max(16, edge // 2), max(16, edge // 2)))
-        staged[name] = store.stage(name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing"),
-                                   codec=_store.FAST_LZ4)
+        items.append((name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing")))
+    staged = dict(zip(names, store.stage(items, codec=_store.FAST_LZ4), strict=True))  # both in one pass
+    sums = []
+    for name in names:
         s1 = _store.lazy(staged[name], chunks=(-1, edge, edge))  # the sums' order: by block, as everywhere
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
                             dtype="float64")

@@ -23,6 +23,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -72,25 +73,33 @@ class Store:
                                  dtype=dtype, fill_value=fill, compressors=codec if compress else None,
                                  overwrite=True)
 
-    def stage(self, name: str, data: da.Array, packing: tuple[float, float] | None = None, codec=FAST_ZSTD):
-        """``data`` (a float dask array, chunked as it is to be stored) staged as ``name``,
-        compressed; returns the staged array (read like the Zarr array it is).
+    def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], codec=FAST_ZSTD) -> list:
+        """Each (name, data, packing) of ``items`` (a dask array chunked as it is to be stored)
+        staged as ``name``, compressed, all in one pass over their graphs (the work they share is
+        done once); returns the staged arrays (read like the Zarr arrays they are).
 
-        With ``packing`` (scale, offset: how the input file stored the values as int16), the
+        With ``packing`` (scale, offset: how the input file stored the values as int16), float
         values are staged as those int16, half the size, and read back as float32 by the input's
         own formula (:class:`Packed`). Each block is checked: if any value does not come back
         identical (another packing, values changed on the way), the stack is staged as floats.
         """
-        if packing is not None:
-            z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA, codec=codec)
-            packed = Packed(z, *packing)
-            exact = data.map_blocks(packed.put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
-            if bool(exact.all().compute()):
-                return packed
-            self.remove(name)
-        z = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
-        da.store(data, z, lock=False)
-        return z
+        staged, writes = {}, {}
+        for name, data, packing in items:
+            if packing is not None:
+                z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA,
+                                codec=codec)
+                staged[name] = Packed(z, *packing)
+            else:
+                staged[name] = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
+            put = staged[name].put if packing is not None else partial(_put, staged[name])
+            writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
+        exact = dict(zip(writes, dask.compute(*(w.all() for w in writes.values())), strict=True))
+        for name, data, _ in items:
+            if not exact[name]:  # a packing that does not hold: as floats
+                self.remove(name)
+                staged[name] = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
+                da.store(data, staged[name], lock=False)
+        return [staged[name] for name, _, _ in items]
 
     def copy(self, name: str, staged, positions: np.ndarray, chunks):
         """The images ``positions`` of a staged stack (Zarr or :class:`Packed`) as a new array
@@ -168,6 +177,12 @@ class Packed:
         if exact:
             self.z[where] = q
         return np.full((1,) * values.ndim, exact)
+
+
+def _put(z: zarr.Array, values: np.ndarray, block_info=None) -> np.ndarray:
+    """Stage one block at its place (a whole chunk of ``z``); a (1, ...) True (a dask block)."""
+    z[tuple(slice(*loc) for loc in block_info[0]["array-location"])] = values
+    return np.ones((1,) * values.ndim, bool)
 
 
 def lazy(staged, chunks=None) -> da.Array:
