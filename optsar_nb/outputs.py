@@ -53,7 +53,8 @@ def _alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # checked writes
-def _free(path: Path) -> str:
+def free_space(path: Path) -> str:
+    """How much space is free where ``path`` is written (for messages about failed writes)."""
     try:
         return f"{shutil.disk_usage(path.parent).free / 1e9:.2f} GB free in {path.parent}"
     except OSError:
@@ -132,9 +133,10 @@ def verify_geotiff(path: Path, *, count: int, height: int, width: int, dtype: st
             bad = incomplete_block(src, size)
             if bad is not None:
                 raise WriteFailed(f"{shown} is incomplete (band {bad[0]}, block {bad[1]},{bad[2]} is missing or runs "
-                                  f"past the end of the file): the write did not complete ({_free(path)})")
+                                  f"past the end of the file): the write did not complete ({free_space(path)})")
     except rasterio.errors.RasterioIOError as exc:
-        raise WriteFailed(f"{shown} cannot be read back ({exc}): the write did not complete ({_free(path)})") from None
+        raise WriteFailed(f"{shown} cannot be read back ({exc}): the write did not complete "
+                          f"({free_space(path)})") from None
 
 
 def incomplete_block(src, size: int) -> tuple[int, int, int] | None:

@@ -84,6 +84,7 @@ def test_a_full_disk_fails_with_one_line_and_writes_nothing(tmp_path):
     done = optsar([*GAPS, "--out", tmp_path], file_size_limit=20_000)
     assert done.returncode == 2
     assert "error:" in done.stderr and "is incomplete" in done.stderr and "Traceback" not in done.stderr
+    assert "GB free in" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import StackMismatch, WriteFailed
-from ..outputs import atomic_path, verify_geotiff
+from ..outputs import atomic_path, free_space, verify_geotiff
 from ._blocks import lazy_array
 from .grid import transform_from_coords
 
@@ -150,10 +150,12 @@ def _encode_tile(block: np.ndarray, dtype: str, tile: tuple[int, int]) -> list[b
     dtype = np.dtype(dtype).newbyteorder("<")
     block = np.asarray(block)
     bands, h, w = block.shape
-    full = np.zeros((bands, *tile), dtype) if (h, w) != tile else np.empty((bands, *tile), dtype)
-    full[:, :h, :w] = block
-    compressor = deflate.zlib_compress
-    return [compressor(band, DEFLATE_LEVEL) for band in full]
+    if (h, w) == tile:
+        full = np.ascontiguousarray(block, dtype)  # no copy when it is one already
+    else:
+        full = np.zeros((bands, *tile), dtype)
+        full[:, :h, :w] = block
+    return [deflate.zlib_compress(band, DEFLATE_LEVEL) for band in full]
 
 
 class _TiledFile:
@@ -187,7 +189,8 @@ class _TiledFile:
                 self.offsets[b, row, col], self.lengths[b, row, col] = self.end, len(data)
                 self.end += len(data)
         except OSError as exc:
-            raise WriteFailed(f"{self.label} is incomplete: writing its tiles failed ({exc})") from None
+            raise WriteFailed(f"{self.label} is incomplete: writing its tiles failed ({exc.strerror}; "
+                              f"{free_space(self.path)})") from None
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -204,7 +207,8 @@ class _TiledFile:
                     self.file.seek(where)
                     self._write(values.ravel().astype(kind).tobytes())
         except OSError as exc:
-            raise WriteFailed(f"{self.label} is incomplete: writing its tile index failed ({exc})") from None
+            raise WriteFailed(f"{self.label} is incomplete: writing its tile index failed ({exc.strerror}; "
+                              f"{free_space(self.path)})") from None
 
 
 _FIELD = {3: "<u2", 4: "<u4", 16: "<u8"}  # TIFF field types: SHORT, LONG, LONG8
