@@ -34,6 +34,7 @@ from . import _postprocess, _store
 
 N_BINS = 4096
 OBS, PRED = 0, 1  # the two series
+HISTOGRAM_GROUPS = 16  # tasks of the histogram pass (each sums a share of the blocks)
 
 
 @dataclass
@@ -142,11 +143,12 @@ def merge_ranges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _histogram(b: Blocks, rows, cols, lo, scale) -> tuple[np.ndarray, np.ndarray]:
-    data = b.read(rows, cols)
-    hist = np.zeros((2, data[2].shape[0], N_BINS), np.int32)
+def _histogram(b: Blocks, group, lo, scale) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram and bin sums of a group of blocks ((rows, cols) slices), accumulated in place."""
+    hist = np.zeros((2, lo.shape[1], N_BINS), np.int32)
     sums = np.zeros(hist.shape)
-    _histogram_kernel(*data, lo, scale, hist, sums)
+    for rows, cols in group:
+        _histogram_kernel(*b.read(rows, cols), lo, scale, hist, sums)
     return hist, sums
 
 
@@ -198,7 +200,12 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
         lo = np.stack([np.full(T, -1.0), np.where(n > 0, r[3], 0.0)])
         width = np.stack([np.full(T, 2.0), np.where(n > 0, r[4] - r[3], 0.0)])
         scale = np.where(width > 0, N_BINS / width, 0.0)
-    hist, bin_sums = total(_histogram, lo, scale, combine=_add_pairs)
+    # a task per group of blocks, not per block: fewer (2, T, N_BINS) partials to allocate, add and
+    # move between workers; a fixed number of groups, so that the sums' order does not depend on
+    # the machine
+    groups = [g for g in np.array_split(np.arange(len(blocks)), HISTOGRAM_GROUPS) if g.size]
+    hist, bin_sums = _store.total([dask.delayed(_histogram)(b, [blocks[i] for i in g], lo, scale) for g in groups],
+                                  _add_pairs, processes=False, workers=workers)
     hist = hist.astype(np.int64)
     cum = np.cumsum(hist, axis=2)
     p = b.params
