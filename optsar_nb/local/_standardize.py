@@ -21,7 +21,6 @@ then each block is calibrated with its images' statistics.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import dask
@@ -187,11 +186,11 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
     observation and the prediction (NaN where an image has no used pixel). ``ranges``: the
     first pass's result (:func:`ranges_of`, summed over the blocks with :func:`merge_ranges`) when
     an earlier pass over the blocks computed it."""
-    def total(fn, *args, combine=operator.add):
-        return _store.total([dask.delayed(fn)(b, rows, cols, *args) for rows, cols in blocks], combine,
-                            processes=False, workers=workers)
+    def total(tasks, combine):
+        return _store.total(tasks, combine, processes=False, workers=workers)
 
-    r = total(ranges_of, combine=merge_ranges) if ranges is None else ranges
+    r = ranges if ranges is not None else total([dask.delayed(ranges_of)(b, rows, cols) for rows, cols in blocks],
+                                                merge_ranges)
     n, T = r[0].astype(np.int64), r.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         means = r[1:3] / n
@@ -204,8 +203,8 @@ def statistics(b: Blocks, blocks, workers: int | None, ranges: np.ndarray | None
     # move between workers; a fixed number of groups, so that the sums' order does not depend on
     # the machine
     groups = [g for g in np.array_split(np.arange(len(blocks)), HISTOGRAM_GROUPS) if g.size]
-    hist, bin_sums = _store.total([dask.delayed(_histogram)(b, [blocks[i] for i in g], lo, scale) for g in groups],
-                                  _add_pairs, processes=False, workers=workers)
+    hist, bin_sums = total([dask.delayed(_histogram)(b, [blocks[i] for i in g], lo, scale) for g in groups],
+                           _add_pairs)
     hist = hist.astype(np.int64)
     cum = np.cumsum(hist, axis=2)
     p = b.params

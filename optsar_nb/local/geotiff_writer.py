@@ -140,14 +140,13 @@ def _encoded_tiles(spec: dict, tile: tuple[int, int]) -> np.ndarray:
     encode = dask.delayed(_encode_tile, pure=True)
     out = np.empty(chunks.shape, dtype=object)
     for index, chunk in np.ndenumerate(chunks):
-        out[index] = encode(chunk, spec["dtype"].str, tile)
+        out[index] = encode(chunk, spec["dtype"].newbyteorder("<"), tile)
     return out
 
 
-def _encode_tile(block: np.ndarray, dtype: str, tile: tuple[int, int]) -> list[bytes]:
-    """The deflate-compressed tiles (one per band, little-endian ``dtype``, padded with zeros to
-    ``tile`` at the image's edges) of a (bands, rows, columns) block."""
-    dtype = np.dtype(dtype).newbyteorder("<")
+def _encode_tile(block: np.ndarray, dtype: np.dtype, tile: tuple[int, int]) -> list[bytes]:
+    """The deflate-compressed tiles (one per band, as ``dtype``, padded with zeros to ``tile`` at
+    the image's edges) of a (bands, rows, columns) block."""
     block = np.asarray(block)
     bands, h, w = block.shape
     if (h, w) == tile:
@@ -222,26 +221,28 @@ def _tile_index(path: Path) -> list[tuple[int, str, int]]:
         if head[:2] != b"II" or struct.unpack_from("<H", head, 2)[0] not in (42, 43):
             raise WriteFailed(f"{path}: GDAL wrote no little-endian TIFF header")
         big = struct.unpack_from("<H", head, 2)[0] == 43
-        ifd = struct.unpack_from("<Q" if big else "<I", head, 8 if big else 4)[0]
+        # BigTIFF: 8-byte counts and offsets, 20-byte entries; classic: 2-byte entry count, 4-byte
+        # counts and offsets, 12-byte entries. An entry: tag, type, count, then value or offset.
+        offset, count_size, entry, entry_head = ("<Q", 8, 20, "<HHQ") if big else ("<I", 2, 12, "<HHI")
+        ifd = struct.unpack_from(offset, head, 8 if big else 4)[0]
         f.seek(ifd)
-        n = struct.unpack("<Q" if big else "<H", f.read(8 if big else 2))[0]
-        entry, inline = (20, 8) if big else (12, 4)
+        n = struct.unpack("<Q" if big else "<H", f.read(count_size))[0]
         data = f.read(n * entry)
+    value_field = struct.calcsize(entry_head)  # where an entry's value (or offset to it) begins
     found = {}
     for i in range(n):
-        tag, kind, count = struct.unpack_from("<HHQ" if big else "<HHI", data, i * entry)
+        tag, kind, count = struct.unpack_from(entry_head, data, i * entry)
         if tag in (324, 325):  # TileOffsets, TileByteCounts
-            value_at = ifd + (8 if big else 2) + i * entry + (12 if big else 8)
-            size = np.dtype(_FIELD[kind]).itemsize * count
-            where = value_at if size <= inline else struct.unpack_from("<Q" if big else "<I", data,
-                                                                        i * entry + (12 if big else 8))[0]
+            inline = np.dtype(_FIELD[kind]).itemsize * count <= entry - value_field
+            where = (ifd + count_size + i * entry + value_field if inline
+                     else struct.unpack_from(offset, data, i * entry + value_field)[0])
             found[tag] = (where, _FIELD[kind], count)
     return [found[324], found[325]]
 
 
 def _write_windows_of(tasks, files, tile, rows, cols, windows) -> None:
     """The writing loop of :func:`write_geotiffs`: each window's tiles of every file computed and
-    compressed by dask tasks (the next window's while this one's tiles are appended)."""
+    compressed by dask tasks (WINDOWS_IN_FLIGHT windows at a time), appended in window order."""
     th, tw = tile
 
     def window(r0, c0):
@@ -250,16 +251,18 @@ def _write_windows_of(tasks, files, tile, rows, cols, windows) -> None:
         done = dask.compute(*[tasks[t][rs, cs][i, j] for t, i, j in where])
         return [(t, rs.start + i, cs.start + j, bands) for (t, i, j), bands in zip(where, done, strict=True)]
 
+    def append(done):
+        for t, i, j, bands in done.result():
+            files[t].append(i, j, bands)
+
     with ThreadPoolExecutor(max_workers=WINDOWS_IN_FLIGHT) as computing:
         pending = deque()
         for r0, c0 in windows:
             pending.append(computing.submit(window, r0, c0))
             if len(pending) == WINDOWS_IN_FLIGHT:
-                for t, i, j, bands in pending.popleft().result():
-                    files[t].append(i, j, bands)
+                append(pending.popleft())
         while pending:
-            for t, i, j, bands in pending.popleft().result():
-                files[t].append(i, j, bands)
+            append(pending.popleft())
 
 
 def _write_windows(bytes_per_pixel: int, tile: tuple[int, int]) -> tuple[int, int]:
