@@ -276,6 +276,32 @@ def test_mask_rules_by_value(value, rule, expected):
     assert int(gaps.cloud_state(qa, rule).values.ravel()[0]) == expected
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
+@pytest.mark.parametrize("rule", ["scl", "qa_pixel", "pixel_qa", "binary", "clear_mask"])
+def test_integer_quality_bands_are_classified_as_the_rule_classifies_their_values(rule, dtype):
+    """An 8/16-bit quality band goes through a table of every value's state: the same states,
+    pixel by pixel, as the rule's own operations applied to the values as floats (no table),
+    no-data and ``valid`` included, on a chunked stack."""
+    import dask.array as da
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.integers(info.min, int(info.max) + 1, 3000), np.arange(-3, 40),
+                             [info.min, info.max, 21824, 22280, 322, 480]])
+    values = values[(values >= info.min) & (values <= info.max)]
+    values = np.resize(values, 2 * 40 * 40).astype(dtype).reshape(2, 40, 40)
+    valid = xr.DataArray(rng.integers(0, 2, (2, 40, 40)), dims=("time", "y", "x"))
+    attrs = {"nodata": int(values[0, 0, 0]), "crs": "EPSG:32631", "other": 1}
+    qa = xr.DataArray(da.from_array(values, chunks=(1, 16, 16)), dims=("time", "y", "x"), attrs=attrs)
+    as_float = qa.copy(data=values.astype("float64"))
+    for v in (None, valid):
+        by_table = gaps.cloud_state(qa, rule, valid=v)
+        assert isinstance(by_table.data, da.Array) and by_table.dtype == np.int8 and by_table.name == "state"
+        assert by_table.attrs == {"crs": "EPSG:32631"}
+        np.testing.assert_array_equal(by_table.values, gaps.cloud_state(as_float, rule, valid=v).values)
+    assert (by_table.values == M)[0, 0, 0]  # the no-data value
+
+
 def test_qa_nodata_value_is_missing():
     qa = xr.DataArray(np.array([[[0, 21824]]], dtype="uint16"), dims=("time", "y", "x"), attrs={"nodata": 0})
     np.testing.assert_array_equal(gaps.cloud_state(qa, "qa_pixel").values.ravel(), [M, C])

@@ -884,9 +884,10 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     moved[6, 19, 23] += np.float32(3e-5)  # not k x 1e-4: the stack stays float32
     states = (q % 3).astype("int8")
     # staged together, in one pass: packed, packed that falls back to floats, and unpacked
-    packed, plain, plain_int8 = store.stage([("a", da.from_array(values, chunks=(7, 8, 8)), (1e-4, 0.0)),
-                                             ("b", da.from_array(moved, chunks=(7, 8, 8)), (1e-4, 0.0)),
-                                             ("s", da.from_array(states, chunks=(7, 8, 8)), None)])
+    # (a task's block spans several stored chunks, as a reader's window does)
+    packed, plain, plain_int8 = store.stage([("a", da.from_array(values, chunks=(7, 16, 16)), (1e-4, 0.0)),
+                                             ("b", da.from_array(moved, chunks=(7, 16, 16)), (1e-4, 0.0)),
+                                             ("s", da.from_array(states, chunks=(7, 16, 16)), None)], (7, 8, 8))
     assert isinstance(packed, _store.Packed) and packed.z.dtype == np.int16
     np.testing.assert_array_equal(packed[:, 2:17, 5:], values[:, 2:17, 5:])
     np.testing.assert_array_equal(_store.lazy(packed, chunks=(7, 5, 5)).compute(), values)
@@ -916,11 +917,37 @@ def test_stacks_staged_together_compute_what_they_share_once(tmp_path):
     values = np.arange(4 * 20 * 24, dtype="float32").reshape(4, 20, 24)
     shared = da.from_array(values, chunks=(4, 8, 8)).map_blocks(counted, meta=np.array((), "float32"))
     store = _store.Store.create_in(str(tmp_path), "s-")
-    x, y = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)])
+    x, y = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)], (4, 8, 8))
     assert len(calls) == 3 * 3  # one call per block, not one per staged stack
     np.testing.assert_array_equal(x[...], values)
     np.testing.assert_array_equal(y[...], 2 * values.astype("float64"))
     store.destroy()
+
+
+def test_whole_blocks_keep_a_readers_windows_that_are_whole_blocks(monkeypatch):
+    """A reader's windows stay one chunk each (read and staged by one task) when they are whole
+    multiples of the block edge on y and x; other chunks, and in-memory arrays, are cut into
+    blocks; the time axis is always one chunk."""
+    import dask.array as da
+    import xarray as xr
+
+    from optsar_nb.local import _blocks
+    from optsar_nb.local._blocks import whole_blocks
+
+    values = np.arange(6 * 500 * 414, dtype="int16").reshape(6, 500, 414)
+
+    def chunks_of(chunks, edge, data=values):
+        a = xr.DataArray(da.from_array(data, chunks=chunks) if chunks else data, dims=("time", "y", "x"))
+        out = whole_blocks(a, edge)
+        np.testing.assert_array_equal(out.compute(), data)
+        return out.chunks
+
+    assert chunks_of((3, 256, 256), 64) == ((6,), (256, 244), (256, 158))  # windows of 4 x 4 blocks each
+    assert chunks_of((6, 256, 256), 512) == ((6,), (500,), (414,))  # a window smaller than a block
+    assert chunks_of((6, 100, 100), 64) == ((6,), (64,) * 7 + (52,), (64,) * 6 + (30,))
+    assert chunks_of(None, 128) == ((6,), (128, 128, 128, 116), (128, 128, 128, 30))  # in memory
+    monkeypatch.setattr(_blocks, "WHOLE_CHUNK_BYTES", 6 * 256 * 256 * 2 - 1)  # a window over the budget: cut
+    assert chunks_of((6, 256, 256), 128) == ((6,), (128, 128, 128, 116), (128, 128, 128, 30))
 
 
 def _slow_thread_id(i):

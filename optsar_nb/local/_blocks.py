@@ -92,3 +92,21 @@ def trim_halo(arr: da.Array, depth: int, chunks) -> da.Array:
 def _dask(a: xr.DataArray, chunks) -> da.Array:
     data = a.data if isinstance(a.data, da.Array) else lazy_array(np.asarray(a.data), chunks)
     return data.rechunk(chunks)
+
+
+WHOLE_CHUNK_BYTES = 256 * 2**20  # the largest chunk of its own that :func:`whole_blocks` keeps
+
+
+def whole_blocks(a: xr.DataArray, edge: int) -> da.Array:
+    """A (time, y, x) array as dask chunks of whole time series in whole ``edge`` x ``edge`` blocks.
+
+    Chunks of its own (a reader's windows) that are whole multiples of ``edge`` on y and x and
+    within WHOLE_CHUNK_BYTES are kept, one task each from reading to staging, so that no piece of
+    a window moves between the workers of a cluster; others are cut into ``edge`` blocks.
+    """
+    data = a.data if isinstance(a.data, da.Array) else lazy_array(np.asarray(a.data), (-1, edge, edge))
+    data = data.rechunk({0: -1})
+    whole = all(c % edge == 0 for axis in data.chunks[1:] for c in axis[:-1])
+    if whole and np.prod(data.chunksize, dtype=float) * data.dtype.itemsize <= WHOLE_CHUNK_BYTES:
+        return data
+    return data.rechunk((-1, edge, edge))

@@ -57,7 +57,7 @@ from ..missions import CLEAR
 from ..outputs import write_csv
 from ..params import InfillParams
 from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps
-from ._blocks import BlockArray, _dask
+from ._blocks import BlockArray, whole_blocks
 from .gaps import aoi_mask, select_period
 
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
@@ -186,9 +186,10 @@ def _stage_optical(ndvi, state, params, aoi, store):
     st = steps.observed_state(state, ndvi, inside)
     N, H, W = st.shape
     edge = _edge(N)
-    st_d = _dask(st, (-1, edge, edge)).astype("int8")
-    obs_d = da.where(st_d == CLEAR, _dask(ndvi, (-1, edge, edge)).astype("float32"), np.float32(np.nan))
-    z_st, obs = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))])
+    st_d = whole_blocks(st, edge).astype("int8")
+    obs_d = da.where(st_d == CLEAR, whole_blocks(ndvi, edge).astype("float32"), np.float32(np.nan))
+    z_st, obs = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
+                            (N, edge, edge))
     table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st)))
     return ndvi, table, inside, obs, z_st
 
@@ -246,11 +247,13 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     bounds = (params.s1_min_db, params.s1_max_db)
     in_aoi = None if inside is None else da.from_zarr(store.open("inside"), chunks=(edge, edge))
     names, items = ("s1_vv", "s1_vh"), []
+    # stored in chunks of half a block: a block's read with its halo decodes about half as much
+    half = max(16, edge // 2)
     for name, band in zip(names, (vv, vh)):
-        # chunks of half a block: a block's read with its halo decodes about half as much
-        s1 = _dask(band, (-1, max(16, edge // 2), max(16, edge // 2)))
+        s1 = whole_blocks(band, half)
         items.append((name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing")))
-    staged = dict(zip(names, store.stage(items, codec=_store.FAST_LZ4), strict=True))  # both in one pass
+    staged = dict(zip(names, store.stage(items, (vv.sizes["time"], half, half), codec=_store.FAST_LZ4),
+                      strict=True))  # both in one pass
     sums = []
     for name in names:
         s1 = _store.lazy(staged[name], chunks=(-1, edge, edge))  # the sums' order: by block, as everywhere

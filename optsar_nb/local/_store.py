@@ -73,10 +73,12 @@ class Store:
                                  dtype=dtype, fill_value=fill, compressors=codec if compress else None,
                                  overwrite=True)
 
-    def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], codec=FAST_ZSTD) -> list:
-        """Each (name, data, packing) of ``items`` (a dask array chunked as it is to be stored)
-        staged as ``name``, compressed, all in one pass over their graphs (the work they share is
-        done once); returns the staged arrays (read like the Zarr arrays they are).
+    def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], chunks,
+              codec=FAST_ZSTD) -> list:
+        """Each (name, data, packing) of ``items`` staged as ``name`` in ``chunks``, compressed,
+        all in one pass over their graphs (the work they share is done once); returns the staged
+        arrays (read like the Zarr arrays they are). Each dask chunk of ``data`` must span whole
+        chunks of ``chunks`` (a task writes them all, and no two tasks write the same chunk).
 
         With ``packing`` (scale, offset: how the input file stored the values as int16), float
         values are staged as those int16, half the size, and read back as float32 by the input's
@@ -86,18 +88,17 @@ class Store:
         staged, writes = {}, {}
         for name, data, packing in items:
             if packing is not None:
-                z = self.create(name, data.shape, data.chunksize, "int16", compress=True, fill=PACKED_NODATA,
-                                codec=codec)
+                z = self.create(name, data.shape, chunks, "int16", compress=True, fill=PACKED_NODATA, codec=codec)
                 staged[name] = Packed(z, *packing)
             else:
-                staged[name] = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
             put = staged[name].put if packing is not None else partial(_put, staged[name])
             writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
         exact = dict(zip(writes, dask.compute(*(w.all() for w in writes.values())), strict=True))
         for name, data, _ in items:
             if not exact[name]:  # a packing that does not hold: as floats
                 self.remove(name)
-                staged[name] = self.create(name, data.shape, data.chunksize, data.dtype, compress=True, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
                 da.store(data, staged[name], lock=False)
         return [staged[name] for name, _, _ in items]
 

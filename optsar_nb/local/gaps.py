@@ -31,7 +31,7 @@ from ..missions import CLEAR, CLOUDY, MASK_RULES, MISSING, BinaryRule, BitRule, 
 from ..params import GapParams
 from ..products import GAP_STATISTIC_NAMES
 from . import _gap_kernels
-from ._blocks import lazy_array
+from ._blocks import _grid_attrs, lazy_array
 
 STATE_DTYPE = np.int8
 # bytes of float32 per block in the gap iteration: keeps a block's temporaries ~10 x this
@@ -56,7 +56,35 @@ def cloud_state(
     values the rule does not define (SCL outside its classes 0-11, negative, fractional or
     too large quality bits, a binary mask other than 0/1, Cloud Score+ outside [0, 1]): an
     invalid value never counts as clear.
+
+    A quality band of 8 or 16-bit integers is classified through a table of the state of every
+    value it can hold (made by the same rule), in one pass over the pixels.
     """
+    if qa.dtype.kind in "iu" and qa.dtype.itemsize <= 2:
+        bits = f"uint{8 * qa.dtype.itemsize}"
+        every = xr.DataArray(np.arange(2 ** (8 * qa.dtype.itemsize)).astype(bits).view(qa.dtype), dims="value",
+                             attrs=qa.attrs)  # in the order of the values' unsigned bit patterns
+        table = _classify(every, rule, None, threshold).values
+
+        def lookup(q, v=None):
+            state = table[q.view(bits)]
+            if v is not None:
+                state[(v == 0) | (np.isnan(v) if v.dtype.kind in "fc" else False)] = MISSING
+            return state
+
+        args = (qa,) if valid is None else (qa, valid)
+        return _named_state(xr.apply_ufunc(lookup, *args, dask="parallelized", output_dtypes=[STATE_DTYPE]), qa)
+    return _classify(qa, rule, valid, threshold)
+
+
+def _named_state(state: xr.DataArray, qa: xr.DataArray) -> xr.DataArray:
+    """``state`` named so, with the grid attributes of ``qa`` and no others."""
+    state = state.rename("state")
+    state.attrs = _grid_attrs(qa)
+    return state
+
+
+def _classify(qa: xr.DataArray, rule, valid: xr.DataArray | None, threshold: float | None) -> xr.DataArray:
     if isinstance(rule, str):
         if rule == "cloudscore":
             if threshold is None:
@@ -95,10 +123,7 @@ def _finish_state(state: xr.DataArray, qa: xr.DataArray, valid: xr.DataArray | N
         missing = missing | (qa == nodata)
     if valid is not None:
         missing = missing | (valid == 0) | valid.isnull()
-    out = xr.where(missing, MISSING, state).astype(STATE_DTYPE)
-    out.attrs = {k: v for k, v in qa.attrs.items() if k in ("crs", "transform")}
-    out.name = "state"
-    return out
+    return _named_state(xr.where(missing, MISSING, state).astype(STATE_DTYPE), qa)
 
 
 def aoi_mask(template: xr.DataArray, aoi) -> xr.DataArray:
