@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -321,8 +322,12 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     shared = _store.share(stage)
     fused = _store.total([dask.delayed(_fused.fit_predict_block)(shared, rows, cols) for rows, cols in blocks],
                          _fused.combine, processes=True, workers=workers)
-    fusion_weights = fusion.fit_weights(fused["bin"], fused["resid"], fused["dep"])
-    lap("covariates, regression, prediction, fusion weights (B.3-B.7, C)")
+    lap("covariates, regression, prediction (B.3-B.7)")
+    # C's fusion weights are fitted here, in a thread, while the workers run B.8 and B.9 (which do
+    # not need them): the fit is serial, and the workers would otherwise wait for it
+    fitting = ThreadPoolExecutor(1, thread_name_prefix="optsar-fusion-fit")
+    weights_fit = fitting.submit(fusion.fit_weights, fused["bin"], fused["resid"], fused["dep"])
+    fitting.shutdown(wait=False)
 
     # B.8 PCA smoothing: the components from the stage's sums, each pixel's scores from its
     # recomputed prediction (float64, the precision B.9 reads; see steps_post.pca_smooth)
@@ -345,6 +350,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     lap("standardization (B.9)")
 
     # C: reliability of the S1 correction per pixel, standard errors, every estimate scored by gap length
+    fusion_weights = weights_fit.result()
     s1_stage = {key: stage[key] for key in ("s1_vv", "s1_vh", "inside", "weights", "vv_mean", "vh_mean", "params")}
     stage = _accuracy.Stage(obs=z_obs, state=z_st, donor=donor,
                             pred=BlockArray(partial(_standardize.calibrated_block, b9, b9_stats), (T, H, W), "float32"),
