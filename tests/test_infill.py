@@ -897,6 +897,15 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     np.testing.assert_array_equal(plain_int8[...], states)
     kept = store.copy("c", packed, np.array([0, 2, 5]), (3, 8, 8))  # images kept: still packed
     np.testing.assert_array_equal(kept[...], values[[0, 2, 5]])
+    # every int16 with a scale and an offset, as a reader unpacks them (numpy, float32): the compiled
+    # packing finds each value exact by the same arithmetic, and stages it so
+    every = np.arange(-32767, 32768, dtype="int16").reshape(1, 255, 257)
+    decode = _store.Packed(packed.z, 0.01, -5.3).decode
+    unpacked = decode(every)
+    (offset,) = store.stage([("o", da.from_array(unpacked, chunks=(1, 128, 128)), (0.01, -5.3))], (1, 64, 64))
+    assert isinstance(offset, _store.Packed)
+    np.testing.assert_array_equal(offset.z[...], every)
+    np.testing.assert_array_equal(offset[...], unpacked)
     store.destroy()
 
 

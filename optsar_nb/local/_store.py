@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 import zarr.core.sync as zarr_sync
 from fsspec.implementations.local import LocalFileSystem
+from numba import njit
 
 from ..errors import InsufficientDisk, WorkerFailed
 
@@ -167,17 +168,35 @@ class Packed:
         return self.decode(np.asarray(self.z[key]))
 
     def put(self, values: np.ndarray, block_info=None) -> np.ndarray:
-        """Stage one block of float values at its place (a whole chunk); returns whether it is
+        """Stage one block of float values at its place (whole chunks); returns whether it is
         exactly representable (a (1, ...) bool array: a dask block)."""
         where = tuple(slice(*loc) for loc in block_info[0]["array-location"])
-        with np.errstate(invalid="ignore"):
-            q = np.round((values.astype("float64") - float(self.offset)) / float(self.scale))
-            ok = np.isfinite(q) & (np.abs(q) <= np.iinfo("int16").max)  # PACKED_NODATA is the one below
-            q = np.where(ok, q, PACKED_NODATA).astype("int16")
-        exact = bool(np.array_equal(self.decode(q), values, equal_nan=True))
+        q = np.empty(values.shape, "int16")
+        exact = _pack(np.ascontiguousarray(values), float(self.scale), float(self.offset), self.scale, self.offset, q)
         if exact:
             self.z[where] = q
         return np.full((1,) * values.ndim, exact)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _pack(values, scale, offset, scale32, offset32, out) -> bool:
+    """Each value v of ``values`` (C-contiguous floats) as the int16 q = round((v - offset) / scale)
+    into ``out`` (PACKED_NODATA for NaN), in one pass; False as soon as one does not come back
+    identical by :meth:`Packed.decode`'s formula, float32(q) x scale32 + offset32 (infinite,
+    out of the int16 range, not a whole multiple)."""
+    flat, q = values.ravel(), out.ravel()
+    for i in range(flat.size):
+        v = flat[i]
+        if np.isnan(v):
+            q[i] = PACKED_NODATA
+            continue
+        r = np.round((np.float64(v) - offset) / scale)
+        if not abs(r) <= 32767.0:  # PACKED_NODATA, -32768, is the one below
+            return False
+        q[i] = np.int16(r)
+        if np.float32(q[i]) * scale32 + offset32 != v:
+            return False
+    return True
 
 
 def _put(z: zarr.Array, values: np.ndarray, block_info=None) -> np.ndarray:
