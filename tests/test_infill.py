@@ -885,7 +885,7 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     states = (q % 3).astype("int8")
     # staged together, in one pass: packed, packed that falls back to floats, and unpacked
     # (a task's block spans several stored chunks, as a reader's window does)
-    packed, plain, plain_int8 = store.stage([("a", da.from_array(values, chunks=(7, 16, 16)), (1e-4, 0.0)),
+    (packed, plain, plain_int8), _ = store.stage([("a", da.from_array(values, chunks=(7, 16, 16)), (1e-4, 0.0)),
                                              ("b", da.from_array(moved, chunks=(7, 16, 16)), (1e-4, 0.0)),
                                              ("s", da.from_array(states, chunks=(7, 16, 16)), None)], (7, 8, 8))
     assert isinstance(packed, _store.Packed) and packed.z.dtype == np.int16
@@ -902,7 +902,7 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     every = np.arange(-32767, 32768, dtype="int16").reshape(1, 255, 257)
     decode = _store.Packed(packed.z, 0.01, -5.3).decode
     unpacked = decode(every)
-    (offset,) = store.stage([("o", da.from_array(unpacked, chunks=(1, 128, 128)), (0.01, -5.3))], (1, 64, 64))
+    (offset,), _ = store.stage([("o", da.from_array(unpacked, chunks=(1, 128, 128)), (0.01, -5.3))], (1, 64, 64))
     assert isinstance(offset, _store.Packed)
     np.testing.assert_array_equal(offset.z[...], every)
     np.testing.assert_array_equal(offset[...], unpacked)
@@ -926,8 +926,10 @@ def test_stacks_staged_together_compute_what_they_share_once(tmp_path):
     values = np.arange(4 * 20 * 24, dtype="float32").reshape(4, 20, 24)
     shared = da.from_array(values, chunks=(4, 8, 8)).map_blocks(counted, meta=np.array((), "float32"))
     store = _store.Store.create_in(str(tmp_path), "s-")
-    x, y = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)], (4, 8, 8))
-    assert len(calls) == 3 * 3  # one call per block, not one per staged stack
+    (x, y), (total,) = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)], (4, 8, 8),
+                                   along=(shared.sum(),))
+    assert len(calls) == 3 * 3  # one call per block, not one per staged stack or computed along
+    assert total == values.sum()
     np.testing.assert_array_equal(x[...], values)
     np.testing.assert_array_equal(y[...], 2 * values.astype("float64"))
     store.destroy()

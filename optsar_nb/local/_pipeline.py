@@ -189,8 +189,8 @@ def _stage_optical(ndvi, state, params, aoi, store):
     edge = _edge(N)
     st_d = whole_blocks(st, edge).astype("int8")
     obs_d = da.where(st_d == CLEAR, whole_blocks(ndvi, edge).astype("float32"), np.float32(np.nan))
-    z_st, obs = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
-                            (N, edge, edge))
+    (z_st, obs), _ = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
+                                 (N, edge, edge))
     table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st)))
     return ndvi, table, inside, obs, z_st
 
@@ -240,9 +240,9 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     """B.3: the aligned S1 stacks staged as ``s1_vv``/``s1_vh`` (their own precision, at least
     float32; the file's int16 when it stored them so); returns them, and the AOI means
     (``inside``; None: the whole grid) of the pairs' window means (``weights``), a global
-    reduction over means computed block by block and dropped (the fused stage recomputes them
-    with its halo: ``_kernels.window_mean`` gives a pixel the same value in any block). Raises
-    NoImages when S1 has no valid value in the AOI.
+    reduction over means computed block by block from the values being staged, and dropped (the
+    fused stage recomputes them with its halo: ``_kernels.window_mean`` gives a pixel the same
+    value in any block). Raises NoImages when S1 has no valid value in the AOI.
     """
     T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
@@ -253,16 +253,17 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     for name, band in zip(names, (vv, vh)):
         s1 = whole_blocks(band, half)
         items.append((name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing")))
-    staged = dict(zip(names, store.stage(items, (vv.sizes["time"], half, half), codec=_store.FAST_LZ4),
-                      strict=True))  # both in one pass
     sums = []
-    for name in names:
-        s1 = _store.lazy(staged[name], chunks=(-1, edge, edge))  # the sums' order: by block, as everywhere
+    for _, s1, _ in items:
+        s1 = s1.rechunk((-1, edge, edge))  # the sums' order: by block, as everywhere
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
                             dtype="float64")
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
-    (s_vv, n_vv), (s_vh, n_vh) = da.compute(*sums)
+    # both staged, and the sums computed, in one pass over the inputs
+    staged, ((s_vv, n_vv), (s_vh, n_vh)) = store.stage(items, (vv.sizes["time"], half, half),
+                                                        codec=_store.FAST_LZ4, along=tuple(sums))
+    staged = dict(zip(names, staged, strict=True))
     if n_vv.sum() == 0 or n_vh.sum() == 0:
         raise NoImages(
             f"Sentinel-1 has no valid {'VV' if n_vv.sum() == 0 else 'VH'} value over the optical grid within "

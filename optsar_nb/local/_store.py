@@ -75,11 +75,12 @@ class Store:
                                  overwrite=True)
 
     def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], chunks,
-              codec=FAST_ZSTD) -> list:
+              codec=FAST_ZSTD, along: tuple = ()) -> tuple[list, tuple]:
         """Each (name, data, packing) of ``items`` staged as ``name`` in ``chunks``, compressed,
-        all in one pass over their graphs (the work they share is done once); returns the staged
-        arrays (read like the Zarr arrays they are). Each dask chunk of ``data`` must span whole
-        chunks of ``chunks`` (a task writes them all, and no two tasks write the same chunk).
+        all in one pass over their graphs (the work they share is done once), and the dask
+        collections ``along`` computed in that pass too; returns the staged arrays (read like the
+        Zarr arrays they are) and the results of ``along``. Each dask chunk of ``data`` must span
+        whole chunks of ``chunks`` (a task writes them all, and no two tasks write the same chunk).
 
         With ``packing`` (scale, offset: how the input file stored the values as int16), float
         values are staged as those int16, half the size, and read back as float32 by the input's
@@ -95,13 +96,14 @@ class Store:
                 staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
             put = staged[name].put if packing is not None else partial(_put, staged[name])
             writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
-        exact = dict(zip(writes, dask.compute(*(w.all() for w in writes.values())), strict=True))
+        *exact, results = dask.compute(*(w.all() for w in writes.values()), along)
+        exact = dict(zip(writes, exact, strict=True))
         for name, data, _ in items:
             if not exact[name]:  # a packing that does not hold: as floats
                 self.remove(name)
                 staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
                 da.store(data, staged[name], lock=False)
-        return [staged[name] for name, _, _ in items]
+        return [staged[name] for name, _, _ in items], results
 
     def copy(self, name: str, staged, positions: np.ndarray, chunks):
         """The images ``positions`` of a staged stack (Zarr or :class:`Packed`) as a new array
