@@ -59,7 +59,7 @@ from ..outputs import write_csv
 from ..params import InfillParams
 from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps
 from ._blocks import BlockArray, whole_blocks
-from .gaps import aoi_mask, select_period
+from .gaps import aoi_cloud_counts, aoi_mask, select_period
 
 BLOCK_BYTES = 128 * 2**20  # budget of one block's temporaries in the fused stage (one block per worker process)
 # Per pixel and pair in that stage: window means (float64) with their halo, covariates, box-mean and
@@ -173,8 +173,8 @@ def _stage_optical(ndvi, state, params, aoi, store):
 
     The period's states (int8; MISSING outside the AOI and where a clear pixel has no NDVI) and
     clear observations (float32, NaN elsewhere; as the file's int16 when it stored them so:
-    ``Store.stage``) are staged, and each image's AOI cloud statistics are then counted on the
-    staged states (``obs_all``, ``state_all``). Returns the period's NDVI (lazy, for its
+    ``Store.stage``) as ``obs_all`` and ``state_all``, and each image's AOI cloud statistics
+    counted, in that pass. Returns the period's NDVI (lazy, for its
     coordinates), the statistics table, the AOI mask and the two staged stacks.
     """
     ndvi = select_period(ndvi, params.start, params.end).sortby("time")
@@ -189,9 +189,10 @@ def _stage_optical(ndvi, state, params, aoi, store):
     edge = _edge(N)
     st_d = whole_blocks(st, edge).astype("int8")
     obs_d = da.where(st_d == CLEAR, whole_blocks(ndvi, edge).astype("float32"), np.float32(np.nan))
-    (z_st, obs), _ = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
-                                 (N, edge, edge))
-    table = steps.image_cloud_stats(st.copy(data=da.from_zarr(z_st)))
+    # staged, and the images' cloud statistics counted, in one pass
+    (z_st, obs), counts = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
+                                      (N, edge, edge), along=aoi_cloud_counts(st.copy(data=st_d)))
+    table = steps.image_cloud_stats(st, counts)
     return ndvi, table, inside, obs, z_st
 
 

@@ -155,17 +155,21 @@ def clip_to_aoi(state: xr.DataArray, inside: xr.DataArray | None) -> xr.DataArra
     return xr.where(inside, state, MISSING).transpose(*state.dims).astype(STATE_DTYPE).assign_attrs(state.attrs)
 
 
-def aoi_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
+def aoi_cloud_counts(state: xr.DataArray) -> tuple:
+    """Per image, the valid and the cloudy pixels (lazy when ``state`` is: two reductions)."""
+    return (state != MISSING).sum(("y", "x")).data, (state == CLOUDY).sum(("y", "x")).data
+
+
+def aoi_cloud_stats(state: xr.DataArray, counts: tuple | None = None) -> pd.DataFrame:
     """Per image: ``CLOUD_PERCENTAGE_AOI`` (cloudy / valid x 100) and ``PIXEL_COUNT_AOI`` (valid).
 
     Pixels outside the AOI must already be MISSING (see :func:`clip_to_aoi`). An image with no
-    valid pixel has cloud percentage NaN.
+    valid pixel has cloud percentage NaN. ``counts``: :func:`aoi_cloud_counts` of ``state``
+    already computed (along with another pass over the stack).
     """
-    valid = (state != MISSING).sum(("y", "x"))
-    cloudy = (state == CLOUDY).sum(("y", "x"))
     import dask
 
-    valid_n, cloudy_n = dask.compute(valid.data, cloudy.data)
+    valid_n, cloudy_n = dask.compute(*(aoi_cloud_counts(state) if counts is None else counts))
     valid_n = np.asarray(valid_n, dtype="int64")
     with np.errstate(invalid="ignore", divide="ignore"):
         pct = np.where(valid_n > 0, 100.0 * np.asarray(cloudy_n) / valid_n, np.nan)

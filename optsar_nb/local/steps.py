@@ -82,13 +82,14 @@ def observed_state(state: xr.DataArray, ndvi_stack: xr.DataArray, inside: xr.Dat
     return out.assign_attrs(state.attrs)
 
 
-def image_cloud_stats(state: xr.DataArray) -> pd.DataFrame:
+def image_cloud_stats(state: xr.DataArray, counts: tuple | None = None) -> pd.DataFrame:
     """B.2 per image: ID, CollectionTime (ms UTC), CLOUD_PERCENTAGE_AOI, PIXEL_COUNT_AOI.
 
-    ``state`` must already be MISSING outside the AOI (see :func:`observed_state`).
+    ``state`` must already be MISSING outside the AOI (see :func:`observed_state`); ``counts``:
+    its ``gaps.aoi_cloud_counts`` when already computed.
     """
     table = metadata_of(state)[["ID", "CollectionTime"]]
-    return pd.concat([table, aoi_cloud_stats(state)], axis=1)
+    return pd.concat([table, aoi_cloud_stats(state, counts)], axis=1)
 
 
 def drop_sparse_images(table: pd.DataFrame, params: InfillParams) -> np.ndarray:
