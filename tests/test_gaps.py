@@ -294,7 +294,7 @@ def test_integer_quality_bands_are_classified_as_the_rule_classifies_their_value
     attrs = {"nodata": int(values[0, 0, 0]), "crs": "EPSG:32631", "other": 1}
     qa = xr.DataArray(da.from_array(values, chunks=(1, 16, 16)), dims=("time", "y", "x"), attrs=attrs)
     as_float = qa.copy(data=values.astype("float64"))
-    for v in (None, valid):
+    for v in (None, valid, valid[0].astype("float64").where(valid[0] > 0)):  # the last: one image for all, NaN
         by_table = gaps.cloud_state(qa, rule, valid=v)
         assert isinstance(by_table.data, da.Array) and by_table.dtype == np.int8 and by_table.name == "state"
         assert by_table.attrs == {"crs": "EPSG:32631"}

@@ -68,9 +68,9 @@ def cloud_state(
 
         def lookup(q, v=None):
             state = table[q.view(bits)]
-            if v is not None:
-                state[(v == 0) | (np.isnan(v) if v.dtype.kind in "fc" else False)] = MISSING
-            return state
+            if v is None:
+                return state
+            return np.where((v == 0) | (np.isnan(v) if v.dtype.kind in "fc" else False), STATE_DTYPE(MISSING), state)
 
         args = (qa,) if valid is None else (qa, valid)
         return _named_state(xr.apply_ufunc(lookup, *args, dask="parallelized", output_dtypes=[STATE_DTYPE]), qa)
