@@ -9,7 +9,8 @@ against both baselines, and memory: the peak of the anonymous resident memory (t
 job allocates, excluding the pages of its memory-mapped staging files) summed over the job and
 its worker processes, sampled every 50 ms from /proc (Linux), and the peak resident set
 (``ru_maxrss``, which includes mapped file pages) of the job and of its largest worker; disk:
-the peak size of the output folder, where the job stages its stacks, sampled each second.
+the peak size of the job's staged stacks (its temporary disk: the run folder inside the output
+folder) and of the whole output folder (staged stacks, then outputs), sampled each second.
 ``--cluster N`` runs the job on a dask.distributed LocalCluster of N single-threaded worker
 processes instead of this machine's default scheduler.
 """
@@ -61,7 +62,8 @@ class AnonymousMemoryPeak:
 
     def __init__(self, interval: float = 0.05, folder: str | None = None):
         self.interval, self.peak = interval, 0
-        self.folder, self.disk_peak, self._next_disk = folder, 0, 0.0  # and the disk used in ``folder``, each second
+        # and the disk used in ``folder``, each second: all of it, and the job's staged stacks
+        self.folder, self.disk_peak, self.staged_peak, self._next_disk = folder, 0, 0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -93,7 +95,11 @@ class AnonymousMemoryPeak:
             total = self._anon_kb(os.getpid()) + sum(self._anon_kb(p) for p in self._children())
             self.peak = max(self.peak, total)
             if self.folder is not None and time.perf_counter() >= self._next_disk:
-                self.disk_peak = max(self.disk_peak, _folder_bytes(self.folder))
+                from optsar_nb.outputs import WORK_PREFIX
+
+                sizes = {e.name: _folder_bytes(e.path) for e in os.scandir(self.folder)}
+                self.disk_peak = max(self.disk_peak, sum(sizes.values()))
+                self.staged_peak = max(self.staged_peak, sum(b for n, b in sizes.items() if n.startswith(WORK_PREFIX)))
                 self._next_disk = time.perf_counter() + 1.0
 
     def __enter__(self):
@@ -106,13 +112,15 @@ class AnonymousMemoryPeak:
 
 
 def _folder_bytes(folder: str) -> int:
+    """Disk used by the files under ``folder``, or by the file ``folder`` (those that still exist)."""
+    walk = (os.path.join(root, name) for root, _, files in os.walk(folder) for name in files)
+    paths = [folder] if os.path.isfile(folder) else walk
     total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                continue
+    for path in paths:
+        try:
+            total += os.stat(path).st_blocks * 512
+        except OSError:
+            continue
     return total
 
 
@@ -148,7 +156,7 @@ def run_child(case: int, fraction: float, folder: Path, workers: int, cluster: i
         "wall_s": wall, "steps": run.timings, "peak_anon_mb": memory.peak / 1024,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "peak_disk_mb": memory.disk_peak / 1e6,
+        "peak_disk_mb": memory.disk_peak / 1e6, "peak_staged_mb": memory.staged_peak / 1e6,
         "mae": {f"{s}/{k}": float(m[s, k]) for s in ("validation", "test")
                 for k in ("model", "pixel_mean", "interpolation")},
     }
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {r['pixels']} px, {r['images']} images, {r['pairs']} pairs: {r['wall_s']:.1f} s end to end ({where})")
         print(f"  memory: peak anonymous {r['peak_anon_mb']:,.0f} MB (job + workers); peak RSS incl. mapped "
               f"files: job {r['peak_rss_mb']:,.0f} MB, largest worker {r['peak_rss_worker_mb']:,.0f} MB")
-        print(f"  peak disk of the output folder (staged stacks, then outputs): {r['peak_disk_mb']:,.0f} MB")
+        print(f"  peak disk: staged stacks (temporary) {r['peak_staged_mb']:,.0f} MB; output folder (staged stacks, "
+              f"then outputs) {r['peak_disk_mb']:,.0f} MB")
         for step, seconds in r["steps"].items():
             print(f"    {step:<58} {seconds:7.2f} s")
         print("  MAE " + ", ".join(f"{k} {v:.4f}" for k, v in r["mae"].items()), flush=True)

@@ -23,17 +23,17 @@ Staged stacks are Zarr arrays (``_store.Store``) in a run folder under ``work_di
 folder by default, or an fsspec URL that every worker of a cluster reaches. Their chunks are
 (time, block, block): a block task reads and writes whole chunks, so no two tasks write one chunk.
 
-What is staged, and what recomputed: the observations, states and aligned S1 are staged
-(compressed) as every later pass reads them; of the results only the coefficients (11 per
-pixel), the PCA component scores (floor(pca_fraction x T) per pixel, float64) and the fusion's
-per-pixel reliability. Everything else is recomputed per block where it is read
+What is staged, and what recomputed: the observations, states and aligned S1 are staged as
+every later pass reads them; of the results only the coefficients (11 per pixel), the PCA
+component scores (floor(pca_fraction x T) per pixel, float64) and the fusion's per-pixel
+reliability; all of it losslessly compressed (``_store``'s codecs). Everything else is recomputed per block where it is read
 (``_blocks.BlockArray``): the smoothed prediction from its scores (cheap; pixels whose series B.8
 leaves as it is are staged as they are, ``rest``), the calibrated one from it and B.9's
 per-image statistics, the fusion's S1 covariates from the staged S1 (twice: scoring, outputs),
 the fused estimate from those. Recomputing is exact: the same operations on the same values.
 Disk use is then at most ``_store.staging_bytes``: about 6 bytes per pixel and optical image
 and 8 per S1 image before compression (4 and 4 for int16 inputs); for a 2750 x 4671 px scene of
-380 images about 20 GB after it (the prediction stacks staged at full size took 140 GB). The S1
+380 images about 19 GB after it (the prediction stacks staged at full size took 140 GB). The S1
 window means (float64) are not staged: each block averages the staged S1 itself, halo included.
 Peak memory is a few blocks per core, whatever the scene size.
 """
@@ -263,7 +263,7 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     # both staged, and the sums computed, in one pass over the inputs
     staged, ((s_vv, n_vv), (s_vh, n_vh)) = store.stage(items, (vv.sizes["time"], half, half),
-                                                        codec=_store.FAST_LZ4, along=tuple(sums))
+                                                        codec=_store.READ_ZSTD, along=tuple(sums))
     staged = dict(zip(names, staged, strict=True))
     if n_vv.sum() == 0 or n_vh.sum() == 0:
         raise NoImages(
@@ -313,8 +313,8 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     # B.3-B.7 fused per block: coefficients staged, the PCA's sums and the fusion's leave-out rows returned
     k = steps.pca_components(T, params)
     pca = 1 <= k < T
-    z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64")
-    z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", compress=True)
+    z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64", codec=_store.FAST_LZ4)
+    z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", codec=_store.READ_ZSTD)
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
     stage = {**s1, "inside": store.open("inside")}
     stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, rest=z_rest, weights=weights,
@@ -336,7 +336,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     means = basis = z_scores = ranges = None
     if pca:
         means, basis = _fused.pca_basis(fused["pca"], T, k)
-        z_scores = store.create("scores", (k, H, W), (k, edge, edge), "float64")
+        z_scores = store.create("scores", (k, H, W), (k, edge, edge), "float64", codec=_store.FAST_LZ4)
     smooth = BlockArray(partial(_fused.smooth_block, z_scores, z_rest, means, basis), (T, H, W), "float64")
     cloud = table["CLOUD_PERCENTAGE_AOI"].to_numpy() / 100  # B.9 applies by the image's own cover, its Cloud_cover
     b9 = _standardize.Blocks(smooth, z_obs, z_st, donor, labels, cloud, params)
@@ -358,7 +358,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
                             pred=BlockArray(partial(_standardize.calibrated_block, b9, b9_stats), (T, H, W), "float32"),
                             nmean=BlockArray(partial(_fused.s1_covariates, s1_stage, fusion_only=True),
                                              (len(steps.FUSION_COVARIATES), T, H, W), "float32"),
-                            alpha=store.create("alpha", (H, W), (edge, edge), "float64"),
+                            alpha=store.create("alpha", (H, W), (edge, edge), "float64", codec=_store.FAST_LZ4),
                             labels=labels, days=days, weights=fusion_weights, params=params,
                             sample_fraction=min(1.0, SCATTER_SAMPLES / max(1, T * H * W * 0.1)))
     scores = _accuracy.score(stage, blocks, workers)

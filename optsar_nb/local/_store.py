@@ -37,12 +37,15 @@ from fsspec.implementations.local import LocalFileSystem
 from ..errors import InsufficientDisk, WorkerFailed
 from ._packed import PACKED_NODATA, Packed
 
-# zstd at its fastest level after a bit shuffle, for the stacks that compress (states, observations
-# that are NaN where cloudy, S1, the mostly empty incomplete series); dense float stacks of results
-# (coefficients, component scores) compress little and are stored raw.
+# Codecs of the staged stacks (Blosc after a bit shuffle; figures from case 3's chunks, one core):
+# - what the reading pass stages (states, observations NaN where cloudy): zstd at its fastest
+#   level, which that pass encodes at ~350 MB/s;
 FAST_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
-# S1, read many times with a halo (several chunks per read): lz4, decoded about twice as fast,
-# compresses it nearly as well (within 2 %; observations 15 % less well)
+# - what is written once and read in every later pass, several chunks per read with a halo (S1)
+#   or dense floats (the incomplete series B.8 leaves as they are): zstd level 3, decoded at least
+#   as fast as level 1 or lz4 (1.3-2.3 GB/s) and 2 % (S1) to 12 % (series) smaller than either;
+READ_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# - dense float64 results (coefficients, component scores): lz4, which saves 11-26 % for ~1 GB/s.
 FAST_LZ4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
 
 
@@ -64,14 +67,13 @@ class Store:
         fs.makedirs(path, exist_ok=True)
         return store
 
-    def create(self, name: str, shape, chunks, dtype, *, compress: bool = False, fill=None,
-               codec=FAST_ZSTD) -> zarr.Array:
+    def create(self, name: str, shape, chunks, dtype, *, codec=None, fill=None) -> zarr.Array:
         """A new array ``name`` (filled with ``fill``, default NaN if float, else 0) chunked by
-        ``chunks``, compressed with ``codec`` if ``compress``."""
+        ``chunks``, compressed with ``codec`` (None: stored raw)."""
         dtype = np.dtype(dtype)
         fill = (np.nan if dtype.kind == "f" else 0) if fill is None else fill
         return zarr.create_array(store=f"{self.location}/{name}", shape=tuple(shape), chunks=tuple(chunks),
-                                 dtype=dtype, fill_value=fill, compressors=codec if compress else None,
+                                 dtype=dtype, fill_value=fill, compressors=codec,
                                  overwrite=True)
 
     def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], chunks,
@@ -90,10 +92,10 @@ class Store:
         staged, writes = {}, {}
         for name, data, packing in items:
             if packing is not None:
-                z = self.create(name, data.shape, chunks, "int16", compress=True, fill=PACKED_NODATA, codec=codec)
+                z = self.create(name, data.shape, chunks, "int16", codec=codec, fill=PACKED_NODATA)
                 staged[name] = Packed(z, *packing)
             else:
-                staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec)
             put = staged[name].put if packing is not None else partial(_put, staged[name])
             writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
         *exact, results = dask.compute(*(w.all() for w in writes.values()), along)
@@ -101,7 +103,7 @@ class Store:
         for name, data, _ in items:
             if not exact[name]:  # a packing that does not hold: as floats
                 self.remove(name)
-                staged[name] = self.create(name, data.shape, chunks, data.dtype, compress=True, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec)
                 da.store(data, staged[name], lock=False)
         return [staged[name] for name, _, _ in items], results
 
@@ -109,13 +111,14 @@ class Store:
         """The images ``positions`` of a staged stack (Zarr or :class:`Packed`) as a new array
         ``name`` chunked by ``chunks``, staged the same way."""
         z = staged.z if isinstance(staged, Packed) else staged
-        out = self.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, compress=True, fill=z.fill_value)
+        out = self.create(name, (len(positions), *z.shape[1:]), chunks, z.dtype, codec=next(iter(z.compressors), None),
+                          fill=z.fill_value)
         da.store(da.from_zarr(z)[positions].rechunk(chunks), out, lock=False)
         return Packed(out, staged.scale, staged.offset) if isinstance(staged, Packed) else out
 
-    def save(self, name: str, values: np.ndarray, chunks, *, compress: bool = True) -> zarr.Array:
+    def save(self, name: str, values: np.ndarray, chunks) -> zarr.Array:
         """A new array ``name`` holding ``values`` (small arrays the tasks read in part)."""
-        arr = self.create(name, values.shape, chunks, values.dtype, compress=compress)
+        arr = self.create(name, values.shape, chunks, values.dtype, codec=FAST_ZSTD)
         arr[...] = values
         return arr
 
@@ -316,8 +319,8 @@ def _worker_init(parent: int) -> None:
 # default), and up to 4 bytes more for pixels whose prediction series is incomplete (B.8 leaves
 # them as they are: staged as they are). The aligned S1 adds 8 bytes per pixel and S1 image (VV
 # and VH in float32; 4 as int16), the coefficient image and the fusion's per-pixel reliability 96
-# bytes per pixel. Upper bounds but for the incomplete series: everything but the scores and
-# coefficients is compressed (case 3 of the benchmarks stages about 60 % of this estimate).
+# bytes per pixel. Upper bounds but for the incomplete series, before compression (case 3 of the
+# benchmarks stages about 60 % of this estimate).
 SCORE_BYTES_PER_SAMPLE = 0.8
 # Output bytes per pixel and image before compression (four float32 stacks and the int8 mask);
 # deflate typically brings the float stacks to ~70 %.
