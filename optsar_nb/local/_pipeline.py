@@ -26,11 +26,12 @@ folder by default, or an fsspec URL that every worker of a cluster reaches. Thei
 What is staged, and what recomputed: the observations, states and aligned S1 are staged as
 every later pass reads them; of the results only the coefficients (11 per pixel), the PCA
 component scores (floor(pca_fraction x T) per pixel, float64) and the fusion's per-pixel
-reliability; all of it losslessly compressed (``_store``'s codecs). Everything else is recomputed per block where it is read
-(``_blocks.BlockArray``): the smoothed prediction from its scores (cheap; pixels whose series B.8
-leaves as it is are staged as they are, ``rest``), the calibrated one from it and B.9's
-per-image statistics, the fusion's S1 covariates from the staged S1 (twice: scoring, outputs),
-the fused estimate from those. Recomputing is exact: the same operations on the same values.
+reliability; all of it losslessly compressed (``_store``'s codecs). Everything else is
+recomputed per block where it is read (``_blocks.BlockArray``): the smoothed prediction from
+its scores (cheap; pixels whose series B.8 leaves as it is are staged as they are, ``rest``),
+the calibrated one from it and B.9's per-image statistics, the fusion's S1 covariates from the
+staged S1 (twice: scoring, outputs), the fused estimate from those. Recomputing is exact: the
+same operations on the same values.
 Disk use is then at most ``_store.staging_bytes``: about 6 bytes per pixel and optical image
 and 8 per S1 image before compression (4 and 4 for int16 inputs); for a 2750 x 4671 px scene of
 380 images about 19 GB after it (the prediction stacks staged at full size took 140 GB). The S1
@@ -191,7 +192,8 @@ def _stage_optical(ndvi, state, params, aoi, store):
     obs_d = da.where(st_d == CLEAR, whole_blocks(ndvi, edge).astype("float32"), np.float32(np.nan))
     # staged, and the images' cloud statistics counted, in one pass
     (z_st, obs), counts = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
-                                      (N, edge, edge), along=aoi_cloud_counts(st.copy(data=st_d)))
+                                      (N, edge, edge), codecs={"state_all": _store.MASK_LZ4},
+                                      along=aoi_cloud_counts(st.copy(data=st_d)))
     table = steps.image_cloud_stats(st, counts)
     return ndvi, table, inside, obs, z_st
 
@@ -263,7 +265,8 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     # both staged, and the sums computed, in one pass over the inputs
     staged, ((s_vv, n_vv), (s_vh, n_vh)) = store.stage(items, (vv.sizes["time"], half, half),
-                                                        codec=_store.READ_ZSTD, along=tuple(sums))
+                                                        codecs=dict.fromkeys(names, _store.FAST_LZ4),
+                                                        along=tuple(sums))
     staged = dict(zip(names, staged, strict=True))
     if n_vv.sum() == 0 or n_vh.sum() == 0:
         raise NoImages(
@@ -314,7 +317,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     k = steps.pca_components(T, params)
     pca = 1 <= k < T
     z_coef = store.create("coef", (11, H, W), (11, edge, edge), "float64", codec=_store.FAST_LZ4)
-    z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", codec=_store.READ_ZSTD)
+    z_rest = store.create("rest", (T, H, W), (T, edge, edge), "float32", codec=_store.DENSE_ZSTD)
     n_train_images = int(np.isin(labels, ("train", "validation")).sum())
     stage = {**s1, "inside": store.open("inside")}
     stage.update(obs=z_obs, state=z_st, donor=donor, coef=z_coef, rest=z_rest, weights=weights,

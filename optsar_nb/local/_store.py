@@ -37,16 +37,19 @@ from fsspec.implementations.local import LocalFileSystem
 from ..errors import InsufficientDisk, WorkerFailed
 from ._packed import PACKED_NODATA, Packed
 
-# Codecs of the staged stacks (Blosc after a bit shuffle; figures from case 3's chunks, one core):
-# - what the reading pass stages (states, observations NaN where cloudy): zstd at its fastest
-#   level, which that pass encodes at ~350 MB/s;
-FAST_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
-# - what is written once and read in every later pass, several chunks per read with a halo (S1)
-#   or dense floats (the incomplete series B.8 leaves as they are): zstd level 3, decoded at least
-#   as fast as level 1 or lz4 (1.3-2.3 GB/s) and 2 % (S1) to 12 % (series) smaller than either;
-READ_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-# - dense float64 results (coefficients, component scores): lz4, which saves 11-26 % for ~1 GB/s.
+# Codecs of the staged stacks, by what they hold and how often they are read (Blosc; figures from
+# case 3's chunks, one core; decoding counts most: most stacks are read by every later pass):
+# - observations (NaN where cloudy) and the incomplete series B.8 leaves as they are: zstd level
+#   3 after a byte shuffle, decoded at 1.7-2.7 GB/s and 5-9 % smaller than zstd level 1 after a
+#   bit shuffle, which decodes at 0.9-1.0 GB/s (encoding, once, at 0.2 GB/s instead of 0.4);
+DENSE_ZSTD = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+# - S1 (read with a halo: several chunks per read) and the float64 results (coefficients, scores):
+#   lz4 after a bit shuffle, decoded at 2-3 GB/s and encoded at 1-2 GB/s (zstd saves 1-6 % more of
+#   S1 but encodes it 5-10 times slower: a minute more of staging on case 3);
 FAST_LZ4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+# - masks (cloud states, int8; booleans): lz4 unshuffled, decoded at ~9 GB/s (states: 4.5 % of
+#   their raw size; zstd: 1 %, decoded at 1.2 GB/s).
+MASK_LZ4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
 
 
 class Store:
@@ -77,12 +80,13 @@ class Store:
                                  overwrite=True)
 
     def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], chunks,
-              codec=FAST_ZSTD, along: tuple = ()) -> tuple[list, tuple]:
-        """Each (name, data, packing) of ``items`` staged as ``name`` in ``chunks``, compressed,
-        all in one pass over their graphs (the work they share is done once), and the dask
-        collections ``along`` computed in that pass too; returns the staged arrays (read like the
-        Zarr arrays they are) and the results of ``along``. Each dask chunk of ``data`` must span
-        whole chunks of ``chunks`` (a task writes them all, and no two tasks write the same chunk).
+              codecs: dict | None = None, along: tuple = ()) -> tuple[list, tuple]:
+        """Each (name, data, packing) of ``items`` staged as ``name`` in ``chunks``, compressed with
+        ``codecs[name]`` (default :data:`DENSE_ZSTD`), all in one pass over their graphs (the work
+        they share is done once), and the dask collections ``along`` computed in that pass too;
+        returns the staged arrays (read like the Zarr arrays they are) and the results of ``along``.
+        Each dask chunk of ``data`` must span whole chunks of ``chunks`` (a task writes them all,
+        and no two tasks write the same chunk).
 
         With ``packing`` (scale, offset: how the input file stored the values as int16), float
         values are staged as those int16, half the size, and read back as float32 by the input's
@@ -90,12 +94,13 @@ class Store:
         identical (another packing, values changed on the way), the stack is staged as floats.
         """
         staged, writes = {}, {}
+        codec = {name: (codecs or {}).get(name, DENSE_ZSTD) for name, _, _ in items}
         for name, data, packing in items:
             if packing is not None:
-                z = self.create(name, data.shape, chunks, "int16", codec=codec, fill=PACKED_NODATA)
+                z = self.create(name, data.shape, chunks, "int16", codec=codec[name], fill=PACKED_NODATA)
                 staged[name] = Packed(z, *packing)
             else:
-                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec[name])
             put = staged[name].put if packing is not None else partial(_put, staged[name])
             writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
         *exact, results = dask.compute(*(w.all() for w in writes.values()), along)
@@ -103,7 +108,7 @@ class Store:
         for name, data, _ in items:
             if not exact[name]:  # a packing that does not hold: as floats
                 self.remove(name)
-                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec)
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec[name])
                 da.store(data, staged[name], lock=False)
         return [staged[name] for name, _, _ in items], results
 
@@ -117,8 +122,8 @@ class Store:
         return Packed(out, staged.scale, staged.offset) if isinstance(staged, Packed) else out
 
     def save(self, name: str, values: np.ndarray, chunks) -> zarr.Array:
-        """A new array ``name`` holding ``values`` (small arrays the tasks read in part)."""
-        arr = self.create(name, values.shape, chunks, values.dtype, codec=FAST_ZSTD)
+        """A new array ``name`` holding the mask ``values`` (small arrays the tasks read in part)."""
+        arr = self.create(name, values.shape, chunks, values.dtype, codec=MASK_LZ4)
         arr[...] = values
         return arr
 
