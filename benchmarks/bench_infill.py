@@ -91,12 +91,12 @@ class AnonymousMemoryPeak:
         return found
 
     def _run(self):
+        from optsar_nb.outputs import WORK_PREFIX  # the job's run folder of staged stacks
+
         while not self._stop.wait(self.interval):
             total = self._anon_kb(os.getpid()) + sum(self._anon_kb(p) for p in self._children())
             self.peak = max(self.peak, total)
             if self.folder is not None and time.perf_counter() >= self._next_disk:
-                from optsar_nb.outputs import WORK_PREFIX
-
                 sizes = {e.name: _folder_bytes(e.path) for e in os.scandir(self.folder)}
                 self.disk_peak = max(self.disk_peak, sum(sizes.values()))
                 self.staged_peak = max(self.staged_peak, sum(b for n, b in sizes.items() if n.startswith(WORK_PREFIX)))
