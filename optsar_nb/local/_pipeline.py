@@ -53,6 +53,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR
@@ -157,10 +158,13 @@ def infill(
         try:
             # on this machine, the graphs' own steps run in threads, and worker processes for the
             # process stages import their code while the inputs are staged (when the grid has several
-            # blocks: a single block runs here); a user's Client is left in charge
+            # blocks: a single block runs here); a user's Client is left in charge. This process's
+            # own linear algebra (the PCA basis, the fusion weights' fit beside the workers) runs on
+            # one BLAS thread, as the workers' does: the cores are theirs (a second BLAS thread spun
+            # as long as the fit ran and halved its worker's speed for no gain; results identical)
             size = {d: ndvi.sizes.get(d, 1) for d in ("time", "y", "x")}
             warm = _fused.__name__ if len(_blocks(size["y"], size["x"], _edge(size["time"]))) > 1 else None
-            with _store.job_pools(workers, warm=warm):
+            with _store.job_pools(workers, warm=warm), threadpool_limits(limits=1, user_api="blas"):
                 run = _run(ndvi, state, vv, vh, params, {k: out.path(p.name) for k, p in paths.items()}, store,
                            aoi=aoi, overwrite=overwrite, report=report, workers=workers)
         finally:
