@@ -263,8 +263,9 @@ def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nd
     sums = []
     for _, s1, _ in items:
         s1 = s1.rechunk((-1, edge, edge))  # the sums' order: by block, as everywhere
+        # meta given: dask would otherwise call the compiled kernel here to learn its type
         win = s1.map_blocks(lambda b: _kernels.window_mean(b, weights, *bounds), chunks=((T,), *s1.chunks[1:]),
-                            dtype="float64")
+                            meta=np.empty((0, 0, 0), "float64"))
         win = win if in_aoi is None else da.where(in_aoi, win, np.nan)
         sums.append((da.nansum(win, axis=(1, 2)), da.isfinite(win).sum(axis=(1, 2))))
     # both staged, and the sums computed, in one pass over the inputs
