@@ -96,6 +96,10 @@ class Store:
         staged, writes = {}, {}
         codec = {name: (codecs or {}).get(name, DENSE_ZSTD) for name, _, _ in items}
         for name, data, packing in items:
+            for axis, (dask_chunks, edge) in enumerate(zip(data.chunks, chunks, strict=True)):
+                if any(end % edge for end in np.cumsum(dask_chunks)[:-1]):
+                    raise ValueError(f"{name}: dask chunks {dask_chunks} on axis {axis} cut chunks of {edge}; two "
+                                     "tasks would write one chunk")
             if packing is not None:
                 z = self.create(name, data.shape, chunks, "int16", codec=codec[name], fill=PACKED_NODATA)
                 staged[name] = Packed(z, *packing)
