@@ -906,6 +906,9 @@ def test_stacks_stored_as_int16_are_staged_so_and_read_back_identical(tmp_path):
     assert isinstance(offset, _store.Packed)
     np.testing.assert_array_equal(offset.z[...], every)
     np.testing.assert_array_equal(offset[...], unpacked)
+    # a task's block that cuts a stored chunk would share it with the next task's: refused
+    with pytest.raises(ValueError, match="cut chunks of 8"):
+        store.stage([("d", da.from_array(values, chunks=(7, 12, 12)), None)], (7, 8, 8))
     store.destroy()
 
 
