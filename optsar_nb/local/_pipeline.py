@@ -5,7 +5,8 @@ reductions, run on the active scheduler (``_store.compute``):
 1. the optical inputs are read once: clear observations and states staged, per-image cloud
    statistics counted on the staged states; sparse and unpaired images are then dropped (the
    staged stacks compacted);
-2. S1 is read once: the aligned images staged (compressed), their window means' AOI means reduced;
+2. S1 is read once (``_s1_staging``): the aligned images staged (compressed), their window
+   means' AOI means summed by the reading tasks;
 3. the fused stage (``_fused``), block by block (worker processes on one machine): the staged
    S1 read with the block's halo and averaged over the windows, covariates, robust regression,
    prediction; the coefficients staged, the PCA's sums and a sample of the fusion's leave-out
@@ -59,7 +60,7 @@ from ..errors import NoImages, StackMismatch
 from ..missions import CLEAR
 from ..outputs import write_csv
 from ..params import InfillParams
-from . import _accuracy, _fused, _infill_outputs, _kernels, _standardize, _store, fusion, steps
+from . import _accuracy, _fused, _infill_outputs, _kernels, _s1_staging, _standardize, _store, fusion, steps
 from ._blocks import BlockArray, whole_blocks
 from .gaps import aoi_cloud_counts, aoi_mask, select_period
 
@@ -152,7 +153,8 @@ def infill(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             _store.check_disk_space(select_period(ndvi, params.start, params.end).shape,
-                                    _s1_near(vv, params).size, folder, out_dir, packed_obs="packing" in ndvi.attrs,
+                                    _s1_staging.s1_near(vv, params).size, folder, out_dir,
+                                    packed_obs="packing" in ndvi.attrs,
                                     packed_s1="packing" in vv.attrs and "packing" in vh.attrs)
         store = _store.Store.create_in(work_parent, f"{WORK_PREFIX}{os.getpid()}-")
         try:
@@ -227,83 +229,12 @@ def _select_pairs(ndvi, table, vv, vh, params, inside):
     support = None if inside is None else inside.copy(data=steps.covariate_support(inside.values, params))
     s1 = []
     for band in (vv, vh):
-        band = steps.align_s1(band.isel(time=_s1_near(band, params)).sortby("time"), ndvi)
+        band = steps.align_s1(band.isel(time=_s1_staging.s1_near(band, params)).sortby("time"), ndvi)
         s1.append(band.where(support) if support is not None else band)
     weights = _kernels.window_weights(ndvi.time.values[keep], s1[0].time.values, params.s1_window_days)
     pairs = steps.pair_images(table, weights.sum(axis=1), params)
     table = table.iloc[pairs].reset_index(drop=True).assign(S1_COUNT=weights.sum(axis=1)[pairs].astype(int))
     return keep[pairs], s1[0], s1[1], weights[pairs], table
-
-
-def _s1_near(s1: xr.DataArray, params: InfillParams) -> np.ndarray:
-    """Positions of the S1 images of the period and of a window beyond it on each side, so that
-    dates near its ends get full windows."""
-    t = pd.DatetimeIndex(s1.time.values)
-    pad = pd.Timedelta(days=params.s1_window_days)
-    return np.flatnonzero((t >= pd.Timestamp(params.start) - pad) & (t < pd.Timestamp(params.end) + pad))
-
-
-def _stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.ndarray, np.ndarray]:
-    """B.3: the aligned S1 stacks staged as ``s1_vv``/``s1_vh`` (their own precision, at least
-    float32; the file's int16 when it stored them so); returns them, and the AOI means
-    (``inside``; None: the whole grid) of the pairs' window means (``weights``), a global
-    reduction over means computed block by block from the values being staged, and dropped (the
-    fused stage recomputes them with its halo: ``_kernels.window_mean`` gives a pixel the same
-    value in any block). Raises NoImages when S1 has no valid value in the AOI.
-    """
-    T = weights.shape[0]
-    bounds = (params.s1_min_db, params.s1_max_db)
-    names, items, partials = ("s1_vv", "s1_vh"), [], []
-    # stored in chunks of half a block (when that is a whole number of at least 16 px): a block's
-    # read with its halo decodes about half as much; the windows, whole blocks, are then whole chunks
-    half = edge // 2 if edge % 2 == 0 and edge >= 32 else edge
-    for name, band in zip(names, (vv, vh)):
-        s1 = whole_blocks(band, edge)  # windows of whole blocks: each window's task sums its blocks
-        s1 = s1.astype(np.result_type(s1.dtype, np.float32))
-        items.append((name, s1, band.attrs.get("packing")))
-        blocks = tuple(tuple(-(-c // edge) for c in axis) for axis in s1.chunks[1:])
-        args = [s1] if inside is None else [s1, da.from_zarr(store.open("inside"), chunks=s1.chunks[1:])]
-        partials.append(da.map_blocks(_block_sums, *args, weights=weights, bounds=bounds, edge=edge, new_axis=0,
-                                      chunks=((2,), (T,), *blocks), meta=np.empty((0, 0, 0, 0))))
-    # both staged, and the blocks' sums computed, in one pass over the inputs (by the tasks that
-    # read each window: nothing of a window moves between the workers of a cluster)
-    staged, partials = store.stage(items, (vv.sizes["time"], half, half),
-                                   codecs=dict.fromkeys(names, _store.FAST_LZ4), along=tuple(partials))
-    staged = dict(zip(names, staged, strict=True))
-    (s_vv, n_vv), (s_vh, n_vh) = (_aoi_sums(p) for p in partials)
-    if n_vv.sum() == 0 or n_vh.sum() == 0:
-        raise NoImages(
-            f"Sentinel-1 has no valid {'VV' if n_vv.sum() == 0 else 'VH'} value over the optical grid within "
-            f"{params.s1_window_days} days of any optical image (values below s1_min_db={params.s1_min_db} dB or "
-            f"above s1_max_db={params.s1_max_db} dB, and no-data, count as missing): check that the S1 files cover "
-            "the area and period, and are in dB (not linear power or amplitude)")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return staged, s_vv / n_vv, s_vh / n_vh
-
-
-def _block_sums(s1: np.ndarray, inside: np.ndarray | None = None, *, weights, bounds, edge: int) -> np.ndarray:
-    """(2, T, blocks down, blocks across): for each ``edge`` px block of a window of whole blocks,
-    the sum (NaN skipped) and the count of its pixels' window means (``weights``) in each of the
-    T windows, within ``inside`` when given (the window's part of the AOI mask)."""
-    _, h, w = s1.shape
-    out = np.empty((2, weights.shape[0], -(-h // edge), -(-w // edge)))
-    for i, r in enumerate(range(0, h, edge)):
-        for j, c in enumerate(range(0, w, edge)):
-            win = _kernels.window_mean(np.ascontiguousarray(s1[:, r:r + edge, c:c + edge]), weights, *bounds)
-            if inside is not None:
-                win = np.where(inside[r:r + edge, c:c + edge], win, np.nan)
-            out[0, :, i, j] = np.nansum(win, axis=(1, 2))
-            out[1, :, i, j] = np.isfinite(win).sum(axis=(1, 2))
-    return out
-
-
-def _aoi_sums(partials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T,) sums and counts over the AOI from :func:`_block_sums`' (2, T, blocks, blocks): the
-    blocks' sums added in dask's tree of a block-chunked array's reduction, the order in which
-    every AOI-wide sum of the job adds its blocks (the means feed every block's covariates: one
-    order, whatever the windows the inputs were read in)."""
-    sums = da.from_array(partials[0], chunks=(partials.shape[1], 1, 1)).sum(axis=(1, 2))
-    return sums.compute(scheduler="sync"), partials[1].sum(axis=(1, 2)).astype(np.int64)
 
 
 def _blocks(H: int, W: int, edge: int) -> list[tuple[slice, slice]]:
@@ -338,7 +269,7 @@ def _run(ndvi, state, vv, vh, params, paths, store, *, aoi, overwrite, report, w
     lap("pairing, split (B.2-B.6)")
 
     # B.3: S1 staged, and the AOI means of its window means (the fused stage recomputes those means)
-    s1, vv_mean, vh_mean = _stage_s1(vv, vh, weights, params, store, edge, inside)
+    s1, vv_mean, vh_mean = _s1_staging.stage_s1(vv, vh, weights, params, store, edge, inside)
     lap("S1 window means, AOI means (B.3)")
 
     # B.3-B.7 fused per block: coefficients staged, the PCA's sums and the fusion's leave-out rows returned
