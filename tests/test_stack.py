@@ -9,7 +9,7 @@ import rasterio
 import xarray as xr
 
 from optsar_nb.errors import OutputExists, StackMismatch
-from optsar_nb.local.geotiff_writer import write_geotiff, write_geotiffs
+from optsar_nb.local.geotiff_writer import write_geotiff, write_geotiff_groups, write_geotiffs
 from optsar_nb.local.stack import read_netcdf, read_stack, write_stack
 from optsar_nb.outputs import write_csv
 
@@ -88,6 +88,36 @@ def test_files_written_together_compute_their_shared_blocks_once(tmp_path):
         with rasterio.open(tmp_path / name) as src:
             np.testing.assert_array_equal(src.read(), sign * template.values)
             assert src.descriptions == tuple(template["id"].values)
+
+
+def test_groups_of_files_are_written_in_one_stream_of_windows(tmp_path):
+    """Groups of files written one after the other (the job's gap-free pair, then its mask,
+    prediction and observations): the next group's blocks are computed while the group before is
+    still being computed (no idle workers between them), and a group's files are in place, its
+    ``done`` called, before the next group's are."""
+    import threading
+
+    import dask.array as da
+
+    stack = _stack(ny=40, nx=30)  # one window each
+    started, waited, seen = threading.Event(), [], []
+
+    def first(block):  # the first group's block waits for the second group's to start
+        waited.append(started.wait(30))
+        return block
+
+    def second(block):
+        started.set()
+        return -block
+
+    one = stack.copy(data=da.from_array(stack.values, chunks=-1).map_blocks(first, meta=stack.values[:0]))
+    two = stack.copy(data=da.from_array(stack.values, chunks=-1).map_blocks(second, meta=stack.values[:0]))
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    write_geotiff_groups([[(one, a)], [(two, b)]], done=[lambda: seen.append((a.exists(), b.exists())), None])
+    assert waited == [True] and seen == [(True, False)]
+    for path, sign in ((a, 1), (b, -1)):
+        with rasterio.open(path) as src:
+            np.testing.assert_array_equal(src.read(), sign * stack.values)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "bool"])

@@ -15,7 +15,7 @@ from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _postprocess, _store, steps
 from ._blocks import _grid_attrs
-from .geotiff_writer import TILE_PX, write_geotiff, write_geotiffs
+from .geotiff_writer import TILE_PX, write_geotiff_groups
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
 REPORT_FILE = "Infill_Report"
@@ -68,18 +68,17 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
 
     both = da.map_blocks(pair, chunks=((2,), *pred_da.data.chunks), dtype="float32",
                          name=f"NDVI_gapfree-{uuid.uuid4().hex}")
-    write_geotiffs([(_stack_like(both[0], ndvi, table, "NDVI_gapfree"), paths["NDVI_gapfree"]),
-                    (_stack_like(both[1], ndvi, table, "NDVI_gapfree_SE"), paths["NDVI_gapfree_SE"])],
-                   overwrite=overwrite)
-    if s1_done is not None:
-        s1_done()
-    # together: one pass of windows, the workers kept busy across the files' ends
-    write_geotiffs([(st_da, paths["NDVI_Mask"]), (pred_da, paths["NDVI_Pred"]), (obs_da, paths["NDVI_Obs"])],
-                   overwrite=overwrite)
     coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
                         attrs=_grid_attrs(ndvi))
-    write_geotiff(coef, paths[MODEL_FILE], band_names=list(steps.COEFFICIENT_BANDS), overwrite=overwrite)
+    # in one stream of windows, the workers kept busy across the groups' ends: the files that
+    # share a block function together (the gap-free stack and its SE; the mask, prediction and
+    # observations), then the coefficients (band names: their labels)
+    write_geotiff_groups([[(_stack_like(both[0], ndvi, table, "NDVI_gapfree"), paths["NDVI_gapfree"]),
+                           (_stack_like(both[1], ndvi, table, "NDVI_gapfree_SE"), paths["NDVI_gapfree_SE"])],
+                          [(st_da, paths["NDVI_Mask"]), (pred_da, paths["NDVI_Pred"]), (obs_da, paths["NDVI_Obs"])],
+                          [(coef, paths[MODEL_FILE])]],
+                         overwrite=overwrite, done=[s1_done, None, None])
     out_table = table.rename(columns={"CLOUD_PERCENTAGE_AOI": "Cloud_cover"})
     write_csv(out_table[["ID", "Cloud_cover", "CollectionTime", "Random", "MAE", "SplitLabel"]], paths["metadata"],
               overwrite=overwrite)

@@ -13,10 +13,11 @@ file is written under a temporary name, checked, then moved into place
 from __future__ import annotations
 
 import struct
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import dask
 import dask.array as da
@@ -69,26 +70,48 @@ def write_geotiffs(items: list[tuple[xr.DataArray, str | Path]], *, overwrite: b
     (``options`` apply to each), window by window together: a window of every file is computed
     in one pass, so the work their graphs share (a block function returning several outputs) is
     done once. Returns the paths."""
-    specs = [_geotiff_spec(data, **options) for data, _ in items]
-    height, width = specs[0]["profile"]["height"], specs[0]["profile"]["width"]
-    if any((s["profile"]["height"], s["profile"]["width"]) != (height, width) for s in specs):
+    return write_geotiff_groups([items], overwrite=overwrite, **options)[0]
+
+
+def write_geotiff_groups(groups: list[list[tuple[xr.DataArray, str | Path]]], *, overwrite: bool = False,
+                         done: list | None = None, **options) -> list[list[Path]]:
+    """Groups of files, each written as :func:`write_geotiffs` writes its items, one group after
+    the other in one stream of windows: a group's first windows are computed while the last of
+    the group before are finished, so that the workers are not left idle between groups.
+    ``done[i]`` (a callable, or None) is called once group i's files are written, checked and in
+    place. Every file is refused before anything is written if it exists (unless ``overwrite``).
+    Returns each group's paths."""
+    specs = [[_geotiff_spec(data, **options) for data, _ in items] for items in groups]
+    first = specs[0][0]["profile"]
+    tile = specs[0][0]["tile"]
+    if any((s["profile"]["height"], s["profile"]["width"]) != (first["height"], first["width"])
+           for group in specs for s in group):
         raise StackMismatch("the files written together must share their grid")
-    tile = specs[0]["tile"]
-    rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in specs), tile)
-    windows = [(r, c) for r in range(0, height, rows) for c in range(0, width, cols)]
+    done = done or [None] * len(groups)
     with ExitStack() as stack:
-        tmps = [stack.enter_context(atomic_path(path, overwrite=overwrite)) for _, path in items]
-        files = [_TiledFile(tmp, spec, Path(path)) for tmp, spec, (_, path) in zip(tmps, specs, items, strict=True)]
-        for file in files:
-            stack.callback(file.file.close)  # on failure too (closing twice is harmless)
-        tasks = [_encoded_tiles(spec, tile) for spec in specs]
-        _write_windows_of(tasks, files, tile, rows, cols, windows)
-        for file in files:
-            file.close()
-            p = file.spec["profile"]
-            verify_geotiff(file.path, count=p["count"], height=height, width=width, dtype=p["dtype"],
-                           names=file.spec["band_names"], label=file.label)
-    return [Path(path) for _, path in items]
+        written = []
+        for items, group_specs in zip(groups, specs, strict=True):
+            group = stack.enter_context(ExitStack())  # closed (files moved into place) when written
+            tmps = [group.enter_context(atomic_path(path, overwrite=overwrite)) for _, path in items]
+            files = [_TiledFile(tmp, spec, Path(path)) for tmp, spec, (_, path) in zip(tmps, group_specs, items,
+                                                                                      strict=True)]
+            for file in files:
+                group.callback(file.file.close)  # on failure too (closing twice is harmless)
+            rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in group_specs), tile)
+            written.append(_Group(files, [_encoded_tiles(spec, tile) for spec in group_specs], rows, cols, group))
+
+        def finish(g):
+            for file in written[g].files:
+                file.close()
+                p = file.spec["profile"]
+                verify_geotiff(file.path, count=p["count"], height=p["height"], width=p["width"], dtype=p["dtype"],
+                               names=file.spec["band_names"], label=file.label)
+            written[g].context.close()
+            if done[g] is not None:
+                done[g]()
+
+        _write_windows_of(written, tile, (first["height"], first["width"]), finish)
+    return [[Path(path) for _, path in items] for items in groups]
 
 
 def _geotiff_spec(data: xr.DataArray, *, band_names=None, nodata=None, scale=None) -> dict:
@@ -240,25 +263,45 @@ def _tile_index(path: Path) -> list[tuple[int, str, int]]:
     return [found[324], found[325]]
 
 
-def _write_windows_of(tasks, files, tile, rows, cols, windows) -> None:
-    """The writing loop of :func:`write_geotiffs`: each window's tiles of every file computed and
-    compressed by dask tasks (WINDOWS_IN_FLIGHT windows at a time), appended in window order."""
-    th, tw = tile
+class _Group(NamedTuple):
+    """Files :func:`write_geotiff_groups` writes together: their encoding tasks (tile rows x
+    tile columns each), the windows' rows and columns, and the context that moves them into place."""
 
-    def window(r0, c0):
-        rs, cs = slice(r0 // th, (r0 + rows) // th), slice(c0 // tw, (c0 + cols) // tw)
-        where = [(t, i, j) for t in range(len(files)) for i, j in np.ndindex(tasks[t][rs, cs].shape)]
-        done = dask.compute(*[tasks[t][rs, cs][i, j] for t, i, j in where])
-        return [(t, rs.start + i, cs.start + j, bands) for (t, i, j), bands in zip(where, done, strict=True)]
+    files: list
+    tasks: list
+    rows: int
+    cols: int
+    context: ExitStack
+
+
+def _write_windows_of(groups: list[_Group], tile, shape, finish) -> None:
+    """The writing loop of :func:`write_geotiff_groups`: each window's tiles of every file of a
+    group computed and compressed by dask tasks (WINDOWS_IN_FLIGHT windows at a time, across the
+    groups), appended in window order; ``finish(g)`` once group g's last window is appended."""
+    th, tw = tile
+    windows = [(g, r0, c0) for g, group in enumerate(groups)
+               for r0 in range(0, shape[0], group.rows) for c0 in range(0, shape[1], group.cols)]
+    left = Counter(g for g, _, _ in windows)
+
+    def window(g, r0, c0):
+        group = groups[g]
+        rs, cs = slice(r0 // th, (r0 + group.rows) // th), slice(c0 // tw, (c0 + group.cols) // tw)
+        where = [(t, i, j) for t, tasks in enumerate(group.tasks) for i, j in np.ndindex(tasks[rs, cs].shape)]
+        done = dask.compute(*[group.tasks[t][rs, cs][i, j] for t, i, j in where])
+        return g, [(t, rs.start + i, cs.start + j, bands) for (t, i, j), bands in zip(where, done, strict=True)]
 
     def append(done):
-        for t, i, j, bands in done.result():
-            files[t].append(i, j, bands)
+        g, tiles = done.result()
+        for t, i, j, bands in tiles:
+            groups[g].files[t].append(i, j, bands)
+        left[g] -= 1
+        if left[g] == 0:
+            finish(g)
 
     with ThreadPoolExecutor(max_workers=WINDOWS_IN_FLIGHT) as computing:
         pending = deque()
-        for r0, c0 in windows:
-            pending.append(computing.submit(window, r0, c0))
+        for g, r0, c0 in windows:
+            pending.append(computing.submit(window, g, r0, c0))
             if len(pending) == WINDOWS_IN_FLIGHT:
                 append(pending.popleft())
         while pending:
