@@ -929,11 +929,10 @@ def test_stacks_staged_together_compute_what_they_share_once(tmp_path):
     values = np.arange(4 * 20 * 24, dtype="float32").reshape(4, 20, 24)
     shared = da.from_array(values, chunks=(4, 8, 8)).map_blocks(counted, meta=np.array((), "float32"))
     store = _store.Store.create_in(str(tmp_path), "s-")
-    (x, y), sums = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)], (4, 8, 8),
-                               summary=lambda a, b: (a.sum(), b.shape))
-    assert len(calls) == 3 * 3  # one call per block, not one per staged stack or for the summary
-    assert sums.shape == (1, 3, 3) and sums[0, 2, 1] == (values[:, 16:, 8:16].sum(), (4, 4, 8))
-    assert sum(total for total, _ in sums.flat) == values.sum()
+    (x, y), (total,) = store.stage([("x", shared, None), ("y", (shared * 2).astype("float64"), None)], (4, 8, 8),
+                                   along=(shared.sum(),))
+    assert len(calls) == 3 * 3  # one call per block, not one per staged stack or computed along
+    assert total == values.sum()
     np.testing.assert_array_equal(x[...], values)
     np.testing.assert_array_equal(y[...], 2 * values.astype("float64"))
     store.destroy()

@@ -26,14 +26,15 @@ class Packed:
     def __getitem__(self, key) -> np.ndarray:
         return self.decode(np.asarray(self.z[key]))
 
-    def put(self, values: np.ndarray, where: tuple[slice, ...]) -> bool:
-        """Stage one block of float values at its place ``where`` (whole chunks); returns whether
-        it is exactly representable (else nothing is written)."""
+    def put(self, values: np.ndarray, block_info=None) -> np.ndarray:
+        """Stage one block of float values at its place (whole chunks); returns whether it is
+        exactly representable (a (1, ...) bool array: a dask block)."""
+        where = tuple(slice(*loc) for loc in block_info[0]["array-location"])
         q = np.empty(values.shape, "int16")
         exact = _pack(np.ascontiguousarray(values), self.scale, self.offset, q)
         if exact:
             self.z[where] = q
-        return bool(exact)
+        return np.full((1,) * values.ndim, exact)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)

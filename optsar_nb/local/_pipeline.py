@@ -196,16 +196,12 @@ def _stage_optical(ndvi, state, params, aoi, store):
     edge = _edge(N)
     st_d = whole_blocks(st, edge).astype("int8")
     obs_d = da.where(st_d == CLEAR, whole_blocks(ndvi, edge).astype("float32"), np.float32(np.nan))
-    # staged, and the images' cloud statistics counted, by one task per window (from both reads)
+    # staged, and the images' cloud statistics counted, in one pass
     (z_st, obs), counts = store.stage([("state_all", st_d, None), ("obs_all", obs_d, ndvi.attrs.get("packing"))],
-                                      (N, edge, edge), codecs={"state_all": _store.MASK_LZ4}, summary=_state_counts)
-    table = steps.image_cloud_stats(st, tuple(sum(counts.flat)))
+                                      (N, edge, edge), codecs={"state_all": _store.MASK_LZ4},
+                                      along=aoi_cloud_counts(st.copy(data=st_d)))
+    table = steps.image_cloud_stats(st, counts)
     return ndvi, table, inside, obs, z_st
-
-
-def _state_counts(state: np.ndarray, _obs=None) -> np.ndarray:
-    """(2, images): a window's valid and cloudy pixels per image (``gaps.aoi_cloud_counts``)."""
-    return np.stack(aoi_cloud_counts(xr.DataArray(state, dims=("time", "y", "x")))).astype(np.int64)
 
 
 def _compact(store, name: str, staged, positions: np.ndarray, chunks):

@@ -3,8 +3,6 @@ staging with the AOI means of their window means, computed by the tasks that rea
 
 from __future__ import annotations
 
-from functools import partial
-
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -32,23 +30,25 @@ def stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nda
     fused stage recomputes them with its halo: ``_kernels.window_mean`` gives a pixel the same
     value in any block). Raises NoImages when S1 has no valid value in the AOI.
     """
+    T = weights.shape[0]
     bounds = (params.s1_min_db, params.s1_max_db)
-    names, items = ("s1_vv", "s1_vh"), []
+    names, items, partials = ("s1_vv", "s1_vh"), [], []
     # stored in chunks of half a block (when that is a whole number of at least 16 px): a block's
     # read with its halo decodes about half as much; the windows, whole blocks, are then whole chunks
     half = edge // 2 if edge % 2 == 0 and edge >= 32 else edge
     for name, band in zip(names, (vv, vh)):
         s1 = whole_blocks(band, edge)  # windows of whole blocks: each window's task sums its blocks
-        items.append((name, s1.astype(np.result_type(s1.dtype, np.float32)), band.attrs.get("packing")))
-    if items[0][1].chunks != items[1][1].chunks:  # files of their own tiling: read block by block
-        items = [(name, s1.rechunk((-1, edge, edge)), packing) for name, s1, packing in items]
-    inputs = () if inside is None else (da.from_zarr(store.open("inside")),)
-    # both staged, and their blocks' sums computed, by the task that reads each window
-    staged, sums = store.stage(items, (vv.sizes["time"], half, half), codecs=dict.fromkeys(names, _store.FAST_LZ4),
-                               summary=partial(_block_sums, weights=weights, bounds=bounds, edge=edge), inputs=inputs)
+        s1 = s1.astype(np.result_type(s1.dtype, np.float32))
+        items.append((name, s1, band.attrs.get("packing")))
+        blocks = tuple(tuple(-(-c // edge) for c in axis) for axis in s1.chunks[1:])
+        args = [s1] if inside is None else [s1, da.from_zarr(store.open("inside"), chunks=s1.chunks[1:])]
+        partials.append(da.map_blocks(_block_sums, *args, weights=weights, bounds=bounds, edge=edge, new_axis=0,
+                                      chunks=((2,), (T,), *blocks), meta=np.empty((0, 0, 0, 0))))
+    # both staged, and the blocks' sums computed, in one pass over the inputs (by the tasks that
+    # read each window: nothing of a window moves between the workers of a cluster)
+    staged, partials = store.stage(items, (vv.sizes["time"], half, half),
+                                   codecs=dict.fromkeys(names, _store.FAST_LZ4), along=tuple(partials))
     staged = dict(zip(names, staged, strict=True))
-    # (band, 2, T, blocks down, blocks across): the windows' blocks in place
-    partials = np.concatenate([np.concatenate(list(row), axis=-1) for row in sums[0]], axis=-2)
     (s_vv, n_vv), (s_vh, n_vh) = (_aoi_sums(p) for p in partials)
     if n_vv.sum() == 0 or n_vh.sum() == 0:
         raise NoImages(
@@ -60,22 +60,19 @@ def stage_s1(vv, vh, weights, params, store, edge, inside) -> tuple[dict, np.nda
         return staged, s_vv / n_vv, s_vh / n_vh
 
 
-def _block_sums(vv: np.ndarray, vh: np.ndarray, inside: np.ndarray | None = None, *, weights, bounds,
-                edge: int) -> np.ndarray:
-    """(band, 2, T, blocks down, blocks across): for each ``edge`` px block of a window of whole
-    blocks of VV and VH, the sum (NaN skipped) and the count of its pixels' window means
-    (``weights``) in each of the T windows, within ``inside`` when given (the window's part of the
-    AOI mask)."""
-    _, h, w = vv.shape
-    out = np.empty((2, 2, weights.shape[0], -(-h // edge), -(-w // edge)))
-    for b, s1 in enumerate((vv, vh)):
-        for i, r in enumerate(range(0, h, edge)):
-            for j, c in enumerate(range(0, w, edge)):
-                win = _kernels.window_mean(np.ascontiguousarray(s1[:, r:r + edge, c:c + edge]), weights, *bounds)
-                if inside is not None:
-                    win = np.where(inside[r:r + edge, c:c + edge], win, np.nan)
-                out[b, 0, :, i, j] = np.nansum(win, axis=(1, 2))
-                out[b, 1, :, i, j] = np.isfinite(win).sum(axis=(1, 2))
+def _block_sums(s1: np.ndarray, inside: np.ndarray | None = None, *, weights, bounds, edge: int) -> np.ndarray:
+    """(2, T, blocks down, blocks across): for each ``edge`` px block of a window of whole blocks,
+    the sum (NaN skipped) and the count of its pixels' window means (``weights``) in each of the
+    T windows, within ``inside`` when given (the window's part of the AOI mask)."""
+    _, h, w = s1.shape
+    out = np.empty((2, weights.shape[0], -(-h // edge), -(-w // edge)))
+    for i, r in enumerate(range(0, h, edge)):
+        for j, c in enumerate(range(0, w, edge)):
+            win = _kernels.window_mean(np.ascontiguousarray(s1[:, r:r + edge, c:c + edge]), weights, *bounds)
+            if inside is not None:
+                win = np.where(inside[r:r + edge, c:c + edge], win, np.nan)
+            out[0, :, i, j] = np.nansum(win, axis=(1, 2))
+            out[1, :, i, j] = np.isfinite(win).sum(axis=(1, 2))
     return out
 
 

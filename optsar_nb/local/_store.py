@@ -80,64 +80,41 @@ class Store:
                                  overwrite=True)
 
     def stage(self, items: list[tuple[str, da.Array, tuple[float, float] | None]], chunks,
-              codecs: dict | None = None, summary=None, inputs: tuple = ()) -> tuple[list, np.ndarray | None]:
+              codecs: dict | None = None, along: tuple = ()) -> tuple[list, tuple]:
         """Each (name, data, packing) of ``items`` staged as ``name`` in ``chunks``, compressed with
-        ``codecs[name]`` (default :data:`DENSE_ZSTD`), by one task per window (dask chunk) of the
-        items: the task computes its window of every item from the graph they share (that work
-        done once; nothing of a window moves between the workers of a cluster) and writes it. Each
-        window must span whole chunks of ``chunks`` (no two tasks write the same chunk); items
-        whose windows differ are all cut into ``chunks``.
-
-        With ``summary``, each window's task also returns ``summary(*item_blocks, *input_blocks)``
-        (``inputs``: dask arrays over the items' last axes, read along); returns the staged arrays
-        (read like the Zarr arrays they are) and the summaries (an object array, one per window, in
-        the items' block grid; None without ``summary``).
+        ``codecs[name]`` (default :data:`DENSE_ZSTD`), all in one pass over their graphs (the work
+        they share is done once), and the dask collections ``along`` computed in that pass too;
+        returns the staged arrays (read like the Zarr arrays they are) and the results of ``along``.
+        Each dask chunk of ``data`` must span whole chunks of ``chunks`` (a task writes them all,
+        and no two tasks write the same chunk).
 
         With ``packing`` (scale, offset: how the input file stored the values as int16), float
         values are staged as those int16, half the size, and read back as float32 by the input's
         own formula (:class:`Packed`). Each block is checked: if any value does not come back
         identical (another packing, values changed on the way), the stack is staged as floats.
         """
-        if any(data.chunks != items[0][1].chunks for _, data, _ in items):  # windows of their own: cut alike
-            items = [(name, data.rechunk(chunks), packing) for name, data, packing in items]
-        datas = [data for _, data, _ in items]
-        for name, data, _ in items:
+        staged, writes = {}, {}
+        codec = {name: (codecs or {}).get(name, DENSE_ZSTD) for name, _, _ in items}
+        for name, data, packing in items:
             for axis, (dask_chunks, edge) in enumerate(zip(data.chunks, chunks, strict=True)):
                 if any(end % edge for end in np.cumsum(dask_chunks)[:-1]):
                     raise ValueError(f"{name}: dask chunks {dask_chunks} on axis {axis} cut chunks of {edge}; two "
                                      "tasks would write one chunk")
-        staged = {}
-        for name, data, packing in items:
-            codec = (codecs or {}).get(name, DENSE_ZSTD)
             if packing is not None:
-                staged[name] = Packed(self.create(name, data.shape, chunks, "int16", codec=codec, fill=PACKED_NODATA),
-                                      *packing)
+                z = self.create(name, data.shape, chunks, "int16", codec=codec[name], fill=PACKED_NODATA)
+                staged[name] = Packed(z, *packing)
             else:
-                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec)
-        puts = [staged[name].put if packing is not None else partial(_put, staged[name]) for name, _, packing in items]
-
-        def window(*blocks, block_info=None):
-            where = tuple(slice(*loc) for loc in block_info[0]["array-location"])
-            exact = [put(block, where) for put, block in zip(puts, blocks[:len(puts)], strict=True)]
-            out = np.empty((1,) * len(where), object)
-            out[(0,) * len(where)] = (exact, summary(*blocks) if summary is not None else None)
-            return out
-
-        inputs = [x.rechunk(datas[0].chunks[-x.ndim:]) for x in inputs]
-        done = da.map_blocks(window, *datas, *inputs, chunks=tuple((1,) * n for n in datas[0].numblocks),
-                             meta=np.empty((0,) * datas[0].ndim, object)).compute()
-        for i, (name, data, _) in enumerate(items):
-            if not all(exact[i] for exact, _ in done.flat):  # a packing that does not hold: as floats
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec[name])
+            put = staged[name].put if packing is not None else partial(_put, staged[name])
+            writes[name] = data.map_blocks(put, dtype=bool, chunks=tuple((1,) * n for n in data.numblocks))
+        *exact, results = dask.compute(*(w.all() for w in writes.values()), along)
+        exact = dict(zip(writes, exact, strict=True))
+        for name, data, _ in items:
+            if not exact[name]:  # a packing that does not hold: as floats
                 self.remove(name)
-                staged[name] = self.create(name, data.shape, chunks, data.dtype,
-                                           codec=(codecs or {}).get(name, DENSE_ZSTD))
+                staged[name] = self.create(name, data.shape, chunks, data.dtype, codec=codec[name])
                 da.store(data, staged[name], lock=False)
-        summaries = None
-        if summary is not None:
-            summaries = np.empty(done.shape, object)
-            for index, (_, result) in np.ndenumerate(done):
-                summaries[index] = result
-        return [staged[name] for name, _, _ in items], summaries
+        return [staged[name] for name, _, _ in items], results
 
     def copy(self, name: str, staged, positions: np.ndarray, chunks):
         """The images ``positions`` of a staged stack (Zarr or :class:`Packed`) as a new array
@@ -185,10 +162,10 @@ def _finish_zarr_io(timeout: float = 60) -> None:
         pass
 
 
-def _put(z: zarr.Array, values: np.ndarray, where: tuple[slice, ...]) -> bool:
-    """Stage one block at its place ``where`` (whole chunks of ``z``); True (it is exact)."""
-    z[where] = values
-    return True
+def _put(z: zarr.Array, values: np.ndarray, block_info=None) -> np.ndarray:
+    """Stage one block at its place (a whole chunk of ``z``); a (1, ...) True (a dask block)."""
+    z[tuple(slice(*loc) for loc in block_info[0]["array-location"])] = values
+    return np.ones((1,) * values.ndim, bool)
 
 
 def lazy(staged, chunks=None) -> da.Array:

@@ -31,10 +31,14 @@ from ._blocks import lazy_array
 from .grid import transform_from_coords
 
 TILE_PX = 256  # tile edge of the GeoTIFFs written here (smaller images: one tile, rounded up to 16 px)
-# Bytes of one window (all bands of every file written together); WINDOWS_IN_FLIGHT windows are
-# computed at a time, so that workers are not left idle while a window's last tile is finished.
+# Bytes of one window (all bands of every file written together; at least a tile); WINDOWS_IN_FLIGHT
+# windows are computed at a time, so that workers are not left idle while a window's last tile is
+# finished, nor between groups of files (:func:`write_geotiff_groups`): with 6 rather than 4, the
+# next group's first windows run beside the last ones of a group of one-tile windows (a 400-image
+# stack's gap-free pair is 230 MB a tile). Case 3's outputs, 256 rows: 56 s instead of 62 s, the
+# job's peak memory 3.0 GB instead of 2.1 GB.
 WRITE_WINDOW_BYTES = 64 * 2**20
-WINDOWS_IN_FLIGHT = 4
+WINDOWS_IN_FLIGHT = 6
 # Level of the deflate compression (libdeflate). Level 1 writes float stacks ~2.4x faster than
 # the default 6 for files ~4 % larger (measured on a simulated 437 x 500 x 414 NDVI stack);
 # PREDICTOR=3 was slower and larger on such noisy floats.
