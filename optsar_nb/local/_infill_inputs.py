@@ -29,7 +29,7 @@ from ..products import (
     metadata_beside,
     suffix_of,
 )
-from .gaps import cloud_state
+from ._cloud_states import cloud_state
 from .grid import align_to
 from .stack import read_netcdf, read_stack
 from .steps import ndvi as compute_ndvi

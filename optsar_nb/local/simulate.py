@@ -43,6 +43,7 @@ from ..products import (
     VV_INPUT_FILE,
     file_name,
 )
+from ._cloud_states import cloud_state
 from ._simulate_optical import (
     CLEAR_DATE_SHARE,
     MASK_NODATA,
@@ -73,7 +74,7 @@ from ._simulate_scene import (
     _days,
     _Fields,
 )
-from .gaps import aoi_cloud_stats, cloud_state
+from .gaps import aoi_cloud_stats
 from .geotiff_writer import write_geotiff
 from .stack import DEFAULT_CHUNK_PX, metadata_of
 

@@ -42,7 +42,8 @@ from ..missions import CLEAR, MISSING
 from ..params import InfillParams
 from . import _kernels, _regression
 from ._blocks import _dask, _grid_attrs, lazy_array, with_halo
-from .gaps import aoi_cloud_stats, clip_to_aoi, cloud_state
+from ._cloud_states import cloud_state
+from .gaps import aoi_cloud_stats, clip_to_aoi
 from .grid import align_to
 from .stack import metadata_of
 
