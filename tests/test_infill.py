@@ -315,6 +315,15 @@ def test_block_array_reads_like_the_array_it_stands_for():
     assert da.from_array(a, chunks=(2, 3, 4, 4), name="t").compute().tolist() == values.tolist()
     with pytest.raises(IndexError):
         a[0, 0, :, ::2]
+    # with an edge, a region is computed by the grid's blocks it overlaps, one after the other
+    asked.clear()
+    b = BlockArray(fn, values.shape, values.dtype, edge=3)
+    np.testing.assert_array_equal(b[:, :, 2:7, 1:4], values[:, :, 2:7, 1:4])
+    assert asked == [(slice(2, 3), slice(1, 3)), (slice(2, 3), slice(3, 4)), (slice(3, 6), slice(1, 3)),
+                     (slice(3, 6), slice(3, 4)), (slice(6, 7), slice(1, 3)), (slice(6, 7), slice(3, 4))]
+    asked.clear()
+    np.testing.assert_array_equal(b[1, 2, 3:5, 4], values[1, 2, 3:5, 4])  # within one block: one call
+    assert asked == [(slice(3, 5), slice(4, 5))]
 
 
 def test_standardization_matches_hand_values():

@@ -120,6 +120,32 @@ def test_groups_of_files_are_written_in_one_stream_of_windows(tmp_path):
             np.testing.assert_array_equal(src.read(), sign * stack.values)
 
 
+def test_a_tile_is_assembled_from_its_blocks_and_compressed_by_one_task(tmp_path):
+    """Blocks that nest in the tiles go straight to the task that compresses a tile (no task makes
+    a tile-sized array for another to compress), one task for every file of a group; blocks that
+    straddle tiles are cut into tiles first. GDAL reads every value back."""
+    import dask.array as da
+    from dask.core import get_dependencies
+
+    from optsar_nb.local import geotiff_writer
+
+    stack = _stack(ny=300, nx=280)  # 2 x 2 tiles of up to 256 px
+    blocks = stack.copy(data=da.from_array(stack.values, chunks=(-1, 64, 64)))
+    other = stack.copy(data=-blocks.data)
+    specs = [geotiff_writer._geotiff_spec(a) for a in (blocks, other)]
+    tasks = geotiff_writer._encoded_tiles(specs, (256, 256))
+    assert tasks.shape == (2, 2)
+    needs = get_dependencies(dict(tasks[0, 0].dask), tasks[0, 0].key)  # what the first tile's task reads
+    assert sorted(k[1:] for k in needs) == sorted([(0, i, j) for i in range(4) for j in range(4)] * 2)
+    assert {k[0] for k in needs} == {blocks.data.name, other.data.name}  # its 4 x 4 blocks of each file
+    straddling = stack.copy(data=da.from_array(stack.values, chunks=(-1, 100, 100)))
+    write_geotiffs([(blocks, tmp_path / "a.tif"), (other, tmp_path / "b.tif"), (straddling, tmp_path / "c.tif")])
+    for name, sign in (("a.tif", 1), ("b.tif", -1), ("c.tif", 1)):
+        with rasterio.open(tmp_path / name) as src:
+            assert src.block_shapes[0] == (256, 256)
+            np.testing.assert_array_equal(src.read(), sign * stack.values, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "bool"])
 @pytest.mark.parametrize("bigtiff", [False, True])
 def test_tiles_compressed_by_the_tasks_are_read_back_by_gdal(tmp_path, monkeypatch, dtype, bigtiff):

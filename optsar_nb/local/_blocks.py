@@ -27,10 +27,14 @@ class BlockArray:
     """A (lead..., H, W) array whose values are computed when a region is read: ``fn(rows, cols)``
     (slices) returns the region's (lead..., h, w) values. Sliced like numpy (slices of step 1 or
     integers on y and x, any index on the leading axes), it stands for a staged stack that is
-    cheaper to recompute than to keep (``dask.array.from_array`` takes it too)."""
+    cheaper to recompute than to keep (``dask.array.from_array`` takes it too). With ``edge``, a
+    region is computed by the ``edge`` x ``edge`` blocks of the grid it overlaps, one after the
+    other: the same values (``fn`` gives a pixel the same value in any region), with a block's
+    temporaries, not a large region's, in memory (and in the CPU's caches)."""
 
-    def __init__(self, fn, shape, dtype):
+    def __init__(self, fn, shape, dtype, edge: int | None = None):
         self.fn, self.shape, self.dtype, self.ndim = fn, tuple(shape), np.dtype(dtype), len(shape)
+        self.edge = edge
 
     def __getitem__(self, key):
         key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * self.ndim
@@ -45,9 +49,26 @@ class BlockArray:
             else:
                 k = int(k) + (n if int(k) < 0 else 0)
                 spatial.append(slice(k, k + 1))
-        out = self.fn(*spatial)
+        out = self._region(*spatial)
         keep = tuple(slice(None) if isinstance(k, slice) else 0 for k in key[-2:])
         return out[(*key[:-2], *keep)]
+
+    def _region(self, rows: slice, cols: slice) -> np.ndarray:
+        e = self.edge
+        if e is None or (rows.start // e >= (rows.stop - 1) // e and cols.start // e >= (cols.stop - 1) // e):
+            return self.fn(rows, cols)
+        out = np.empty((*self.shape[:-2], rows.stop - rows.start, cols.stop - cols.start), self.dtype)
+        for r0, r1 in _cuts(rows, e):
+            for c0, c1 in _cuts(cols, e):
+                out[..., r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start] = self.fn(slice(r0, r1),
+                                                                                                     slice(c0, c1))
+        return out
+
+
+def _cuts(s: slice, edge: int) -> list[tuple[int, int]]:
+    """The (start, stop) pieces of ``s`` within the grid's ``edge`` blocks."""
+    ends = [s.start, *range((s.start // edge + 1) * edge, s.stop, edge), s.stop]
+    return list(zip(ends[:-1], ends[1:]))
 
 
 def lazy_array(values: np.ndarray, chunks) -> da.Array:

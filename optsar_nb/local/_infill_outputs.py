@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from pathlib import Path
 
 import dask.array as da
@@ -14,7 +15,7 @@ from ..outputs import write_csv
 from ..params import InfillParams
 from ..products import INFILL_METADATA_FILE, file_name
 from . import _accuracy, _postprocess, _store, steps
-from ._blocks import _grid_attrs
+from ._blocks import BlockArray, _grid_attrs
 from .geotiff_writer import TILE_PX, write_geotiff_groups
 
 MODEL_FILE = "NDVI_Model"  # the coefficient image (bands = COEFFICIENT_BANDS)
@@ -46,28 +47,26 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     written together, through the fusion's covariates) are written: the staged S1 can go before
     the other files take the disk.
 
-    The stacks are computed by the staging's blocks (at most a file tile; both are powers of
-    two): each lies within one of the writer's windows (whole tiles), so none is computed twice
-    for two windows it straddles, and a block's temporaries stay near the CPU cache (whole
-    tiles of a 400-image stack made each a pass through memory: a third slower on two cores).
+    Each task computes a whole file tile, the staging's blocks within it one after the other:
+    a block's temporaries stay near the CPU cache (whole tiles of a 400-image stack made each a
+    pass through memory: a third slower on two cores), and the tile is compressed where it was
+    computed (tasks of single blocks were spread over a cluster's workers, and each tile's
+    blocks then moved to the one compressing it).
     """
-    edge = min(stage.obs.chunks[-1], TILE_PX)
-    tiles = (-1, edge, edge)
-    # recomputed block by block (named here: dask would otherwise hash what it reads to name it)
-    pred_da = _stack_like(da.from_array(stage.pred, chunks=tiles, name=f"NDVI_Pred-{uuid.uuid4().hex}"), ndvi, table,
-                          "NDVI_Pred")
-    obs_da = _stack_like(_store.lazy(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
-    st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
+    edge = stage.obs.chunks[-1]
+    tiles = (-1, TILE_PX, TILE_PX)
+    T, H, W = stage.obs.shape
     inside = np.asarray(inside.values) if inside is not None else None
 
-    # NDVI_gapfree and its SE from one pass over the blocks (named here: dask would otherwise
-    # hash what the function reads to name it)
-    def pair(block_info=None):
-        _, rows, cols = (slice(*loc) for loc in block_info[None]["array-location"][1:])
-        return _accuracy.gapfree_pair(stage, se, inside, rows, cols)
+    def by_blocks(fn, shape, dtype, name):  # named here: dask would otherwise hash what fn reads to name it
+        return da.from_array(BlockArray(fn, shape, dtype, edge=edge), chunks=(-1,) * (len(shape) - 2) + tiles[1:],
+                             name=f"{name}-{uuid.uuid4().hex}")
 
-    both = da.map_blocks(pair, chunks=((2,), *pred_da.data.chunks), dtype="float32",
-                         name=f"NDVI_gapfree-{uuid.uuid4().hex}")
+    pred_da = _stack_like(by_blocks(stage.pred.fn, (T, H, W), "float32", "NDVI_Pred"), ndvi, table, "NDVI_Pred")
+    obs_da = _stack_like(_store.lazy(stage.obs, chunks=tiles), ndvi, table, "NDVI_Obs")
+    st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
+    # NDVI_gapfree and its SE from one pass over the blocks
+    both = by_blocks(partial(_accuracy.gapfree_pair, stage, se, inside), (2, T, H, W), "float32", "NDVI_gapfree")
     coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
                         attrs=_grid_attrs(ndvi))

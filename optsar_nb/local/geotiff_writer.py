@@ -102,7 +102,7 @@ def write_geotiff_groups(groups: list[list[tuple[xr.DataArray, str | Path]]], *,
             for file in files:
                 group.callback(file.file.close)  # on failure too (closing twice is harmless)
             rows, cols = _write_windows(sum(s["profile"]["count"] * s["dtype"].itemsize for s in group_specs), tile)
-            written.append(_Group(files, [_encoded_tiles(spec, tile) for spec in group_specs], rows, cols, group))
+            written.append(_Group(files, _encoded_tiles(group_specs, tile), rows, cols, group))
 
         def finish(g):
             for file in written[g].files:
@@ -159,29 +159,70 @@ def _geotiff_spec(data: xr.DataArray, *, band_names=None, nodata=None, scale=Non
     return {"arr": arr, "profile": profile, "band_names": band_names, "scale": scale, "dtype": dtype, "tile": tile}
 
 
-def _encoded_tiles(spec: dict, tile: tuple[int, int]) -> np.ndarray:
+def _encoded_tiles(specs: list[dict], tile: tuple[int, int]) -> np.ndarray:
     """(tile rows, tile columns) array of dask delayed tasks, each returning the compressed bands
-    of one tile of the file ``spec`` describes."""
-    # unoptimized: the files written together then name the blocks they share alike
-    chunks = spec["arr"].rechunk((-1, *tile)).to_delayed(optimize_graph=False)[0]
-    encode = dask.delayed(_encode_tile, pure=True)
-    out = np.empty(chunks.shape, dtype=object)
-    for index, chunk in np.ndenumerate(chunks):
-        out[index] = encode(chunk, spec["dtype"].newbyteorder("<"), tile)
+    of one tile of every file ``specs`` describe (files written together).
+
+    A tile's task assembles it from the arrays' blocks within it when they nest in the tiles, and
+    compresses every file's: no task makes a tile-sized array for another to compress (on a
+    cluster the scheduler moved many such arrays between the workers, ~100 MB each for a
+    400-image stack), and files computed by one block function are compressed where it ran."""
+    blocks, spans = [], []
+    for spec in specs:
+        arr = spec["arr"]
+        if not all(_nested(chunks, t) for chunks, t in zip(arr.chunks[1:], tile, strict=True)):
+            arr = arr.rechunk((-1, *tile))
+        # unoptimized: the files written together then name the blocks they share alike
+        blocks.append(arr.to_delayed(optimize_graph=False)[0])
+        spans.append([_spans(chunks, t) for chunks, t in zip(arr.chunks[1:], tile, strict=True)])
+    encode = dask.delayed(_encode_tiles, pure=True)
+    dtypes = [spec["dtype"].newbyteorder("<") for spec in specs]
+    out = np.empty((len(spans[0][0]), len(spans[0][1])), dtype=object)
+    for i, j in np.ndindex(out.shape):
+        out[i, j] = encode([b[rows[i], cols[j]].tolist() for b, (rows, cols) in zip(blocks, spans, strict=True)],
+                           dtypes, tile)
     return out
 
 
-def _encode_tile(block: np.ndarray, dtype: np.dtype, tile: tuple[int, int]) -> list[bytes]:
+def _nested(chunks: tuple[int, ...], t: int) -> bool:
+    """Whether every edge between tiles of ``t`` px is an edge between ``chunks``."""
+    return set(range(t, sum(chunks), t)) <= set(np.cumsum(chunks).tolist())
+
+
+def _spans(chunks: tuple[int, ...], t: int) -> list[slice]:
+    """For each tile of ``t`` px along an axis, the slice of the (nested) chunks within it."""
+    starts = np.cumsum((0, *chunks))[:-1]
+    first = np.searchsorted(starts, np.arange(0, sum(chunks), t)).tolist()  # each tile's first chunk
+    return [slice(a, b) for a, b in zip(first, [*first[1:], len(chunks)], strict=True)]
+
+
+def _encode_tiles(blocks: list, dtypes: list, tile: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_encode_tile` of each file's blocks of a tile."""
+    return [_encode_tile(b, dtype, tile) for b, dtype in zip(blocks, dtypes, strict=True)]
+
+
+def _encode_tile(blocks: list[list[np.ndarray]], dtype: np.dtype,
+                 tile: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The deflate-compressed tiles (one per band, as ``dtype``, padded with zeros to ``tile`` at
-    the image's edges) of a (bands, rows, columns) block."""
-    block = np.asarray(block)
-    bands, h, w = block.shape
-    if (h, w) == tile:
-        full = np.ascontiguousarray(block, dtype)  # no copy when it is one already
+    the image's edges) of the (bands, rows, columns) blocks that make up a tile (rows of blocks):
+    the bands' compressed bytes one after the other (uint8: an array travels between processes
+    without being copied into a pickle, and is appended by one write) and each band's length."""
+    blocks = [[np.asarray(b) for b in row] for row in blocks]
+    bands = blocks[0][0].shape[0]
+    h, w = sum(row[0].shape[1] for row in blocks), sum(b.shape[2] for b in blocks[0])
+    if (h, w) == tile and len(blocks) == len(blocks[0]) == 1:
+        full = np.ascontiguousarray(blocks[0][0], dtype)  # no copy when it is one already
     else:
-        full = np.zeros((bands, *tile), dtype)
-        full[:, :h, :w] = block
-    return [deflate.zlib_compress(band, DEFLATE_LEVEL) for band in full]
+        full = (np.empty if (h, w) == tile else np.zeros)((bands, *tile), dtype)
+        r = 0
+        for row in blocks:
+            c = 0
+            for b in row:
+                full[:, r:r + b.shape[1], c:c + b.shape[2]] = b
+                c += b.shape[2]
+            r += row[0].shape[1]
+    parts = [deflate.zlib_compress(band, DEFLATE_LEVEL) for band in full]
+    return np.frombuffer(b"".join(parts), np.uint8), np.array([len(p) for p in parts], np.uint64)
 
 
 class _TiledFile:
@@ -207,19 +248,21 @@ class _TiledFile:
         self.file = open(path, "r+b", buffering=0)  # unbuffered: a failed write fails here, not at close
         self.end = self.file.seek(0, 2)
 
-    def append(self, row: int, col: int, bands: list[bytes]) -> None:
-        """Append a tile's compressed bands (tile row and column ``row``, ``col``)."""
+    def append(self, row: int, col: int, tile: tuple[np.ndarray, np.ndarray]) -> None:
+        """Append a tile (tile row and column ``row``, ``col``): its bands' compressed bytes one
+        after the other, and their lengths (:func:`_encode_tile`)."""
+        data, lengths = tile
         try:
-            for b, data in enumerate(bands):
-                self._write(data)
-                self.offsets[b, row, col], self.lengths[b, row, col] = self.end, len(data)
-                self.end += len(data)
+            self._write(data)
         except OSError as exc:
             raise WriteFailed(f"{self.label} is incomplete: writing its tiles failed ({exc.strerror}; "
                               f"{free_space(self.path)})") from None
+        self.offsets[:, row, col] = self.end + np.cumsum(lengths) - lengths
+        self.lengths[:, row, col] = lengths
+        self.end += data.size
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
         while view:  # an unbuffered write may write part of what it is given
             view = view[self.file.write(view):]
 
@@ -269,7 +312,8 @@ def _tile_index(path: Path) -> list[tuple[int, str, int]]:
 
 class _Group(NamedTuple):
     """Files :func:`write_geotiff_groups` writes together: their encoding tasks (tile rows x
-    tile columns each), the windows' rows and columns, and the context that moves them into place."""
+    tile columns, each of every file), the windows' rows and columns, and the context that moves
+    them into place."""
 
     files: list
     tasks: list
@@ -290,14 +334,15 @@ def _write_windows_of(groups: list[_Group], tile, shape, finish) -> None:
     def window(g, r0, c0):
         group = groups[g]
         rs, cs = slice(r0 // th, (r0 + group.rows) // th), slice(c0 // tw, (c0 + group.cols) // tw)
-        where = [(t, i, j) for t, tasks in enumerate(group.tasks) for i, j in np.ndindex(tasks[rs, cs].shape)]
-        done = dask.compute(*[group.tasks[t][rs, cs][i, j] for t, i, j in where])
-        return g, [(t, rs.start + i, cs.start + j, bands) for (t, i, j), bands in zip(where, done, strict=True)]
+        where = list(np.ndindex(group.tasks[rs, cs].shape))
+        done = dask.compute(*[group.tasks[rs, cs][i, j] for i, j in where])
+        return g, [(t, rs.start + i, cs.start + j, encoded) for (i, j), files in zip(where, done, strict=True)
+                   for t, encoded in enumerate(files)]
 
     def append(done):
         g, tiles = done.result()
-        for t, i, j, bands in tiles:
-            groups[g].files[t].append(i, j, bands)
+        for t, i, j, encoded in tiles:
+            groups[g].files[t].append(i, j, encoded)
         left[g] -= 1
         if left[g] == 0:
             finish(g)
