@@ -194,6 +194,17 @@ def _check(condition: bool, what: str, session: Session) -> None:
         pytest.fail(f"{what} ({session.said()})", pytrace=False)
 
 
+def _colorbar_says(text: str, what: str, session: Session) -> None:
+    """Wait for the map's colorbar to name ``text``: the kernel sends the new layer's image and
+    its colorbar as separate widget updates, so the image may be on the page a moment before."""
+    try:
+        session.page.wait_for_function(
+            "t => (document.querySelector('.optsar-colorbar')?.innerText || '').includes(t)", arg=text,
+            timeout=30_000)
+    except PlaywrightTimeout:
+        _check(False, what, session)
+
+
 def _no_traceback(session: Session) -> None:
     text = session.outputs_text()
     _check("Traceback" not in text and "Error:" not in text, f"a cell failed: {text[-2000:]}", session)
@@ -226,7 +237,7 @@ def test_gap_notebook_in_jupyterlab(browser, lab, tmp_path):
         before = s.overlay_src()
         app.locator("select").filter(has_text="gap_max").select_option("gap_max")
         s.page.wait_for_function(NEW_IMAGE, arg=before)
-        _check("gap_max (days)" in app.locator(".optsar-colorbar").inner_text(), "the gap_max colorbar", s)
+        _colorbar_says("gap_max (days)", "the gap_max colorbar", s)
         s.shot("gaps_statistic_gap_max")
 
         # the clear-day mask, then the next date: a new mask image and its legend
@@ -299,7 +310,7 @@ def test_infill_notebook_in_jupyterlab(browser, lab, tmp_path):
         before = s.overlay_src()
         app.get_by_role("button", name="observed", exact=True).click()
         s.page.wait_for_function(NEW_IMAGE, arg=before)
-        _check("NDVI observed" in app.locator(".optsar-colorbar").inner_text(), "the observed NDVI colorbar", s)
+        _colorbar_says("NDVI observed", "the observed NDVI colorbar", s)
         box = app.locator(".leaflet-container").bounding_box()
         s.page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         plot = app.locator(".widget-output img").first

@@ -316,7 +316,7 @@ class _Group(NamedTuple):
     them into place."""
 
     files: list
-    tasks: list
+    tasks: np.ndarray
     rows: int
     cols: int
     context: ExitStack
