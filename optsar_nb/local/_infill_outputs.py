@@ -67,7 +67,7 @@ def write_outputs(ndvi, table, stage: _accuracy.Stage, se, coef, inside, paths, 
     st_da = _stack_like(da.from_zarr(stage.state, chunks=tiles), ndvi, table, "NDVI_Mask")
     # NDVI_gapfree and its SE from one pass over the blocks
     both = by_blocks(partial(_accuracy.gapfree_pair, stage, se, inside), (2, T, H, W), "float32", "NDVI_gapfree")
-    coef = xr.DataArray(da.from_zarr(coef, chunks=(-1, TILE_PX, TILE_PX))[:9], dims=("coef", "y", "x"),
+    coef = xr.DataArray(da.from_zarr(coef, chunks=tiles)[:9], dims=("coef", "y", "x"),
                         coords={"coef": list(steps.COEFFICIENT_BANDS), "y": ndvi.y, "x": ndvi.x},
                         attrs=_grid_attrs(ndvi))
     # in one stream of windows, the workers kept busy across the groups' ends: the files that

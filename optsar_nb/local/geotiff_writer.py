@@ -334,8 +334,9 @@ def _write_windows_of(groups: list[_Group], tile, shape, finish) -> None:
     def window(g, r0, c0):
         group = groups[g]
         rs, cs = slice(r0 // th, (r0 + group.rows) // th), slice(c0 // tw, (c0 + group.cols) // tw)
-        where = list(np.ndindex(group.tasks[rs, cs].shape))
-        done = dask.compute(*[group.tasks[rs, cs][i, j] for i, j in where])
+        tasks = group.tasks[rs, cs]
+        where = list(np.ndindex(tasks.shape))  # row-major, as tasks.flat
+        done = dask.compute(*tasks.flat)
         return g, [(t, rs.start + i, cs.start + j, encoded) for (i, j), files in zip(where, done, strict=True)
                    for t, encoded in enumerate(files)]
 
